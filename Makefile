@@ -1,0 +1,70 @@
+# ldm.c — build knobs
+#   make                  every program (train_vae, train_ldm, sample_ldm, test_ldm)
+#   make test             build and run the test suite (CPU always, CUDA too when a GPU is present)
+#   make data             CIFAR-10 in its official binary layout under data/cifar-10-batches-bin
+# Knobs:
+#   GPU_ARCH=90           build for one architecture (default: the present GPU's, else sm_80 + sm_90 + PTX)
+#   NO_OMP=1              no OpenMP on the host (single-threaded CPU path)
+#   DEBUG=1               -O0 -g -G, for cuda-gdb / compute-sanitizer
+#   NATIVE=0              host code without -march=native (portable binaries)
+
+NVCC ?= nvcc
+CC ?= cc
+
+# GPU architecture: ask nvidia-smi for the present GPU, else build for Ampere and Hopper plus PTX
+ifeq ($(GPU_ARCH),)
+  GPU_ARCH := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d '.')
+endif
+ifeq ($(GPU_ARCH),)
+  ARCH_FLAGS := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+                -gencode arch=compute_90,code=compute_90
+else
+  ARCH_FLAGS := -gencode arch=compute_$(GPU_ARCH),code=sm_$(GPU_ARCH)
+endif
+
+HOST_FLAGS := -Wall,-Wno-unused-function,-Wno-format-truncation
+ifneq ($(NATIVE),0)
+  HOST_FLAGS := $(HOST_FLAGS),-march=native
+endif
+ifneq ($(NO_OMP),1)
+  HOST_FLAGS := $(HOST_FLAGS),-fopenmp
+  OMP_LIB := -lgomp
+endif
+
+ifeq ($(DEBUG),1)
+  OPT := -O0 -g -G
+else
+  OPT := -O3
+endif
+
+NVCC_FLAGS := $(OPT) -std=c++17 -diag-suppress 177 $(ARCH_FLAGS) -Xcompiler $(HOST_FLAGS) -I. -I/usr/include/stb
+NVCC_LIBS := -lcublas $(OMP_LIB) -lm
+
+PROGRAMS := train_vae train_ldm sample_ldm test_ldm
+HEADERS := $(wildcard ldmc/*.cuh ldmc/*.h tests/*.h)
+
+.PHONY: all test data clean
+
+all: $(PROGRAMS)
+
+train_vae: train_vae.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+
+train_ldm: train_ldm.cu train_vae.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+
+sample_ldm: sample_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+
+test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+
+test: test_ldm
+	./test_ldm
+
+# CIFAR-10 in the official binary layout, from ../shared/cifar10 (or an official tarball at hand)
+data:
+	bash data/get_cifar10.sh
+
+clean:
+	rm -f $(PROGRAMS) data/cifar10_from_folders

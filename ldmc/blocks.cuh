@@ -1,0 +1,183 @@
+// ldmc/blocks.cuh — the building blocks both models are made of, on top of the layer kernels:
+//   Conv2d     a registered conv (weight + bias offsets in the ParamStore) and its forward/backward
+//   NormSilu   GroupNorm followed by SiLU, keeping both outputs for the backward pass
+//   ResBlock   h = conv1(silu(norm1(x))) [+ temb], h = conv2(silu(norm2(h))), out = skip(x) + h
+// A block owns the activations it saves for backward, sized for the largest batch at build time;
+// forward and backward take the actual batch B (<= that size), so evaluation can run a short
+// final batch. Backward needs two scratch buffers of at least B * max(C) * H * W floats.
+#pragma once
+
+#include "common.cuh"
+#include "params.h"
+#include "conv2d.cuh"
+#include "groupnorm.cuh"
+#include "elementwise.cuh"
+#include "embedding.cuh"
+
+#define GN_GROUPS 8
+
+// ----------------------------------------------------------------------------
+// Conv2d: K x K convolution with bias, pad K/2
+
+typedef struct {
+    size_t weight, bias;   // offsets: weight (cout, cin, k, k), bias (cout)
+    int cin, cout, k, stride;
+} Conv2d;
+
+static Conv2d conv2d_register(ParamStore* ps, const char* name, int cin, int cout, int k, int stride) {
+    char buf[128];
+    Conv2d c = {0, 0, cin, cout, k, stride};
+    int fan_in = cin * k * k;
+    snprintf(buf, sizeof(buf), "%s.weight", name);
+    c.weight = param_register(ps, buf, INIT_FAN_IN, fan_in, 4, cout, cin, k, k);
+    snprintf(buf, sizeof(buf), "%s.bias", name);
+    c.bias = param_register(ps, buf, INIT_FAN_IN, fan_in, 1, cout, 0, 0, 0);
+    return c;
+}
+
+// x (B, cin, H, W) -> out (B, cout, H/stride, W/stride)
+static void conv2d_apply(const ParamStore* ps, const Conv2d* c, float* out, const float* x, int B, int H, int W) {
+    conv2d_forward(out, x, ps->params + c->weight, ps->params + c->bias, B, c->cin, H, W, c->cout, c->k, c->stride);
+}
+
+// dx (B, cin, H, W) overwritten (NULL: not needed); weight and bias gradients accumulated
+static void conv2d_apply_backward(const ParamStore* ps, const Conv2d* c, float* dx, const float* dout,
+                                  const float* x, int B, int H, int W) {
+    conv2d_backward(dx, ps->grads + c->weight, ps->grads + c->bias, dout, x, ps->params + c->weight,
+                    B, c->cin, H, W, c->cout, c->k, c->stride);
+}
+
+// ----------------------------------------------------------------------------
+// NormSilu: act = silu(GroupNorm(x))
+
+typedef struct {
+    size_t weight, bias;   // offsets: (C), (C)
+    int C, HW, groups;
+    float* xn;    // (B, C, HW) normalised input
+    float* mean;  // (B, groups)
+    float* rstd;  // (B, groups)
+    float* act;   // (B, C, HW) silu(xn)
+} NormSilu;
+
+static size_t groupnorm_register(ParamStore* ps, const char* name, int C, size_t* bias) {
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s.weight", name);
+    size_t w = param_register(ps, buf, INIT_ONES, 0, 1, C, 0, 0, 0);
+    snprintf(buf, sizeof(buf), "%s.bias", name);
+    *bias = param_register(ps, buf, INIT_ZEROS, 0, 1, C, 0, 0, 0);
+    return w;
+}
+
+static NormSilu normsilu_register(ParamStore* ps, const char* name, int C, int HW) {
+    NormSilu n;
+    memset(&n, 0, sizeof(n));
+    n.C = C; n.HW = HW; n.groups = GN_GROUPS;
+    n.weight = groupnorm_register(ps, name, C, &n.bias);
+    return n;
+}
+
+static void normsilu_alloc(NormSilu* n, int B) {
+    n->xn = dev_malloc_floats((size_t)B * n->C * n->HW);
+    n->act = dev_malloc_floats((size_t)B * n->C * n->HW);
+    n->mean = dev_malloc_floats((size_t)B * n->groups);
+    n->rstd = dev_malloc_floats((size_t)B * n->groups);
+}
+
+static void normsilu_free(NormSilu* n) {
+    dev_free(n->xn); dev_free(n->act); dev_free(n->mean); dev_free(n->rstd);
+}
+
+static void normsilu_forward(const ParamStore* ps, NormSilu* n, const float* x, int B) {
+    groupnorm_forward(n->xn, n->mean, n->rstd, x, ps->params + n->weight, ps->params + n->bias,
+                      B, n->C, n->HW, n->groups);
+    silu_forward(n->act, n->xn, (size_t)B * n->C * n->HW);
+}
+
+// dact (B, C, HW) is consumed (turned into the gradient of xn in place); dx overwritten
+static void normsilu_backward(const ParamStore* ps, const NormSilu* n, float* dx, float* dact,
+                              const float* x, int B) {
+    silu_backward(dact, dact, n->xn, (size_t)B * n->C * n->HW);
+    groupnorm_backward(dx, ps->grads + n->weight, ps->grads + n->bias, dact, x, n->mean, n->rstd,
+                       ps->params + n->weight, B, n->C, n->HW, n->groups);
+}
+
+// ----------------------------------------------------------------------------
+// ResBlock(cin, cout) at resolution H x W
+
+typedef struct {
+    int cin, cout, H, W;
+    NormSilu ns1, ns2;
+    Conv2d conv1, conv2, skip;
+    int has_skip;        // 1x1 skip conv only when cin != cout
+    const float* x;      // (B, cin, H, W) the input of the last forward (owned by the caller)
+    float* h1;           // (B, cout, H, W) conv1(silu(norm1(x))) [+ temb]
+    float* skip_out;     // (B, cout, H, W) skip(x), only when has_skip
+    float* out;          // (B, cout, H, W)
+} ResBlock;
+
+static ResBlock resblock_register(ParamStore* ps, const char* name, int cin, int cout, int H, int W) {
+    ResBlock rb;
+    memset(&rb, 0, sizeof(rb));
+    rb.cin = cin; rb.cout = cout; rb.H = H; rb.W = W;
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s.norm1", name); rb.ns1 = normsilu_register(ps, buf, cin, H * W);
+    snprintf(buf, sizeof(buf), "%s.conv1", name); rb.conv1 = conv2d_register(ps, buf, cin, cout, 3, 1);
+    snprintf(buf, sizeof(buf), "%s.norm2", name); rb.ns2 = normsilu_register(ps, buf, cout, H * W);
+    snprintf(buf, sizeof(buf), "%s.conv2", name); rb.conv2 = conv2d_register(ps, buf, cout, cout, 3, 1);
+    rb.has_skip = cin != cout;
+    if (rb.has_skip) {
+        snprintf(buf, sizeof(buf), "%s.skip", name); rb.skip = conv2d_register(ps, buf, cin, cout, 1, 1);
+    }
+    return rb;
+}
+
+static void resblock_alloc(ResBlock* rb, int B) {
+    normsilu_alloc(&rb->ns1, B);
+    normsilu_alloc(&rb->ns2, B);
+    rb->h1 = dev_malloc_floats((size_t)B * rb->cout * rb->H * rb->W);
+    rb->out = dev_malloc_floats((size_t)B * rb->cout * rb->H * rb->W);
+    if (rb->has_skip) rb->skip_out = dev_malloc_floats((size_t)B * rb->cout * rb->H * rb->W);
+}
+
+static void resblock_free(ResBlock* rb) {
+    normsilu_free(&rb->ns1); normsilu_free(&rb->ns2);
+    dev_free(rb->h1); dev_free(rb->out); dev_free(rb->skip_out);
+}
+
+// temb_proj (B, cout) or NULL: the U-Net's projected time embedding, added after conv1
+static void resblock_forward(const ParamStore* ps, ResBlock* rb, const float* x, int B, const float* temb_proj) {
+    int H = rb->H, W = rb->W;
+    size_t n = (size_t)B * rb->cout * H * W;
+    rb->x = x;
+    normsilu_forward(ps, &rb->ns1, x, B);
+    conv2d_apply(ps, &rb->conv1, rb->h1, rb->ns1.act, B, H, W);
+    if (temb_proj) broadcast_add_forward(rb->h1, temb_proj, B, rb->cout, H * W);
+    normsilu_forward(ps, &rb->ns2, rb->h1, B);
+    conv2d_apply(ps, &rb->conv2, rb->out, rb->ns2.act, B, H, W);
+    if (rb->has_skip) {
+        conv2d_apply(ps, &rb->skip, rb->skip_out, x, B, H, W);
+        add_inplace(rb->out, rb->skip_out, n);
+    } else {
+        add_inplace(rb->out, x, n);
+    }
+}
+
+// dout (B, cout, H, W) -> dx (B, cin, H, W) overwritten; dtemb_proj (B, cout) overwritten when the
+// forward had a temb_proj. s1, s2: scratch of B * max(cin, cout) * H * W floats. dx must not alias
+// dout, s1 or s2.
+static void resblock_backward(const ParamStore* ps, const ResBlock* rb, float* dx, const float* dout,
+                              int B, float* dtemb_proj, float* s1, float* s2) {
+    int H = rb->H, W = rb->W;
+    conv2d_apply_backward(ps, &rb->conv2, s1, dout, rb->ns2.act, B, H, W);   // s1 = d act2
+    normsilu_backward(ps, &rb->ns2, s2, s1, rb->h1, B);                         // s2 = d h1
+    if (dtemb_proj) broadcast_add_backward(dtemb_proj, s2, B, rb->cout, H * W);
+    conv2d_apply_backward(ps, &rb->conv1, s1, s2, rb->ns1.act, B, H, W);     // s1 = d act1
+    normsilu_backward(ps, &rb->ns1, dx, s1, rb->x, B);                          // dx = main path
+    size_t n = (size_t)B * rb->cin * H * W;
+    if (rb->has_skip) {
+        conv2d_apply_backward(ps, &rb->skip, s2, dout, rb->x, B, H, W);
+        add_inplace(dx, s2, n);
+    } else {
+        add_inplace(dx, dout, n);
+    }
+}

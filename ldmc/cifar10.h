@@ -1,0 +1,288 @@
+// ldmc/cifar10.h — CIFAR-10 for the trainers, read from its official binary layout
+// (`make data` prepares it; data/cifar10_from_folders.c converts image folders into it):
+//   data_batch_1..5.bin (train), test_batch.bin (test): 10,000 records each of
+//   <1 byte label 0..9><1024 R><1024 G><1024 B>, row-major 32x32, so exactly 30,730,000 bytes a file;
+//   batches.meta.txt: the class names, one a line.
+//   cifar10_resolve_dir   --data DIR, else $CIFAR10_DIR, else data/cifar-10-batches-bin
+//   cifar10_try_load      load the train or test split into host memory; 0 ok, else an error message
+//   cifar10_load          the same, exiting with that message on any problem
+//   cifar10_get_batch     images idx[0..B) as floats in [-1, 1] (x/127.5 - 1), optional random h-flips
+//   cifar10_shuffle       the epoch's permutation, a pure function of (seed, epoch)
+// Host code only: the trainer uploads each batch. Every random decision (flips, permutations) comes
+// from the counter-based RNG, so a resumed run draws the same batches as an uninterrupted one.
+#pragma once
+
+#include <stdarg.h>
+#include <sys/stat.h>
+#include "common.cuh"
+#include "rng.cuh"
+
+// ----------------------------------------------------------------------------
+// the layout
+
+#define CIFAR10_IMG 32
+#define CIFAR10_IMG_BYTES (3 * CIFAR10_IMG * CIFAR10_IMG)       // 3072
+#define CIFAR10_RECORD_BYTES (1 + CIFAR10_IMG_BYTES)            // 3073: the label byte first
+#define CIFAR10_RECORDS_PER_FILE 10000
+#define CIFAR10_FILE_BYTES ((long long)CIFAR10_RECORDS_PER_FILE * CIFAR10_RECORD_BYTES)  // 30,730,000
+#define CIFAR10_MAX_CLASSES 10
+#define CIFAR10_DEFAULT_DIR "data/cifar-10-batches-bin"
+
+static const char* CIFAR10_FILES[6] = {
+    "data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+    "data_batch_5.bin", "test_batch.bin"};
+static const char* CIFAR10_CLASS_NAMES[CIFAR10_MAX_CLASSES] = {
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+
+typedef struct {
+    int n;                         // number of images
+    int num_classes;               // names in batches.meta.txt; 10 (CIFAR-10's) when it is absent
+    uint8_t* labels;               // (n)
+    uint8_t* pixels;               // (n, 3, 32, 32)
+    char class_names[CIFAR10_MAX_CLASSES][32];
+} Cifar10;
+
+#define CIFAR10_FIX "HINT: run `make data` (it writes " CIFAR10_DEFAULT_DIR "), or point --data / $CIFAR10_DIR at a folder holding CIFAR-10's binary files."
+
+// the error messages of cifar10_try_load; truncating a very long path in one is fine (and through a
+// va_list the compiler does not warn that it might happen)
+__attribute__((format(printf, 3, 4)))
+static void cifar10_errorf(char* err, size_t errlen, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+// ----------------------------------------------------------------------------
+// finding the data
+
+// how many of the six files `dir` lacks; their names go to `missing` (space-separated)
+static int cifar10_missing_files(const char* dir, char* missing, size_t n) {
+    int count = 0;
+    missing[0] = '\0';
+    char path[4096];
+    for (int f = 0; f < 6; f++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, CIFAR10_FILES[f]);
+        struct stat st;
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+            size_t len = strlen(missing);
+            snprintf(missing + len, n - len, "%s%s", count ? " " : "", CIFAR10_FILES[f]);
+            count++;
+        }
+    }
+    return count;
+}
+
+// resolve the data dir: --data DIR if given (non-NULL), else $CIFAR10_DIR, else
+// data/cifar-10-batches-bin. An explicit choice that lacks the files is an error, not a reason to
+// fall back to the next place: training silently on other data than asked for is worse.
+static void cifar10_resolve_dir(const char* flag_dir, char* out, size_t n) {
+    const char* env = getenv("CIFAR10_DIR");
+    const char* dir;
+    const char* source;
+    if (flag_dir != NULL) {
+        dir = flag_dir;
+        source = "--data";
+    } else if (env != NULL && env[0] != '\0') {
+        dir = env;
+        source = "$CIFAR10_DIR";
+    } else {
+        dir = CIFAR10_DEFAULT_DIR;
+        source = "the default";
+    }
+    char missing[256];
+    int nmissing = cifar10_missing_files(dir, missing, sizeof(missing));
+    if (nmissing > 0) {
+        if (nmissing == 6) {
+            fprintf(stderr, "Error: no CIFAR-10 in '%s' (%s): none of data_batch_1..5.bin, test_batch.bin is there.\n", dir, source);
+        } else {
+            fprintf(stderr, "Error: incomplete CIFAR-10 in '%s' (%s): %s %s.\n", dir, source, missing,
+                    nmissing == 1 ? "is missing" : "are missing");
+        }
+        if (flag_dir != NULL) {
+            fprintf(stderr, "  (--data was given, so $CIFAR10_DIR and " CIFAR10_DEFAULT_DIR " were not tried)\n");
+        } else if (env != NULL && env[0] != '\0') {
+            fprintf(stderr, "  ($CIFAR10_DIR is set, so " CIFAR10_DEFAULT_DIR " was not tried)\n");
+        } else {
+            fprintf(stderr, "  (the default is relative to the current directory: run from the repository root)\n");
+        }
+        fprintf(stderr, CIFAR10_FIX "\n");
+        exit(EXIT_FAILURE);
+    }
+    if (strlen(dir) + 1 > n) {
+        fprintf(stderr, "Error: the data path '%s' is longer than %zu characters.\n", dir, n - 1);
+        exit(EXIT_FAILURE);
+    }
+    snprintf(out, n, "%s", dir);
+}
+
+// ----------------------------------------------------------------------------
+// loading
+
+static void cifar10_free(Cifar10* d) {
+    free(d->labels);
+    free(d->pixels);
+    memset(d, 0, sizeof(*d));
+}
+
+// batches.meta.txt: one class name a line, blank lines ignored (the official file ends with some)
+static int cifar10_read_meta(Cifar10* d, const char* dir, char* err, size_t errlen) {
+    char path[4096], line[512];
+    snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+    d->num_classes = CIFAR10_MAX_CLASSES;
+    for (int k = 0; k < CIFAR10_MAX_CLASSES; k++) snprintf(d->class_names[k], 32, "%s", CIFAR10_CLASS_NAMES[k]);
+    FILE* fp = fopen(path, "r");
+    if (fp == NULL) return 0;  // optional: the labels are CIFAR-10's
+    int k = 0, lineno = 0;
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        lineno++;
+        size_t len = strlen(line);
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) {
+            line[--len] = '\0';
+        }
+        if (len == 0) continue;
+        if (k == CIFAR10_MAX_CLASSES) {
+            cifar10_errorf(err, errlen, "'%s' names more than %d classes (line %d: '%s'); the binary layout holds labels 0..9.\n"
+                                  "HINT: fix or delete batches.meta.txt.", path, CIFAR10_MAX_CLASSES, lineno, line);
+            fclose(fp);
+            return 1;
+        }
+        if (len >= sizeof(d->class_names[0])) {
+            cifar10_errorf(err, errlen, "'%s' line %d: class name '%s' is longer than %zu characters.\n"
+                                  "HINT: shorten it.", path, lineno, line, sizeof(d->class_names[0]) - 1);
+            fclose(fp);
+            return 1;
+        }
+        snprintf(d->class_names[k++], sizeof(d->class_names[0]), "%s", line);
+    }
+    fclose(fp);
+    if (k == 0) {
+        cifar10_errorf(err, errlen, "'%s' names no classes.\nHINT: fix or delete batches.meta.txt.", path);
+        return 1;
+    }
+    for (int j = k; j < CIFAR10_MAX_CLASSES; j++) d->class_names[j][0] = '\0';
+    d->num_classes = k;
+    return 0;
+}
+
+// train: data_batch_1..5.bin, else test_batch.bin. Returns 0 and fills `d`, or returns 1, leaves `d`
+// empty and writes what is wrong (and the fix) to `err`. Every file's size is checked before any
+// reading, so a damaged download is reported at once; every label is checked against the classes.
+static int cifar10_try_load(Cifar10* d, const char* dir, int train, char* err, size_t errlen) {
+    memset(d, 0, sizeof(*d));
+    int first = train ? 0 : 5;
+    int nfiles = train ? 5 : 1;
+    char path[4096];
+    for (int f = first; f < first + nfiles; f++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, CIFAR10_FILES[f]);
+        struct stat st;
+        if (stat(path, &st) != 0) {
+            cifar10_errorf(err, errlen, "cannot open '%s': %s.\n" CIFAR10_FIX, path, strerror(errno));
+            return 1;
+        }
+        if ((long long)st.st_size != CIFAR10_FILE_BYTES) {
+            cifar10_errorf(err, errlen, "'%s' is %lld bytes, expected %lld (%d records of %d bytes): %s.\n"
+                                  "HINT: delete '%s' and run `make data` again.",
+                     path, (long long)st.st_size, CIFAR10_FILE_BYTES, CIFAR10_RECORDS_PER_FILE, CIFAR10_RECORD_BYTES,
+                     (long long)st.st_size < CIFAR10_FILE_BYTES ? "the file is truncated (an interrupted download or conversion?)"
+                                                                : "the file is too large, not CIFAR-10's binary layout",
+                     dir);
+            return 1;
+        }
+    }
+    if (cifar10_read_meta(d, dir, err, errlen) != 0) {
+        cifar10_free(d);
+        return 1;
+    }
+
+    d->n = nfiles * CIFAR10_RECORDS_PER_FILE;
+    d->labels = (uint8_t*)mallocCheck((size_t)d->n);
+    d->pixels = (uint8_t*)mallocCheck((size_t)d->n * CIFAR10_IMG_BYTES);
+    uint8_t* buf = (uint8_t*)mallocCheck((size_t)CIFAR10_FILE_BYTES);
+    for (int f = 0; f < nfiles; f++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, CIFAR10_FILES[first + f]);
+        FILE* fp = fopen(path, "rb");
+        size_t got = 0;
+        const char* why = strerror(errno);
+        if (fp != NULL) {
+            got = fread(buf, 1, (size_t)CIFAR10_FILE_BYTES, fp);
+            why = ferror(fp) ? strerror(errno) : "the file ended early (changed while reading?)";
+            fclose(fp);
+        }
+        if (got != (size_t)CIFAR10_FILE_BYTES) {
+            cifar10_errorf(err, errlen, "cannot read '%s' (%zu of %lld bytes): %s.\nHINT: delete '%s' and run `make data` again.",
+                     path, got, CIFAR10_FILE_BYTES, why, dir);
+            free(buf);
+            cifar10_free(d);
+            return 1;
+        }
+        for (int r = 0; r < CIFAR10_RECORDS_PER_FILE; r++) {
+            const uint8_t* rec = buf + (size_t)r * CIFAR10_RECORD_BYTES;
+            if (rec[0] >= d->num_classes) {
+                cifar10_errorf(err, errlen, "'%s' record %d has label %d, expected 0..%d%s.\n"
+                                      "HINT: the file is damaged or not CIFAR-10's binary layout; delete '%s' and run `make data` again.",
+                         path, r, rec[0], d->num_classes - 1,
+                         d->num_classes < CIFAR10_MAX_CLASSES ? " (batches.meta.txt names that many classes)" : "", dir);
+                free(buf);
+                cifar10_free(d);
+                return 1;
+            }
+            size_t i = (size_t)f * CIFAR10_RECORDS_PER_FILE + r;
+            d->labels[i] = rec[0];
+            memcpy(d->pixels + i * CIFAR10_IMG_BYTES, rec + 1, CIFAR10_IMG_BYTES);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+static void cifar10_load(Cifar10* d, const char* dir, int train) {
+    char err[1024];
+    if (cifar10_try_load(d, dir, train, err, sizeof(err)) != 0) {
+        fprintf(stderr, "Error: %s\n", err);
+        exit(EXIT_FAILURE);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// batches
+
+// x[b] = pixels[idx[b]] / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly. When flip_seed != 0, image b
+// is mirrored left-right iff rng_uniform(flip_seed, flip_counter + b) < 0.5: the caller advances
+// flip_counter by B per batch, so every (epoch, position) gets its own reproducible coin.
+static void cifar10_get_batch(const Cifar10* d, const int* idx, int B, float* x, int* labels,
+                              uint64_t flip_seed, uint64_t flip_counter) {
+    for (int b = 0; b < B; b++) {
+        if (idx[b] < 0 || idx[b] >= d->n) {
+            fprintf(stderr, "Error: cifar10_get_batch: image index %d out of range [0, %d).\n", idx[b], d->n);
+            exit(EXIT_FAILURE);
+        }
+    }
+    #pragma omp parallel for
+    for (int b = 0; b < B; b++) {
+        const uint8_t* src = d->pixels + (size_t)idx[b] * CIFAR10_IMG_BYTES;  // (3, 32, 32)
+        float* dst = x + (size_t)b * CIFAR10_IMG_BYTES;                        // (3, 32, 32)
+        int flip = flip_seed != 0 && rng_uniform(flip_seed, flip_counter + (uint64_t)b) < 0.5f;
+        for (int row = 0; row < 3 * CIFAR10_IMG; row++) {  // (channel, h) rows of 32 pixels
+            const uint8_t* s = src + row * CIFAR10_IMG;
+            float* o = dst + row * CIFAR10_IMG;
+            for (int w = 0; w < CIFAR10_IMG; w++) {
+                o[w] = (float)s[flip ? CIFAR10_IMG - 1 - w : w] / 127.5f - 1.0f;
+            }
+        }
+        if (labels != NULL) labels[b] = d->labels[idx[b]];
+    }
+}
+
+// Fisher-Yates over 0..n-1 with the stream rng_u64(rng_u64(seed, epoch), i): a pure function of
+// (seed, epoch), so a resumed run recomputes its epoch's order. The modulo bias (2^64 mod (i+1))
+// is below 1e-14 for any dataset size here.
+static void cifar10_shuffle(int* perm, int n, uint64_t seed, uint64_t epoch) {
+    uint64_t stream = rng_u64(seed, epoch);
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(rng_u64(stream, (uint64_t)i) % (uint64_t)(i + 1));
+        int t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+    }
+}

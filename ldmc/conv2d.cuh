@@ -1,0 +1,594 @@
+// ldmc/conv2d.cuh — 2-D convolution with bias, NCHW, the hot path of both models:
+//   x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) -> out (B, Cout, Ho, Wo)
+//   K in {1, 3}, pad = K/2, stride in {1, 2}, Ho = (H + 2*pad - K)/stride + 1
+//   conv2d_forward / conv2d_backward dispatch to the _cpu or _cuda versions by g_device.
+// Every conv is a GEMM over the im2col matrix col (Cin*K*K, Ho*Wo) of each image:
+//   forward   out_b    = weight (Cout, Cin*K*K) @ col_b
+//   backward  dweight += sum_b dout_b (Cout, Ho*Wo) @ col_b^T,  dbias += sums of dout,
+//             dx_b     = col2im(weight^T @ dout_b)
+// CPU: the GEMM building blocks of gemm.cuh with the im2col done inside the packing of the GEMM
+// panels (implicit im2col: no col buffer). The batch is one GEMM with N = B*Ho*Wo columns, cut
+// into column blocks that the threads take one at a time, so the 8x8 and 4x4 layers (tiny
+// per-image GEMMs) are as efficient as the 32x32 ones. For stride 1, dx is itself a convolution
+// (of dout with the flipped, transposed weights), so it reuses the forward path.
+// CUDA: im2col of a chunk of images into a (Cin*K*K, nb*Ho*Wo) matrix and one cuBLAS SGEMM per
+// chunk, with small gather kernels for the layout changes and col2im.
+// Workspace (packed panels, col buffers) lives in this module: buffers grown on demand, one set
+// per device, since tests switch g_device between the CPU and CUDA.
+#pragma once
+
+#include "common.cuh"
+#include "gemm.cuh"
+
+// ----------------------------------------------------------------------------
+// shapes, argument checks, workspace
+
+static inline int conv2d_out_size(int n, int K, int stride) { return (n + 2 * (K / 2) - K) / stride + 1; }
+
+static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    if (K != 1 && K != 3) {
+        fprintf(stderr, "Error: %s: kernel size K=%d is not supported.\nHINT: ldm.c convolutions are 1x1 or 3x3 (pad K/2).\n", fn, K);
+        exit(EXIT_FAILURE);
+    }
+    if (stride != 1 && stride != 2) {
+        fprintf(stderr, "Error: %s: stride %d is not supported.\nHINT: use stride 1, or 2 for downsampling.\n", fn, stride);
+        exit(EXIT_FAILURE);
+    }
+    if (B <= 0 || Cin <= 0 || H <= 0 || W <= 0 || Cout <= 0) {
+        fprintf(stderr, "Error: %s: every size must be positive (B=%d Cin=%d H=%d W=%d Cout=%d).\n",
+                fn, B, Cin, H, W, Cout);
+        exit(EXIT_FAILURE);
+    }
+}
+
+// two buffers per device: slot 0 for packed panels and col matrices, slot 1 for a transformed
+// weight that must survive a nested call (the flipped weights of the stride-1 dx)
+static float* g_conv2d_ws[2][2];
+static size_t g_conv2d_ws_floats[2][2];
+
+// a buffer of at least `floats` floats on the current device, aligned to 64 bytes (packed
+// panels are read as SIMD vectors); its contents do not survive the next call for the same slot
+static float* conv2d_workspace(int slot, size_t floats) {
+    int d = g_device == DEVICE_CUDA;
+    if (floats > g_conv2d_ws_floats[d][slot]) {
+        dev_free(g_conv2d_ws[d][slot]);
+        g_conv2d_ws[d][slot] = dev_malloc_floats(floats + 16);
+        g_conv2d_ws_floats[d][slot] = floats;
+    }
+    return (float*)(((uintptr_t)g_conv2d_ws[d][slot] + 63) & ~(uintptr_t)63);
+}
+
+// sub-buffer sizes are rounded to 16 floats so every sub-buffer stays 64-byte aligned
+static inline size_t conv2d_round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+// ----------------------------------------------------------------------------
+// CPU: implicit im2col
+
+// GEMM columns are output positions of the whole batch, n = (b*Ho + oy)*Wo + ox. A run is a
+// stretch of consecutive columns inside one output row of one image: along a run, the im2col
+// row of tap (c, ky, kx) reads one input row at a fixed stride.
+typedef struct { int b, oy, ox, len; } ConvRun;
+
+// cut columns [n0, n0 + n) into runs; `runs` needs room for n entries (runs are never empty)
+static int conv2d_runs(ConvRun* runs, long n0, int n, int Ho, int Wo) {
+    int count = 0;
+    while (n > 0) {
+        long img = n0 / ((long)Ho * Wo);
+        int p = (int)(n0 - img * Ho * Wo);
+        int ox = p % Wo;
+        int len = Wo - ox < n ? Wo - ox : n;
+        runs[count].b = (int)img;
+        runs[count].oy = p / Wo;
+        runs[count].ox = ox;
+        runs[count].len = len;
+        count++;
+        n0 += len;
+        n -= len;
+    }
+    return count;
+}
+
+// dst[t * ds] = plane[iy][ix0 + t*stride] for t < len, zero where the tap falls into the padding.
+// plane: one input channel (H, W); iy = oy*stride + ky - pad, ix0 = ox*stride + kx - pad.
+static inline void conv2d_im2col_run(float* dst, int ds, const float* plane, int H, int W,
+                                     int iy, int ix0, int stride, int len) {
+    if (iy < 0 || iy >= H) {
+        for (int t = 0; t < len; t++) dst[t * ds] = 0.0f;
+        return;
+    }
+    // t in [lo, hi) keeps 0 <= ix0 + t*stride < W
+    int lo = ix0 >= 0 ? 0 : (-ix0 + stride - 1) / stride;
+    int hi = W - ix0 > 0 ? (W - 1 - ix0) / stride + 1 : 0;
+    if (lo > len) lo = len;
+    if (hi > len) hi = len;
+    if (hi < lo) hi = lo;
+    const float* src = plane + (size_t)iy * W + ix0;
+    for (int t = 0; t < lo; t++) dst[t * ds] = 0.0f;
+    if (stride == 1 && ds == 1) {
+        memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof(float));
+    } else {
+        for (int t = lo; t < hi; t++) dst[t * ds] = src[t * stride];
+    }
+    for (int t = hi; t < len; t++) dst[t * ds] = 0.0f;
+}
+
+// Pack the B panel of the forward GEMM: col[pc : pc+kc, columns n0 : n0+nc] in NR-column strips
+// (layout of gemm_pack_b_strip), read straight from x (B, Cin, H, W).
+static void conv2d_pack_col(float* Bp, const float* x, int Cin, int H, int W, int K, int stride,
+                            int Ho, int Wo, long n0, int nc, int pc, int kc) {
+    int pad = K / 2;
+    ConvRun runs[GEMM_NR];
+    for (int j = 0; j < nc; j += GEMM_NR) {
+        int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
+        int nruns = conv2d_runs(runs, n0 + j, nr, Ho, Wo);
+        float* strip = Bp + (size_t)j * kc;
+        for (int k = 0; k < kc; k++) {
+            int tap = pc + k;
+            int c = tap / (K * K), ky = (tap / K) % K, kx = tap % K;
+            float* dst = strip + (size_t)k * GEMM_NR;
+            for (int r = 0; r < nruns; r++) {
+                const ConvRun* run = &runs[r];
+                conv2d_im2col_run(dst, 1, x + ((size_t)run->b * Cin + c) * H * W, H, W,
+                                  run->oy * stride + ky - pad, run->ox * stride + kx - pad, stride, run->len);
+                dst += run->len;
+            }
+            for (int t = nr; t < GEMM_NR; t++) strip[(size_t)k * GEMM_NR + t] = 0.0f;
+        }
+    }
+}
+
+// Pack all of op(A) (M, Kd) as the A operand for every KC-deep block: block pc starts at
+// Ap + pc * Mpad and holds ceil(M/MR) strips of (kc, MR). Used for weights shared by all threads.
+static void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, int lda, float* Ap) {
+    int m_strips = ceil_div(M, GEMM_MR);
+    size_t Mpad = (size_t)m_strips * GEMM_MR;
+    int k_blocks = ceil_div(Kd, GEMM_KC);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int kb = 0; kb < k_blocks; kb++) {
+        for (int s = 0; s < m_strips; s++) {
+            int pc = kb * GEMM_KC, i = s * GEMM_MR;
+            int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
+            gemm_pack_a_strip(transA, M - i < GEMM_MR ? M - i : GEMM_MR, kc, gemm_at(A, transA, lda, i, pc),
+                              lda, Ap + (size_t)pc * Mpad + (size_t)i * kc);
+        }
+    }
+}
+
+static inline int conv2d_thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// CPU: forward
+
+// columns per work item: enough to amortise packing, small enough that the B panel (KC x NCB)
+// and the output block stay in L2
+#define CONV2D_NCB ((256 / GEMM_NR) * GEMM_NR)
+
+// out (B, Cout, Ho, Wo) = conv(x, weight) + bias; bias may be NULL (no bias)
+static void conv2d_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
+                               int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    conv2d_check_args("conv2d_forward_cpu", B, Cin, H, W, Cout, K, stride);
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
+    int Kd = Cin * K * K;
+    long HWo = (long)Ho * Wo, N = (long)B * HWo;
+    int nthreads = cpu_thread_count();
+    size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
+    int kc_max = Kd < GEMM_KC ? Kd : GEMM_KC;
+    size_t per_thread = conv2d_round16((size_t)kc_max * CONV2D_NCB) + conv2d_round16((size_t)Cout * CONV2D_NCB);
+    float* ws = conv2d_workspace(0, conv2d_round16(Mpad * Kd) + per_thread * nthreads);
+    float* Wp = ws;  // packed weights, shared
+    conv2d_pack_a_all(0, Cout, Kd, weight, Kd, Wp);
+
+    long n_blocks = (N + CONV2D_NCB - 1) / CONV2D_NCB;
+    #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+    for (long blk = 0; blk < n_blocks; blk++) {
+        float* Bp = ws + conv2d_round16(Mpad * Kd) + per_thread * conv2d_thread_id();
+        float* Cb = Bp + conv2d_round16((size_t)kc_max * CONV2D_NCB);  // (Cout, nc) block of outputs
+        long n0 = blk * CONV2D_NCB;
+        int nc = N - n0 < CONV2D_NCB ? (int)(N - n0) : CONV2D_NCB;
+        for (int pc = 0; pc < Kd; pc += GEMM_KC) {
+            int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
+            conv2d_pack_col(Bp, x, Cin, H, W, K, stride, Ho, Wo, n0, nc, pc, kc);
+            gemm_macro_kernel(Cout, nc, kc, 1.0f, Wp + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
+        }
+        // columns -> NCHW, one stretch of consecutive positions of one image at a time
+        for (long n = n0; n < n0 + nc;) {
+            long img = n / HWo, p = n - img * HWo;
+            int len = (int)(HWo - p < n0 + nc - n ? HWo - p : n0 + nc - n);
+            for (int co = 0; co < Cout; co++) {
+                const float* src = Cb + (size_t)co * nc + (n - n0);
+                float* dst = out + ((size_t)img * Cout + co) * HWo + p;
+                float bv = bias ? bias[co] : 0.0f;
+                for (int t = 0; t < len; t++) dst[t] = src[t] + bv;
+            }
+            n += len;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// CPU: backward
+
+// dbias (Cout) += sum over b, positions of dout (B, Cout, HWo)
+static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, long HWo) {
+    #pragma omp parallel for schedule(static)
+    for (int co = 0; co < Cout; co++) {
+        double sum = 0.0;  // double: a sum over up to B*HWo ~ 10^5 terms
+        for (int b = 0; b < B; b++) {
+            const float* d = dout + ((size_t)b * Cout + co) * HWo;
+            float s = 0.0f;
+            for (long p = 0; p < HWo; p++) s += d[p];
+            sum += s;
+        }
+        dbias[co] += (float)sum;
+    }
+}
+
+// dweight (Cout, Kd) += dout (Cout, N) @ col^T (N, Kd), the inner dimension running over the N
+// output positions of the batch. Threads take chunks of positions and accumulate into private
+// partial sums, added to dweight at the end. Per KC positions: A = dout (Cout rows) packed from
+// the NCHW layout, B = col^T packed tap by tap (each tap's im2col row written down a strip column).
+static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
+                               int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
+    int Kd = Cin * K * K;
+    long HWo = (long)Ho * Wo, N = (long)B * HWo;
+    int nthreads = cpu_thread_count();
+    size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
+    int nc_max = Kd < GEMM_NC ? ceil_div(Kd, GEMM_NR) * GEMM_NR : GEMM_NC;
+    // per thread: packed A (Mpad, KC), packed B (KC, nc_max), partial dweight (Cout, Kd)
+    size_t b_off = conv2d_round16(Mpad * GEMM_KC);
+    size_t partial_off = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
+    size_t per_thread = partial_off + conv2d_round16((size_t)Cout * Kd);
+    float* ws = conv2d_workspace(0, per_thread * nthreads);
+    // chunks of 4 KC-deep steps: enough work per chunk, enough chunks to balance two threads
+    long chunk = 4L * GEMM_KC;
+    long n_chunks = (N + chunk - 1) / chunk;
+
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* Ap = ws + per_thread * conv2d_thread_id();
+        float* Bp = Ap + b_off;
+        float* partial = Ap + partial_off;
+        memset(partial, 0, (size_t)Cout * Kd * sizeof(float));
+        ConvRun runs[GEMM_KC];
+        #pragma omp for schedule(dynamic)
+        for (long ch = 0; ch < n_chunks; ch++) {
+            long chunk_end = (ch + 1) * chunk < N ? (ch + 1) * chunk : N;
+            for (long pc = ch * chunk; pc < chunk_end; pc += GEMM_KC) {
+                int kc = chunk_end - pc < GEMM_KC ? (int)(chunk_end - pc) : GEMM_KC;
+                int nruns = conv2d_runs(runs, pc, kc, Ho, Wo);
+                // A strips: Ap[k*MR + r] = dout[b][co = i + r][position k]
+                for (int i = 0; i < Cout; i += GEMM_MR) {
+                    float* strip = Ap + (size_t)i * kc;
+                    for (int r = 0; r < GEMM_MR; r++) {
+                        if (i + r >= Cout) {  // zero rows pad the last strip
+                            for (int k = 0; k < kc; k++) strip[(size_t)k * GEMM_MR + r] = 0.0f;
+                            continue;
+                        }
+                        int k = 0;
+                        for (int q = 0; q < nruns; q++) {
+                            const ConvRun* run = &runs[q];
+                            const float* src = dout + ((size_t)run->b * Cout + i + r) * HWo +
+                                               (size_t)run->oy * Wo + run->ox;
+                            for (int t = 0; t < run->len; t++, k++) strip[(size_t)k * GEMM_MR + r] = src[t];
+                        }
+                    }
+                }
+                for (int jc = 0; jc < Kd; jc += GEMM_NC) {
+                    int nc = Kd - jc < GEMM_NC ? Kd - jc : GEMM_NC;
+                    // B strips: Bp[k*NR + jj] = col[tap = jc + j + jj][position k]
+                    for (int j = 0; j < nc; j += GEMM_NR) {
+                        float* strip = Bp + (size_t)j * kc;
+                        for (int jj = 0; jj < GEMM_NR; jj++) {
+                            int tap = jc + j + jj;
+                            if (j + jj >= nc) {
+                                for (int k = 0; k < kc; k++) strip[(size_t)k * GEMM_NR + jj] = 0.0f;
+                                continue;
+                            }
+                            int c = tap / (K * K), ky = (tap / K) % K, kx = tap % K;
+                            float* dst = strip + jj;
+                            for (int q = 0; q < nruns; q++) {
+                                const ConvRun* run = &runs[q];
+                                conv2d_im2col_run(dst, GEMM_NR, x + ((size_t)run->b * Cin + c) * H * W, H, W,
+                                                  run->oy * stride + ky - pad, run->ox * stride + kx - pad,
+                                                  stride, run->len);
+                                dst += (size_t)run->len * GEMM_NR;
+                            }
+                        }
+                    }
+                    gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, 1.0f, partial + jc, Kd);
+                }
+            }
+        }
+        // after the implicit barrier of the omp for every partial is complete: add them up
+        // (over the team actually running, which may be smaller than asked for)
+        int team = 1;
+#ifdef _OPENMP
+        team = omp_get_num_threads();
+#endif
+        #pragma omp for schedule(static)
+        for (long e = 0; e < (long)Cout * Kd; e++) {
+            float s = 0.0f;
+            for (int t = 0; t < team; t++) s += ws[per_thread * t + partial_off + e];
+            dweight[e] += s;
+        }
+    }
+}
+
+// dx for stride 2: dcol (Kd, n) = weight^T @ dout over blocks of whole images (so no two threads
+// write the same dx pixel), then col2im adds every tap's contribution into dx.
+static void conv2d_dx_strided_cpu(float* dx, const float* dout, const float* weight,
+                                  int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
+    int Kd = Cin * K * K;
+    long HWo = (long)Ho * Wo;
+    int nthreads = cpu_thread_count();
+    // images per block: ~CONV2D_NCB columns, but at least one block per thread
+    int g = HWo >= CONV2D_NCB ? 1 : (int)(CONV2D_NCB / HWo);
+    int g_balance = ceil_div(B, nthreads);
+    if (g > g_balance) g = g_balance;
+    int n_blocks = ceil_div(B, g);
+    long nc_max = (long)g * HWo;
+    size_t nc_pad = (size_t)ceil_div((int)nc_max, GEMM_NR) * GEMM_NR;
+    size_t Kdpad = (size_t)ceil_div(Kd, GEMM_MR) * GEMM_MR;
+    int kc_max = Cout < GEMM_KC ? Cout : GEMM_KC;
+    size_t per_thread = conv2d_round16((size_t)kc_max * nc_pad) + conv2d_round16((size_t)Kd * nc_max);
+    float* ws = conv2d_workspace(0, conv2d_round16(Kdpad * Cout) + per_thread * nthreads);
+    float* WTp = ws;  // packed weight^T (Kd, Cout), shared
+    conv2d_pack_a_all(1, Kd, Cout, weight, Kd, WTp);
+
+    #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+    for (int blk = 0; blk < n_blocks; blk++) {
+        float* Bp = ws + conv2d_round16(Kdpad * Cout) + per_thread * conv2d_thread_id();
+        float* dcol = Bp + conv2d_round16((size_t)kc_max * nc_pad);  // (Kd, nc)
+        int b0 = blk * g, nb = B - b0 < g ? B - b0 : g;
+        int nc = (int)(nb * HWo);
+        for (int pc = 0; pc < Cout; pc += GEMM_KC) {
+            int kc = Cout - pc < GEMM_KC ? Cout - pc : GEMM_KC;
+            // B strips: Bp[k*NR + t] = dout[b][co = pc + k][position], columns image after image
+            for (int j = 0; j < nc; j += GEMM_NR) {
+                int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
+                float* strip = Bp + (size_t)j * kc;
+                for (int k = 0; k < kc; k++) {
+                    for (int t = 0; t < GEMM_NR; t++) {
+                        long n = j + t;
+                        long img = n / HWo;
+                        strip[(size_t)k * GEMM_NR + t] = t < nr ?
+                            dout[((size_t)(b0 + img) * Cout + pc + k) * HWo + (n - img * HWo)] : 0.0f;
+                    }
+                }
+            }
+            gemm_macro_kernel(Kd, nc, kc, 1.0f, WTp + (size_t)pc * Kdpad, Bp, pc == 0 ? 0.0f : 1.0f, dcol, nc);
+        }
+        // col2im: dx[b][c][oy*stride + ky - pad][ox*stride + kx - pad] += dcol[(c, ky, kx)][b, oy, ox]
+        for (int bi = 0; bi < nb; bi++) {
+            for (int c = 0; c < Cin; c++) {
+                float* plane = dx + ((size_t)(b0 + bi) * Cin + c) * H * W;
+                memset(plane, 0, (size_t)H * W * sizeof(float));
+                for (int ky = 0; ky < K; ky++) {
+                    for (int kx = 0; kx < K; kx++) {
+                        const float* src = dcol + (size_t)((c * K + ky) * K + kx) * nc + bi * HWo;
+                        for (int oy = 0; oy < Ho; oy++) {
+                            int iy = oy * stride + ky - pad;
+                            if (iy < 0 || iy >= H) continue;
+                            for (int ox = 0; ox < Wo; ox++) {
+                                int ix = ox * stride + kx - pad;
+                                if (ix >= 0 && ix < W) plane[(size_t)iy * W + ix] += src[oy * Wo + ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// dx (OVERWRITTEN; may be NULL: skipped), dweight and dbias ACCUMULATED (+=)
+static void conv2d_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                                const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    conv2d_check_args("conv2d_backward_cpu", B, Cin, H, W, Cout, K, stride);
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
+    conv2d_dbias_cpu(dbias, dout, B, Cout, (long)Ho * Wo);
+    conv2d_dweight_cpu(dweight, dout, x, B, Cin, H, W, Cout, K, stride);
+    if (dx == NULL) return;
+    if (stride == 1) {
+        // With stride 1 and pad K/2 the input gradient is a convolution of dout with the weights
+        // transposed (Cin <-> Cout) and flipped in space:
+        //   dx[ci][y][x] = sum_{co,ky,kx} w[co][ci][ky][kx] dout[co][y - ky + pad][x - kx + pad]
+        //                = conv(dout, wf)[ci][y][x]  with wf[ci][co][ky][kx] = w[co][ci][K-1-ky][K-1-kx]
+        // so it runs on the forward path, without a col2im pass.
+        size_t wsize = (size_t)Cout * Cin * K * K;
+        float* wf = conv2d_workspace(1, wsize);
+        #pragma omp parallel for schedule(static)
+        for (int ci = 0; ci < Cin; ci++) {
+            for (int co = 0; co < Cout; co++) {
+                for (int t = 0; t < K * K; t++) {
+                    wf[((size_t)ci * Cout + co) * K * K + t] = weight[((size_t)co * Cin + ci) * K * K + (K * K - 1 - t)];
+                }
+            }
+        }
+        conv2d_forward_cpu(dx, dout, wf, NULL, B, Cout, H, W, Cin, K, 1);
+    } else {
+        conv2d_dx_strided_cpu(dx, dout, weight, B, Cin, H, W, Cout, K, stride);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// CUDA kernels
+// The GPU path works on chunks of nb images in a "channels-major" layout: a matrix whose rows are
+// channels (or taps) and whose nb*Ho*Wo columns are the positions of every image in the chunk,
+// so a whole chunk is one cuBLAS SGEMM (the batch sum of dweight is the GEMM's inner dimension).
+
+// col[(c*K + ky)*K + kx][n] with n = (b*Ho + oy)*Wo + ox: the im2col matrix of nb images.
+// With K = 1, stride 1 it is the layout change NCHW -> (C, nb*H*W).
+__global__ void conv2d_im2col_kernel(float* col, const float* x, int nb, int Cin, int H, int W,
+                                     int K, int stride, int Ho, int Wo) {
+    long ncols = (long)nb * Ho * Wo;
+    long total = (long)Cin * K * K * ncols;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        long n = i % ncols;
+        int tap = (int)(i / ncols);
+        int c = tap / (K * K), ky = (tap / K) % K, kx = tap % K;
+        int ox = (int)(n % Wo), oy = (int)((n / Wo) % Ho), b = (int)(n / ((long)Wo * Ho));
+        int iy = oy * stride + ky - K / 2, ix = ox * stride + kx - K / 2;
+        col[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[(((long)b * Cin + c) * H + iy) * W + ix] : 0.0f;
+    }
+}
+
+// out[b][co][p] = y[co][b*HWo + p] + bias[co] (bias may be NULL): channels-major GEMM result -> NCHW
+__global__ void conv2d_to_nchw_bias_kernel(float* out, const float* y, const float* bias, int nb, int Cout, long HWo) {
+    long total = (long)nb * Cout * HWo;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        long p = i % HWo;
+        int co = (int)((i / HWo) % Cout);
+        long b = i / (HWo * Cout);
+        out[i] = y[co * (long)nb * HWo + b * HWo + p] + (bias ? bias[co] : 0.0f);
+    }
+}
+
+// dx[b][c][iy][ix] = sum of dcol over the taps (ky, kx) and output positions that read this pixel:
+// a gather (one thread per dx element, no atomics, deterministic); overwrites dx
+__global__ void conv2d_col2im_kernel(float* dx, const float* dcol, int nb, int Cin, int H, int W,
+                                     int K, int stride, int Ho, int Wo) {
+    long ncols = (long)nb * Ho * Wo;
+    long total = (long)nb * Cin * H * W;
+    int pad = K / 2;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        int ix = (int)(i % W), iy = (int)((i / W) % H), c = (int)((i / ((long)W * H)) % Cin);
+        long b = i / ((long)W * H * Cin);
+        float sum = 0.0f;
+        for (int ky = 0; ky < K; ky++) {
+            int ty = iy + pad - ky;  // = oy * stride
+            if (ty < 0 || ty % stride != 0 || ty / stride >= Ho) continue;
+            for (int kx = 0; kx < K; kx++) {
+                int tx = ix + pad - kx;
+                if (tx < 0 || tx % stride != 0 || tx / stride >= Wo) continue;
+                sum += dcol[(long)((c * K + ky) * K + kx) * ncols + (b * Ho + ty / stride) * Wo + tx / stride];
+            }
+        }
+        dx[i] = sum;
+    }
+}
+
+// dbias[co] += sum over b, p of dout[b][co][p]: one block per channel, tree reduction in shared memory
+__global__ void conv2d_dbias_kernel(float* dbias, const float* dout, int B, int Cout, long HWo) {
+    __shared__ float partial[256];
+    int co = blockIdx.x;
+    float s = 0.0f;
+    for (long i = threadIdx.x; i < (long)B * HWo; i += blockDim.x) {
+        long b = i / HWo;
+        s += dout[(b * Cout + co) * HWo + (i - b * HWo)];
+    }
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) dbias[co] += partial[0];
+}
+
+// ----------------------------------------------------------------------------
+// CUDA launchers
+
+// grid for a grid-stride loop over `total` elements
+static int conv2d_grid(long total, int block) {
+    long g = (total + block - 1) / block;
+    return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
+}
+
+// images per chunk: the col matrix (Kd rows) plus a Cout-row matrix of nb*HWo columns each stay
+// under 2^26 floats (256 MiB) of workspace
+static int conv2d_chunk_images(int B, int Kd, int Cout, long HWo) {
+    long per_image = (long)(Kd + Cout) * HWo;
+    long nb = (1L << 26) / per_image;
+    if (nb < 1) nb = 1;
+    return (int)(nb < B ? nb : B);
+}
+
+static void conv2d_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
+                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    conv2d_check_args("conv2d_forward_cuda", B, Cin, H, W, Cout, K, stride);
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
+    int Kd = Cin * K * K;
+    long HWo = (long)Ho * Wo;
+    int chunk = conv2d_chunk_images(B, Kd, Cout, HWo);
+    float* col = conv2d_workspace(0, (size_t)(Kd + Cout) * chunk * HWo);
+    float* y = col + (size_t)Kd * chunk * HWo;  // (Cout, nb*HWo)
+    const int block = 256;
+    for (int b0 = 0; b0 < B; b0 += chunk) {
+        int nb = B - b0 < chunk ? B - b0 : chunk;
+        int ncols = (int)(nb * HWo);
+        conv2d_im2col_kernel<<<conv2d_grid((long)Kd * ncols, block), block>>>(
+            col, x + (size_t)b0 * Cin * H * W, nb, Cin, H, W, K, stride, Ho, Wo);
+        cudaCheck(cudaGetLastError());
+        gemm_cuda(0, 0, Cout, ncols, Kd, 1.0f, weight, Kd, col, ncols, 0.0f, y, ncols);
+        conv2d_to_nchw_bias_kernel<<<conv2d_grid((long)nb * Cout * HWo, block), block>>>(
+            out + (size_t)b0 * Cout * HWo, y, bias, nb, Cout, HWo);
+        cudaCheck(cudaGetLastError());
+    }
+}
+
+static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                                 const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    conv2d_check_args("conv2d_backward_cuda", B, Cin, H, W, Cout, K, stride);
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
+    int Kd = Cin * K * K;
+    long HWo = (long)Ho * Wo;
+    const int block = 256;
+    conv2d_dbias_kernel<<<Cout, block>>>(dbias, dout, B, Cout, HWo);
+    cudaCheck(cudaGetLastError());
+    int chunk = conv2d_chunk_images(B, Kd, Cout, HWo);
+    float* col = conv2d_workspace(0, (size_t)(Kd + Cout) * chunk * HWo);  // (Kd, nb*HWo), later dcol
+    float* dy = col + (size_t)Kd * chunk * HWo;                            // (Cout, nb*HWo)
+    for (int b0 = 0; b0 < B; b0 += chunk) {
+        int nb = B - b0 < chunk ? B - b0 : chunk;
+        int ncols = (int)(nb * HWo);
+        conv2d_im2col_kernel<<<conv2d_grid((long)Kd * ncols, block), block>>>(
+            col, x + (size_t)b0 * Cin * H * W, nb, Cin, H, W, K, stride, Ho, Wo);
+        cudaCheck(cudaGetLastError());
+        // dout chunk NCHW -> (Cout, nb*HWo): the im2col of a 1x1 stride-1 conv
+        conv2d_im2col_kernel<<<conv2d_grid((long)Cout * ncols, block), block>>>(
+            dy, dout + (size_t)b0 * Cout * HWo, nb, Cout, Ho, Wo, 1, 1, Ho, Wo);
+        cudaCheck(cudaGetLastError());
+        // dweight (Cout, Kd) += dy (Cout, ncols) @ col^T (ncols, Kd)
+        gemm_cuda(0, 1, Cout, Kd, ncols, 1.0f, dy, ncols, col, ncols, 1.0f, dweight, Kd);
+        if (dx != NULL) {
+            // dcol (Kd, ncols) = weight^T (Kd, Cout) @ dy (Cout, ncols), over col (no longer needed)
+            gemm_cuda(1, 0, Kd, ncols, Cout, 1.0f, weight, Kd, dy, ncols, 0.0f, col, ncols);
+            conv2d_col2im_kernel<<<conv2d_grid((long)nb * Cin * H * W, block), block>>>(
+                dx + (size_t)b0 * Cin * H * W, col, nb, Cin, H, W, K, stride, Ho, Wo);
+            cudaCheck(cudaGetLastError());
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// dispatchers: pointers live on the current device
+
+// x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) -> out (B, Cout, Ho, Wo)
+static void conv2d_forward(float* out, const float* x, const float* weight, const float* bias,
+                           int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    if (g_device == DEVICE_CUDA) {
+        conv2d_forward_cuda(out, x, weight, bias, B, Cin, H, W, Cout, K, stride);
+    } else {
+        conv2d_forward_cpu(out, x, weight, bias, B, Cin, H, W, Cout, K, stride);
+    }
+}
+
+// dout (B, Cout, Ho, Wo) -> dx (B, Cin, H, W) OVERWRITTEN (NULL: skipped),
+// dweight (Cout, Cin, K, K) and dbias (Cout) ACCUMULATED
+static void conv2d_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                            const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    if (g_device == DEVICE_CUDA) {
+        conv2d_backward_cuda(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
+    } else {
+        conv2d_backward_cpu(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
+    }
+}

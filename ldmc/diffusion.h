@@ -1,0 +1,135 @@
+// ldmc/diffusion.h — the diffusion process of SPEC §5 and the samplers train_ldm (previews) and
+// sample_ldm share:
+//   diffusion_schedule   abar_t for t = 0..T-1 (cosine or linear betas), in double precision
+//   diffusion_q_sample   z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, the training input
+//   sample_latents       DDPM (ancestral), DDIM (eta) and DPM-Solver++(2M) over S respaced steps,
+//                        calling a model callback for eps (the callback does CFG and batching)
+// Latents are tiny (B x 4 x 8 x 8), so the sampler arithmetic runs on the host in double; only the
+// U-Net forward, behind the callback, runs on the device.
+#pragma once
+
+#include "common.cuh"
+#include "rng.cuh"
+
+#define DIFFUSION_T 1000
+
+typedef enum { SCHEDULE_COSINE, SCHEDULE_LINEAR } Schedule;
+typedef enum { SAMPLER_DDPM, SAMPLER_DDIM, SAMPLER_DPMPP_2M } Sampler;
+
+static const char* schedule_name(Schedule s) { return s == SCHEDULE_COSINE ? "cosine" : "linear"; }
+static const char* sampler_name(Sampler s) {
+    return s == SAMPLER_DDPM ? "ddpm" : s == SAMPLER_DDIM ? "ddim" : "dpm++2m";
+}
+
+// ----------------------------------------------------------------------------
+// noise schedule
+
+// abar (T): abar_t = prod_{i <= t} (1 - beta_i).
+// cosine (Nichol & Dhariwal): beta_t = 1 - f((t+1)/T) / f(t/T), f(u) = cos((u + s)/(1 + s) * pi/2)^2,
+// s = 0.008, clipped at 0.999; linear: beta from 1e-4 to 0.02.
+static void diffusion_schedule(Schedule s, double* abar) {
+    double prod = 1.0;
+    for (int t = 0; t < DIFFUSION_T; t++) {
+        double beta;
+        if (s == SCHEDULE_COSINE) {
+            const double so = 0.008, half_pi = 1.5707963267948966;
+            double f0 = cos(((double)t / DIFFUSION_T + so) / (1.0 + so) * half_pi);
+            double f1 = cos(((double)(t + 1) / DIFFUSION_T + so) / (1.0 + so) * half_pi);
+            beta = 1.0 - (f1 * f1) / (f0 * f0);
+            if (beta > 0.999) beta = 0.999;
+        } else {
+            beta = 1e-4 + (0.02 - 1e-4) * t / (DIFFUSION_T - 1);
+        }
+        prod *= 1.0 - beta;
+        abar[t] = prod;
+    }
+}
+
+// z_t (B, dim) = sqrt(abar_t[b]) z0 + sqrt(1 - abar_t[b]) eps, per batch item (host)
+static void diffusion_q_sample(float* zt, const float* z0, const float* eps, const int* t, const double* abar,
+                               int B, size_t dim) {
+    for (int b = 0; b < B; b++) {
+        double a = abar[t[b]], sa = sqrt(a), sn = sqrt(1.0 - a);
+        for (size_t i = 0; i < dim; i++) {
+            size_t k = (size_t)b * dim + i;
+            zt[k] = (float)(sa * z0[k] + sn * eps[k]);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// samplers
+
+// eps prediction of the model at timestep t for n latents z (n, dim), host in and out
+typedef void (*EpsModelFn)(void* ctx, const float* z, int t, float* eps, int n);
+
+// respaced timesteps: tau_i = i * floor(T / S), i = 0..S-1 (visited from the largest down)
+static int sampling_timestep(int i, int steps) { return i * (DIFFUSION_T / steps); }
+
+// One sampler run: z (n, dim) holds the initial noise z_T on entry and the sample on exit.
+// Each step goes from t = tau_i to s = tau_{i-1}; the last from t = 0 to abar_s = 1, whose result is
+// the x0 prediction. Per-step noise (DDPM, DDIM with eta > 0) is rng_normal(noise_seed, counter) with
+// counter = step_index * n * dim + element, so a run is reproducible on any device.
+static void sample_latents(Sampler sampler, int steps, float eta, const double* abar, EpsModelFn model,
+                           void* ctx, float* z, int n, size_t dim, uint64_t noise_seed) {
+    size_t N = (size_t)n * dim;
+    float* eps = (float*)mallocCheck(N * sizeof(float));
+    double* x0 = (double*)mallocCheck(N * sizeof(double));       // current data prediction
+    double* x0_prev = (double*)mallocCheck(N * sizeof(double));  // DPM-Solver++: the previous one
+    double h_prev = 0.0;
+    for (int i = steps - 1; i >= 0; i--) {
+        int t = sampling_timestep(i, steps);
+        double a_t = abar[t];
+        double a_s = i > 0 ? abar[sampling_timestep(i - 1, steps)] : 1.0;
+        int last = i == 0;
+        model(ctx, z, t, eps, n);
+        for (size_t k = 0; k < N; k++) x0[k] = (z[k] - sqrt(1.0 - a_t) * eps[k]) / sqrt(a_t);
+        uint64_t noise_base = (uint64_t)(steps - 1 - i) * N;
+        if (sampler == SAMPLER_DDPM) {
+            // posterior q(z_s | z_t, x0): mean = c0 x0 + ct z_t, variance = (1 - a_s)/(1 - a_t) * beta
+            double beta = 1.0 - a_t / a_s;
+            double c0 = sqrt(a_s) * beta / (1.0 - a_t);
+            double ct = sqrt(1.0 - beta) * (1.0 - a_s) / (1.0 - a_t);
+            double sd = last ? 0.0 : sqrt((1.0 - a_s) / (1.0 - a_t) * beta);
+            for (size_t k = 0; k < N; k++) {
+                double noise = sd > 0.0 ? rng_normal(noise_seed, noise_base + k) : 0.0;
+                z[k] = (float)(c0 * x0[k] + ct * z[k] + sd * noise);
+            }
+        } else if (sampler == SAMPLER_DDIM) {
+            // Song et al.: sigma = eta sqrt((1 - a_s)/(1 - a_t)) sqrt(1 - a_t/a_s);
+            // z_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma noise
+            double sigma = eta * sqrt((1.0 - a_s) / (1.0 - a_t)) * sqrt(1.0 - a_t / a_s);
+            double c_eps = sqrt(fmax(1.0 - a_s - sigma * sigma, 0.0));
+            for (size_t k = 0; k < N; k++) {
+                double noise = sigma > 0.0 ? rng_normal(noise_seed, noise_base + k) : 0.0;
+                z[k] = (float)(sqrt(a_s) * x0[k] + c_eps * eps[k] + sigma * noise);
+            }
+        } else {
+            // DPM-Solver++(2M), data prediction: lambda = log(alpha / sigma), h = lambda_s - lambda_t,
+            // z_s = (sigma_s / sigma_t) z_t - alpha_s (exp(-h) - 1) D, with D = x0 (first order: first
+            // and last step) or D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h (second order)
+            if (last) {
+                for (size_t k = 0; k < N; k++) z[k] = (float)x0[k];  // sigma_s = 0: the data prediction
+            } else {
+                double lam_t = 0.5 * log(a_t / (1.0 - a_t)), lam_s = 0.5 * log(a_s / (1.0 - a_s));
+                double h = lam_s - lam_t;
+                double ratio = sqrt((1.0 - a_s) / (1.0 - a_t)), alpha_s = sqrt(a_s);
+                double em1 = expm1(-h);
+                int first = i == steps - 1;
+                double c_cur = 1.0, c_prev = 0.0;
+                if (!first) {
+                    double r = h_prev / h;
+                    c_cur = 1.0 + 1.0 / (2.0 * r);
+                    c_prev = -1.0 / (2.0 * r);
+                }
+                for (size_t k = 0; k < N; k++) {
+                    double D = c_cur * x0[k] + c_prev * x0_prev[k];
+                    z[k] = (float)(ratio * z[k] - alpha_s * em1 * D);
+                }
+                h_prev = h;
+            }
+            double* tmp = x0_prev; x0_prev = x0; x0 = tmp;
+        }
+    }
+    free(eps); free(x0); free(x0_prev);
+}

@@ -1,0 +1,71 @@
+// ldmc/testing.h — the small harness test_ldm uses: pass/fail counters, a float comparison with a
+// tolerance relative to the reference's scale (error and tolerance are printed side by side),
+// and the closing line "N passed, M failed".
+// Tests run once per device: the caller sets g_device, a test uploads its reference inputs with
+// test_upload, runs the layer's dispatcher and brings the result back with test_download.
+#pragma once
+
+#include "common.cuh"
+
+static int g_tests_passed = 0;
+static int g_tests_failed = 0;
+
+static void test_record(const char* name, int ok, const char* detail) {
+    if (ok) g_tests_passed++; else g_tests_failed++;
+    printf("  %s %-48s %s\n", ok ? "[ok]  " : "[FAIL]", name, detail ? detail : "");
+    fflush(stdout);
+}
+
+// max |got - ref| must be <= rtol * max(max |ref|, floor): the tolerance scales with the size of
+// the reference values, so one number works for tensors of very different magnitudes.
+// NaN or Inf in `got` always fails.
+static int check_close(const char* name, const float* got, const float* ref, size_t n, float rtol) {
+    double max_err = 0.0, max_ref = 0.0;
+    size_t worst = 0;
+    int finite = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) { finite = 0; worst = i; break; }
+        double e = fabs((double)got[i] - (double)ref[i]);
+        if (e > max_err) { max_err = e; worst = i; }
+        if (fabs((double)ref[i]) > max_ref) max_ref = fabs((double)ref[i]);
+    }
+    double scale = max_ref > 1e-12 ? max_ref : 1e-12;
+    double tol = rtol * scale;
+    int ok = finite && max_err <= tol;
+    char detail[192];
+    if (!finite) {
+        snprintf(detail, sizeof(detail), "non-finite value at [%zu]", worst);
+    } else {
+        snprintf(detail, sizeof(detail), "max err %.2e (at [%zu]) tol %.1e = %.0e x max|ref| %.2e",
+                 max_err, worst, tol, (double)rtol, max_ref);
+    }
+    test_record(name, ok, detail);
+    return ok;
+}
+
+static int check_true(const char* name, int cond, const char* detail) {
+    test_record(name, cond, detail);
+    return cond;
+}
+
+static const char* device_name(void) { return g_device == DEVICE_CUDA ? "cuda" : "cpu"; }
+
+// a copy of n host floats on the current device (free with dev_free)
+static float* test_upload(const float* host, size_t n) {
+    float* d = dev_malloc_floats(n);
+    host_to_dev(d, host, n * sizeof(float));
+    return d;
+}
+
+// a malloc'd host copy of n floats from the current device (free with free)
+static float* test_download(const float* dev, size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    dev_to_host(h, dev, n * sizeof(float));
+    return h;
+}
+
+// prints the closing line and returns the process exit code
+static int tests_summary(void) {
+    printf("%d passed, %d failed\n", g_tests_passed, g_tests_failed);
+    return g_tests_failed == 0 ? 0 : 1;
+}

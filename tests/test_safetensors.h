@@ -1,0 +1,455 @@
+// tests/test_safetensors.h — tests of ldmc/safetensors.h against files written by Python's `safetensors`
+// (dev/refs_safetensors.py): every value and metadata string of a Python-written file, JSON escapes, our
+// writer's bytes equal to Python's for the same tensors, a round trip, the strict reader refusing corrupt
+// files (made here from the good reference bytes), the config JSON helpers, and the exits and atomic
+// writes (checked in a forked child, so the exit paths run for real).
+// Host-only code: test_safetensors runs once, on the CPU pass.
+#pragma once
+
+#include <float.h>
+#include <sys/wait.h>
+#include "ldmc/testing.h"
+#include "ldmc/safetensors.h"
+
+// ----------------------------------------------------------------------------
+// the writer set of dev/refs_safetensors.py (writer_set), whose Python bytes are dev/ref/safetensors_writer.safetensors
+
+#define ST_TEST_NOTE "quote \" backslash \\ slash / newline \n tab \t cr \r bs \b ff \f ctl \x01\x1f del \x7f é☃𝄞"
+
+// adds the tensors out of order on purpose: the writer must lay them out as Python does
+static void st_test_write_writer_set(const char* path) {
+    static const float b_weight[6] = {-1.0f, -0.75f, -0.5f, -0.25f, 0.0f, 0.25f};   // (3, 2)
+    static const float a_bias[3] = {0.5f, -1.5f, 2.25f};                            // (3,)
+    static const float A[2] = {3.0f, -0.125f};                                      // (1, 1, 1, 2)
+    static const float scalar = 7.5f;                                               // ()
+    static const int64_t step = 42;                                                 // ()
+    static const int64_t rng[2] = {-5, (1LL << 40) + 3};                            // (2,)
+    const int64_t s_b[2] = {3, 2}, s_a[1] = {3}, s_A[4] = {1, 1, 1, 2}, s_empty[1] = {0}, s_rng[1] = {2};
+    SafeTensorsWriter w;
+    st_writer_init(&w);
+    st_writer_add(&w, "step", "I64", &step, 0, NULL);
+    st_writer_add(&w, "scalar", "F32", &scalar, 0, NULL);
+    st_writer_add(&w, "b.weight", "F32", b_weight, 2, s_b);
+    st_writer_add(&w, "rng", "I64", rng, 1, s_rng);
+    st_writer_add(&w, "empty", "F32", NULL, 1, s_empty);
+    st_writer_add(&w, "a.bias", "F32", a_bias, 1, s_a);
+    st_writer_add(&w, "A", "F32", A, 4, s_A);
+    st_writer_add_meta(&w, "note", ST_TEST_NOTE);
+    st_writer_write(&w, path);
+    st_writer_free(&w);
+}
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static uint8_t* st_test_slurp(const char* path, size_t* n) {
+    FILE* fp = fopenCheck(path, "rb");
+    fseek(fp, 0, SEEK_END);
+    *n = (size_t)ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    uint8_t* bytes = (uint8_t*)mallocCheck(*n + 1);
+    freadCheck(bytes, 1, *n, fp);
+    fclose(fp);
+    return bytes;
+}
+
+static void st_test_dump(const char* path, const void* bytes, size_t n) {
+    FILE* fp = fopenCheck(path, "wb");
+    fwriteCheck(bytes, 1, n, fp);
+    fclose(fp);
+}
+
+static int st_test_exists(const char* path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+static int st_test_shape_is(const SafeTensorInfo* t, const char* dtype, int ndim, const int64_t* shape) {
+    if (t == NULL || strcmp(t->dtype, dtype) != 0 || t->ndim != ndim) return 0;
+    for (int d = 0; d < ndim; d++) {
+        if (t->shape[d] != shape[d]) return 0;
+    }
+    return 1;
+}
+
+// writes `bytes` as dir/<label>.safetensors and checks that safetensors_read refuses it with a message
+// naming the file and containing `phrase` (phrase NULL: the file must be accepted)
+static void st_test_expect(const char* dir, const char* label, const uint8_t* bytes, size_t n, const char* phrase) {
+    char path[512], name[96], err[1024];
+    snprintf(path, sizeof(path), "%s/%s.safetensors", dir, label);
+    snprintf(name, sizeof(name), "%s safetensors refuses %s", device_name(), label);
+    st_test_dump(path, bytes, n);
+    SafeTensors st;
+    int rc = safetensors_read(path, &st, err, sizeof(err));
+    if (phrase == NULL) {
+        snprintf(name, sizeof(name), "%s safetensors accepts %s", device_name(), label);
+        check_true(name, rc == 0, rc == 0 ? "read fine" : err);
+        if (rc == 0) safetensors_free(&st);
+    } else {
+        int ok = rc != 0 && strstr(err, path) != NULL && strstr(err, phrase) != NULL && st.buffer == NULL &&
+                 st.tensors == NULL;
+        // the message without the temporary directory, which changes every run
+        const char* shown = rc == 0 ? "it was accepted" : strstr(err, label) ? strstr(err, label) : err;
+        check_true(name, ok, shown);
+    }
+    remove(path);
+}
+
+// a file of an 8-byte length, `header` padded with spaces to a multiple of 8, and `ndata` bytes of data
+static void st_test_expect_header(const char* dir, const char* label, const char* header, const uint8_t* data,
+                                  size_t ndata, const char* phrase) {
+    size_t hlen = strlen(header), padded = (hlen + 7) / 8 * 8;
+    uint8_t* bytes = (uint8_t*)mallocCheck(8 + padded + ndata);
+    for (int i = 0; i < 8; i++) bytes[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    memcpy(bytes + 8, header, hlen);
+    memset(bytes + 8 + hlen, ' ', padded - hlen);
+    memcpy(bytes + 8 + padded, data, ndata);
+    st_test_expect(dir, label, bytes, 8 + padded + ndata, phrase);
+    free(bytes);
+}
+
+// runs fn(arg) in a child process with stderr sent to dir/child_stderr.txt; returns the child's exit status
+// (-1 if it did not exit normally) and what it printed, so the paths that exit can be tested for real
+static int st_test_in_child(const char* dir, void (*fn)(const void*), const void* arg, char* out, size_t n) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/child_stderr.txt", dir);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) { fprintf(stderr, "Error: fork failed: %s\n", strerror(errno)); exit(EXIT_FAILURE); }
+    if (pid == 0) {
+        if (freopen(path, "w", stderr) == NULL) _exit(99);
+        fn(arg);
+        fflush(stderr);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    size_t len = 0;
+    uint8_t* text = st_test_slurp(path, &len);
+    snprintf(out, n, "%.*s", (int)len, (const char*)text);
+    free(text);
+    remove(path);
+    for (char* c = out; *c; c++) if (*c == '\n') *c = ' ';   // one line in the test report
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+typedef struct { const SafeTensors* st; const char* name; size_t numel; int i64; } StTestGet;
+static void st_test_child_get(const void* arg) {
+    const StTestGet* g = (const StTestGet*)arg;
+    if (g->i64) safetensors_get_i64(g->st, g->name, g->numel);
+    else safetensors_get_f32(g->st, g->name, g->numel);
+}
+static void st_test_child_load(const void* arg) {
+    SafeTensors st;
+    safetensors_load((const char*)arg, &st);
+}
+static void st_test_child_write(const void* arg) {
+    st_test_write_writer_set((const char*)arg);
+}
+
+// ----------------------------------------------------------------------------
+// the tests
+
+// dev/ref/safetensors_python.safetensors: every tensor value and metadata string (python_set() in the script)
+static void test_safetensors_python_file(void) {
+    char name[96], detail[256];
+    const char* dev = device_name();
+    SafeTensors st;
+    safetensors_load("dev/ref/safetensors_python.safetensors", &st);
+
+    // Python's layout: I64 tensors first, then F32, each by name
+    const char* order[8] = {"labels", "rng_state", "step", "conv.weight", "emb", "empty", "scale", "special"};
+    int in_order = st.num_tensors == 8;
+    for (int i = 0; i < 8 && in_order; i++) in_order = strcmp(st.tensors[i].name, order[i]) == 0;
+    const int64_t s_conv[4] = {4, 3, 3, 3}, s_emb[3] = {2, 3, 4}, s_special[1] = {6}, s_empty[2] = {0, 5},
+                  s_rng[2] = {2, 2}, s_labels[1] = {10};
+    int shapes = st_test_shape_is(safetensors_find(&st, "conv.weight"), "F32", 4, s_conv) &&
+                 st_test_shape_is(safetensors_find(&st, "emb"), "F32", 3, s_emb) &&
+                 st_test_shape_is(safetensors_find(&st, "special"), "F32", 1, s_special) &&
+                 st_test_shape_is(safetensors_find(&st, "scale"), "F32", 0, NULL) &&
+                 st_test_shape_is(safetensors_find(&st, "empty"), "F32", 2, s_empty) &&
+                 safetensors_find(&st, "empty")->numel == 0 && safetensors_find(&st, "empty")->nbytes == 0 &&
+                 st_test_shape_is(safetensors_find(&st, "step"), "I64", 0, NULL) &&
+                 st_test_shape_is(safetensors_find(&st, "rng_state"), "I64", 2, s_rng) &&
+                 st_test_shape_is(safetensors_find(&st, "labels"), "I64", 1, s_labels) &&
+                 safetensors_find(&st, "missing") == NULL;
+    snprintf(name, sizeof(name), "%s safetensors python file: names/dtypes/shapes", dev);
+    snprintf(detail, sizeof(detail), "%d tensors, file order %s, dtypes and shapes %s", st.num_tensors,
+             in_order ? "as Python's (I64, then F32, by name)" : "WRONG", shapes ? "match" : "WRONG");
+    check_true(name, in_order && shapes, detail);
+
+    float conv[108], emb[24];
+    for (int i = 0; i < 108; i++) conv[i] = (float)((i - 50) / 8.0);
+    for (int i = 0; i < 24; i++) emb[i] = (float)((i % 7 - 3) / 3.0);
+    snprintf(name, sizeof(name), "%s safetensors python file: conv.weight F32", dev);
+    check_close(name, safetensors_get_f32(&st, "conv.weight", 108), conv, 108, 0.0f);
+    snprintf(name, sizeof(name), "%s safetensors python file: emb F32", dev);
+    check_close(name, safetensors_get_f32(&st, "emb", 24), emb, 24, 0.0f);
+
+    // inf, -inf, nan, -0, the smallest denormal, FLT_MAX: compared bit for bit (nan by isnan)
+    const float* special = safetensors_get_f32(&st, "special", 6);
+    const uint32_t bits[6] = {0x7f800000u, 0xff800000u, 0u, 0x80000000u, 0x00000001u, 0x7f7fffffu};
+    int special_ok = isnan(special[2]) && *safetensors_get_f32(&st, "scale", 1) == 0.1f;
+    for (int i = 0; i < 6; i++) {
+        uint32_t b;
+        memcpy(&b, &special[i], 4);
+        if (i != 2 && b != bits[i]) special_ok = 0;
+    }
+    snprintf(name, sizeof(name), "%s safetensors python file: special floats", dev);
+    check_true(name, special_ok, "inf -inf nan -0 2^-149 FLT_MAX bit-exact, scalar 0.1f");
+
+    const int64_t* step = safetensors_get_i64(&st, "step", 1);
+    const int64_t* rng = safetensors_get_i64(&st, "rng_state", 4);
+    const int64_t* labels = safetensors_get_i64(&st, "labels", 10);
+    int ints_ok = step[0] == 123456789012LL && rng[0] == INT64_MIN && rng[1] == INT64_MAX && rng[2] == -1 &&
+                  rng[3] == (1LL << 53) + 1;
+    for (int i = 0; i < 10; i++) ints_ok = ints_ok && labels[i] == (int64_t)i * (i - 5);
+    snprintf(name, sizeof(name), "%s safetensors python file: I64 values", dev);
+    check_true(name, ints_ok, "step 123456789012, INT64_MIN/MAX, 2^53+1, labels i*(i-5)");
+
+    const char* config = "{\"preset\":\"tiny\",\"ch\":16,\"mult\":[1,2,4],\"nres\":1,\"z_channels\":4,\"kl_weight\":0.001,"
+                         "\"note\":\"say \\\"hi\\\" \\\\ C:\\\\path\\\\n tab\\t end\",\"nested\":{\"ch\":99,\"list\":[{\"x\":[1]}]}}";
+    const char* keys[6] = {"format", "model", "config", "unicode", "controls", "empty"};
+    const char* values[6] = {"ldm.c", "vae", config, "café ☃ 𝄞 naïve",
+                             "line1\nline2\r\n\t\b\f\x01\x1f\x7f /slash\\ \"q\"", ""};
+    int meta_ok = st.num_meta == 6;
+    const char* bad = "";
+    for (int i = 0; i < 6; i++) {
+        const char* v = safetensors_meta(&st, keys[i]);
+        if (v == NULL || strcmp(v, values[i]) != 0) { meta_ok = 0; bad = keys[i]; }
+    }
+    meta_ok = meta_ok && safetensors_meta(&st, "absent") == NULL;
+    snprintf(name, sizeof(name), "%s safetensors python file: metadata", dev);
+    snprintf(detail, sizeof(detail), "%d strings (JSON config, UTF-8, control chars, empty) %s%s", st.num_meta,
+             meta_ok ? "exact" : "WRONG: ", bad);
+    check_true(name, meta_ok, detail);
+
+    // the config helpers on the config read back (top-level keys only; "list" exists only nested)
+    const char* cfg = safetensors_meta(&st, "config");
+    int ch = 0, nres = 0, zc = 0, mult[4] = {0}, nmult = 0, x;
+    float klw = 0.0f;
+    char preset[16], note[64], small[4];
+    int cfg_ok = json_get_string(cfg, "preset", preset, sizeof(preset)) == 0 && strcmp(preset, "tiny") == 0 &&
+                 json_get_int(cfg, "ch", &ch) == 0 && ch == 16 && json_get_int(cfg, "nres", &nres) == 0 && nres == 1 &&
+                 json_get_int(cfg, "z_channels", &zc) == 0 && zc == 4 &&
+                 json_get_int_array(cfg, "mult", mult, 4, &nmult) == 0 && nmult == 3 && mult[0] == 1 &&
+                 mult[1] == 2 && mult[2] == 4 && json_get_float(cfg, "kl_weight", &klw) == 0 && klw == 0.001f &&
+                 json_get_string(cfg, "note", note, sizeof(note)) == 0 &&
+                 strcmp(note, "say \"hi\" \\ C:\\path\\n tab\t end") == 0;
+    int cfg_refuses = json_get_int(cfg, "absent", &x) == -1 && json_get_int(cfg, "list", &x) == -1 &&
+                      json_get_int(cfg, "preset", &x) == -1 && json_get_int(cfg, "kl_weight", &x) == -1 &&
+                      json_get_int(cfg, "mult", &x) == -1 && json_get_int_array(cfg, "mult", mult, 2, &nmult) == -1 &&
+                      json_get_string(cfg, "ch", small, sizeof(small)) == -1 &&
+                      json_get_string(cfg, "preset", small, 4) == -1 &&
+                      json_get_int("{\"ch\":16x}", "ch", &x) == -1 && json_get_int("{\"ch\" 16}", "ch", &x) == -1 &&
+                      json_get_int("{\"ch\":99999999999}", "ch", &x) == -1 && json_get_int("", "ch", &x) == -1 &&
+                      json_get_int("{\"a\":[1,{\"b\":\"}\"}],\"ch\":-3}", "ch", &x) == 0 && x == -3;
+    snprintf(name, sizeof(name), "%s safetensors config JSON helpers", dev);
+    check_true(name, cfg_ok && cfg_refuses, cfg_ok ? (cfg_refuses ? "preset ch mult nres z_channels kl_weight note "
+               "read; absent/nested/mistyped/malformed keys give -1" : "a bad or absent key was accepted")
+               : "a config value was read wrong");
+    safetensors_free(&st);
+}
+
+// dev/ref/safetensors_escapes.safetensors: \uXXXX (both cases), a surrogate pair, \/ and an indented header
+static void test_safetensors_escapes_file(void) {
+    char name[96];
+    SafeTensors st;
+    safetensors_load("dev/ref/safetensors_escapes.safetensors", &st);
+    const SafeTensorInfo* t = safetensors_find(&st, "wéight \"q\"");
+    int ok = t != NULL && t->numel == 2 && ((const float*)t->data)[0] == 1.5f && ((const float*)t->data)[1] == -2.0f &&
+             st.num_meta == 4 && strcmp(safetensors_meta(&st, "bmp"), "é☃") == 0 &&
+             strcmp(safetensors_meta(&st, "astral"), "𝄞") == 0 && strcmp(safetensors_meta(&st, "slash"), "a/b") == 0 &&
+             strcmp(safetensors_meta(&st, "ctl"), "\x01\n") == 0;
+    snprintf(name, sizeof(name), "%s safetensors JSON escapes", device_name());
+    check_true(name, ok, "\\u00e9 \\u00E9 \\u2603 \\ud834\\udd1e \\/ \\\" \\u0001 \\n, indented header");
+    safetensors_free(&st);
+}
+
+// our writer against Python's bytes, a round trip with several metadata entries, and overwriting
+static void test_safetensors_writer(const char* dir) {
+    char name[96], path[512], tmp[520], detail[256];
+    const char* dev = device_name();
+    snprintf(path, sizeof(path), "%s/ours.safetensors", dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+
+    st_test_write_writer_set(path);
+    size_t n_ours, n_ref;
+    uint8_t* ours = st_test_slurp(path, &n_ours);
+    uint8_t* ref = st_test_slurp("dev/ref/safetensors_writer.safetensors", &n_ref);
+    size_t first_diff = 0;
+    while (first_diff < n_ours && first_diff < n_ref && ours[first_diff] == ref[first_diff]) first_diff++;
+    snprintf(name, sizeof(name), "%s safetensors writer bytes == Python's", dev);
+    if (n_ours == n_ref && first_diff == n_ref) {
+        snprintf(detail, sizeof(detail), "%zu bytes identical (sorted, padded, escaped as Python)", n_ours);
+    } else {
+        snprintf(detail, sizeof(detail), "%zu vs %zu bytes, first difference at byte %zu", n_ours, n_ref, first_diff);
+    }
+    check_true(name, n_ours == n_ref && first_diff == n_ref, detail);
+    snprintf(name, sizeof(name), "%s safetensors writer leaves no .tmp", dev);
+    check_true(name, !st_test_exists(tmp), "only the final file exists after st_writer_write");
+    free(ours);
+    free(ref);
+
+    // round trip: a larger F32 tensor, I64 values, metadata in the order added
+    const int N = 1000;
+    float* big = (float*)mallocCheck(N * sizeof(float));       // (10, 100)
+    for (int i = 0; i < N; i++) big[i] = sinf(0.37f * i) * 1e3f;
+    const int64_t state[3] = {INT64_MIN, 7, INT64_MAX};        // (3,)
+    const float bias[5] = {-0.0f, 1e-40f, 1.0f, -2.5f, FLT_MIN}; // (5,)
+    const int64_t s_big[2] = {10, 100}, s_state[1] = {3}, s_bias[1] = {5};
+    const char* mk[4] = {"format", "model", "config", "vae_checkpoint"};
+    const char* mv[4] = {"ldm.c", "unet", "{\"preset\":\"tiny\",\"name\":\"a \\\"q\\\" \\\\ b\",\"mult\":[1,2]}",
+                         "runs/vae naïve/checkpoint_final.safetensors"};
+    SafeTensorsWriter w;
+    st_writer_init(&w);
+    st_writer_add(&w, "unet.big", "F32", big, 2, s_big);
+    st_writer_add(&w, "state", "I64", state, 1, s_state);
+    st_writer_add(&w, "unet.bias", "F32", bias, 1, s_bias);
+    for (int i = 0; i < 4; i++) st_writer_add_meta(&w, mk[i], mv[i]);
+    st_writer_write(&w, path);
+    st_writer_free(&w);
+    SafeTensors st;
+    safetensors_load(path, &st);
+    int ok = st.num_tensors == 3 && strcmp(st.tensors[0].name, "state") == 0 &&
+             st_test_shape_is(safetensors_find(&st, "unet.big"), "F32", 2, s_big) &&
+             memcmp(safetensors_get_f32(&st, "unet.big", N), big, N * sizeof(float)) == 0 &&
+             st_test_shape_is(safetensors_find(&st, "state"), "I64", 1, s_state) &&
+             memcmp(safetensors_get_i64(&st, "state", 3), state, sizeof(state)) == 0 &&
+             memcmp(safetensors_get_f32(&st, "unet.bias", 5), bias, sizeof(bias)) == 0 && st.num_meta == 4;
+    for (int i = 0; i < 4 && ok; i++) ok = strcmp(st.meta_keys[i], mk[i]) == 0 && strcmp(st.meta_values[i], mv[i]) == 0;
+    snprintf(name, sizeof(name), "%s safetensors writer round trip", dev);
+    check_true(name, ok, "3 tensors byte-identical, 4 metadata strings in order added");
+    safetensors_free(&st);
+    free(big);
+
+    // writing again replaces the file whole
+    st_test_write_writer_set(path);
+    safetensors_load(path, &st);
+    snprintf(name, sizeof(name), "%s safetensors writer overwrites", dev);
+    check_true(name, st.num_tensors == 7 && safetensors_find(&st, "unet.big") == NULL && !st_test_exists(tmp),
+               "the second write replaced the first, no .tmp left");
+    safetensors_free(&st);
+    remove(path);
+}
+
+// corrupt files, made from the good reference bytes, each refused with a message that names the problem
+static void test_safetensors_strict(const char* dir) {
+    size_t n;
+    uint8_t* good = st_test_slurp("dev/ref/safetensors_writer.safetensors", &n);
+    uint8_t* bad = (uint8_t*)mallocCheck(n + 8);
+    memcpy(bad, good, n);
+    st_test_expect(dir, "truncated", bad, n - 4, "exceed the data section");
+    st_test_expect(dir, "tiny_file", bad, 5, "too short");
+    memset(bad + n, 0, 4);
+    st_test_expect(dir, "trailing_bytes", bad, n + 4, "trailing bytes");
+    uint64_t too_long = n - 7;   // one byte more than follows the length field
+    for (int i = 0; i < 8; i++) bad[i] = (uint8_t)(too_long >> (8 * i));
+    st_test_expect(dir, "header_length", bad, n, "exceeds the");
+    free(bad);
+
+    // hand-made headers over 32 bytes of the reference's data
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | good[i];
+    const uint8_t* data = good + 8 + hlen;
+    const char* a = "\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}";
+    char h[512];
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[16,32]}}", a);
+    st_test_expect_header(dir, "good_control", h, data, 32, NULL);
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", a);
+    st_test_expect_header(dir, "overlap", h, data, 24, "overlaps");
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[20,36]}}", a);
+    st_test_expect_header(dir, "gap", h, data, 36, "gap of 4 unused bytes");
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[16,32]}}", a);
+    st_test_expect_header(dir, "shape_mismatch", h, data, 32, "= 24 bytes but its data_offsets [16, 32) span 16");
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"F32\",\"shape\":[6],\"data_offsets\":[16,40]}}", a);
+    st_test_expect_header(dir, "offsets_past_end", h, data, 32, "exceed the data section (32 bytes)");
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[16,0]}}", a);
+    st_test_expect_header(dir, "reversed_offsets", h, data, 16, "end before they begin");
+    snprintf(h, sizeof(h), "{%s,\"b\":{\"dtype\":\"Q32\",\"shape\":[4],\"data_offsets\":[16,32]}}", a);
+    st_test_expect_header(dir, "unknown_dtype", h, data, 32, "unknown dtype 'Q32'");
+    snprintf(h, sizeof(h), "{%s,%s}", a, a);
+    st_test_expect_header(dir, "duplicate_name", h, data, 16, "tensor 'a' appears twice");
+    snprintf(h, sizeof(h), "{\"__metadata__\":{\"step\":12},%s}", a);
+    st_test_expect_header(dir, "metadata_number", h, data, 16, "metadata 'step' is not a string");
+    snprintf(h, sizeof(h), "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16],\"extra\":1}}");
+    st_test_expect_header(dir, "unknown_field", h, data, 16, "unexpected or repeated field \"extra\"");
+    snprintf(h, sizeof(h), "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,16]}}");
+    st_test_expect_header(dir, "missing_shape", h, data, 16, "tensor 'a' has no \"shape\"");
+    snprintf(h, sizeof(h), "{\"a\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}");
+    st_test_expect_header(dir, "negative_dim", h, data, 16, "expected a non-negative integer");
+    snprintf(h, sizeof(h), "{\"a\" {\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}");
+    st_test_expect_header(dir, "bad_json_colon", h, data, 16, "not valid safetensors JSON: expected ':' but found '{'");
+    snprintf(h, sizeof(h), "{%s,}", a);
+    st_test_expect_header(dir, "bad_json_comma", h, data, 16, "not valid safetensors JSON: expected '\"' but found '}'");
+    snprintf(h, sizeof(h), "{%s}x", a);
+    st_test_expect_header(dir, "bad_json_after", h, data, 16, "unexpected text after the closing '}'");
+    snprintf(h, sizeof(h), "{\"__metadata__\":[\"x\"],%s}", a);
+    st_test_expect_header(dir, "metadata_array", h, data, 16, "\"__metadata__\" is not a JSON object of strings");
+    snprintf(h, sizeof(h), "{\"a\":[4,0,16]}");
+    st_test_expect_header(dir, "tensor_not_object", h, data, 16, "tensor 'a' is not a JSON object");
+    snprintf(h, sizeof(h), "{%s", a);
+    st_test_expect_header(dir, "bad_json_unclosed", h, data, 16, "but the text ends");
+    free(good);
+
+    char err[1024], name[96];
+    SafeTensors st;
+    int rc = safetensors_read("dev/ref/no_such_file.safetensors", &st, err, sizeof(err));
+    snprintf(name, sizeof(name), "%s safetensors refuses a missing file", device_name());
+    check_true(name, rc != 0 && strstr(err, "no_such_file.safetensors: cannot open") != NULL, err);
+}
+
+// the paths that exit, each run in a child process: lookups, safetensors_load, and a write that fails
+static void test_safetensors_exits(const char* dir) {
+    char name[96], out[1024], detail[1200], path[512], tmp[520];
+    const char* dev = device_name();
+    SafeTensors st;
+    safetensors_load("dev/ref/safetensors_writer.safetensors", &st);
+    const StTestGet gets[4] = {{&st, "nope", 0, 0}, {&st, "rng", 2, 0}, {&st, "b.weight", 5, 0}, {&st, "a.bias", 0, 1}};
+    const char* labels[4] = {"missing tensor", "wrong dtype", "wrong numel", "wrong dtype (i64)"};
+    const char* phrases[4] = {"no tensor named 'nope' (the file has 7 tensors: 'rng', 'step', 'A', ...)",
+                              "tensor 'rng' is I64 [2], expected F32", "has shape [3, 2] = 6 values, expected 5",
+                              "tensor 'a.bias' is F32 [3], expected I64"};
+    for (int i = 0; i < 4; i++) {
+        int rc = st_test_in_child(dir, st_test_child_get, &gets[i], out, sizeof(out));
+        snprintf(name, sizeof(name), "%s safetensors get exits: %s", dev, labels[i]);
+        snprintf(detail, sizeof(detail), "exit %d: %s", rc, out);
+        check_true(name, rc == EXIT_FAILURE && strstr(out, phrases[i]) != NULL, detail);
+    }
+    safetensors_free(&st);
+
+    snprintf(path, sizeof(path), "%s/corrupt.safetensors", dir);
+    st_test_dump(path, "not a safetensors file", 22);
+    int rc = st_test_in_child(dir, st_test_child_load, path, out, sizeof(out));
+    snprintf(name, sizeof(name), "%s safetensors_load exits on a bad file", dev);
+    check_true(name, rc == EXIT_FAILURE && strstr(out, "Error: ") && strstr(out, "corrupt.safetensors: header length") &&
+               strstr(out, "HINT:"), strstr(out, "corrupt.safetensors") ? strstr(out, "corrupt.safetensors") : out);
+    remove(path);
+
+    // the final name is an existing directory, so the rename fails: the error names the file and
+    // the temporary file is removed; what was under the final name is untouched
+    snprintf(path, sizeof(path), "%s/target", dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (mkdir(path, 0700) != 0) { fprintf(stderr, "Error: mkdir %s: %s\n", path, strerror(errno)); exit(EXIT_FAILURE); }
+    rc = st_test_in_child(dir, st_test_child_write, path, out, sizeof(out));
+    snprintf(name, sizeof(name), "%s safetensors failed write cleans up", dev);
+    snprintf(detail, sizeof(detail), "exit %d, .tmp %s: %s", rc, st_test_exists(tmp) ? "LEFT BEHIND" : "removed",
+             strstr(out, "rename") ? strstr(out, "rename") : out);
+    check_true(name, rc == EXIT_FAILURE && !st_test_exists(tmp) && strstr(out, "target' failed: rename") != NULL &&
+               rmdir(path) == 0, detail);
+}
+
+static void test_safetensors(void) {
+    if (g_device != DEVICE_CPU) return;   // host-only code: once is enough
+    char dir[] = "/tmp/ldmc_test_safetensors_XXXXXX";
+    if (mkdtemp(dir) == NULL) { fprintf(stderr, "Error: mkdtemp %s: %s\n", dir, strerror(errno)); exit(EXIT_FAILURE); }
+    test_safetensors_python_file();
+    test_safetensors_escapes_file();
+    test_safetensors_writer(dir);
+    test_safetensors_strict(dir);
+    test_safetensors_exits(dir);
+    char name[96];
+    snprintf(name, sizeof(name), "%s safetensors leaves no stray files", device_name());
+    check_true(name, rmdir(dir) == 0, "the temporary directory was empty at the end");
+}

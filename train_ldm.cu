@@ -1,0 +1,1342 @@
+/*
+train_ldm.cu — the latent U-Net of ldm.c and its diffusion training, with classifier-free guidance.
+
+A frozen VAE (train_vae.cu) encodes CIFAR-10 once into 8x8x4 latents z0 = mu * latent_scale; the
+U-Net learns to predict the noise eps in z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps (SPEC §4, §5).
+Class-conditional models add a class embedding to the time embedding and, with probability
+--cfg-dropout, train on the "no class" row instead, so one network gives both the conditional and
+the unconditional predictions that classifier-free guidance mixes at sampling time.
+
+This file holds the U-Net (parameters, activations, forward, backward), its checkpoints and the
+training program. sample_ldm.cu and test_ldm.cu reuse the model with `#define TESTING`.
+
+    make train_ldm && ./train_ldm                     # after ./train_vae: tiny preset on a CPU
+    ./train_ldm --preset small --num-classes 10 --vae-checkpoint runs/vae_small/checkpoint_final.safetensors
+*/
+#ifndef TESTING
+#define TESTING
+#define TRAIN_LDM_MAIN
+#endif
+#include "train_vae.cu"
+#include "ldmc/linear.cuh"
+#include "ldmc/attention.cuh"
+#include "ldmc/diffusion.h"
+
+#define MAX_SKIPS 32
+
+// ----------------------------------------------------------------------------
+// configuration and presets
+
+typedef struct {
+    char preset[16];
+    int ch;
+    int mult[MAX_LEVELS];
+    int levels;
+    int nres;                // ResBlocks per down level (nres + 1 per up level)
+    int z_channels;          // 4
+    int num_classes;         // 0: unconditional; N: N classes + the "no class" row N
+    int attn_res;            // attention at this resolution (SPEC: {4})
+    int heads;               // 4
+    int tdim;                // time-embedding width (256; test configs shrink it)
+    int in_res;              // latent side (8)
+} UNetConfig;
+
+typedef struct {
+    UNetConfig cfg;
+    int batch_size;
+    float lr;
+    int epochs;
+} UNetPreset;
+
+static const UNetPreset UNET_PRESETS[] = {
+    {{"tiny", 32, {1, 2}, 2, 1, 4, 0, 4, 4, 256, 8}, 128, 3e-4f, 5},
+    {{"small", 64, {1, 2}, 2, 2, 4, 0, 4, 4, 256, 8}, 128, 3e-4f, 100},
+    {{"base", 128, {1, 2, 2}, 3, 2, 4, 0, 4, 4, 256, 8}, 128, 3e-4f, 200},
+    {{"fast", 128, {1, 2, 2}, 3, 2, 4, 0, 4, 4, 256, 8}, 256, 3e-4f, 200},
+};
+#define NUM_UNET_PRESETS ((int)(sizeof(UNET_PRESETS) / sizeof(UNET_PRESETS[0])))
+
+static const UNetPreset* unet_preset_find(const char* name) {
+    for (int i = 0; i < NUM_UNET_PRESETS; i++) {
+        if (strcmp(UNET_PRESETS[i].cfg.preset, name) == 0) return &UNET_PRESETS[i];
+    }
+    return NULL;
+}
+
+static void unet_config_to_json(const UNetConfig* c, char* out, size_t n) {
+    int len = snprintf(out, n, "{\"preset\":\"%s\",\"ch\":%d,\"mult\":[", c->preset, c->ch);
+    for (int i = 0; i < c->levels; i++) len += snprintf(out + len, n - len, "%s%d", i ? "," : "", c->mult[i]);
+    snprintf(out + len, n - len, "],\"nres\":%d,\"z_channels\":%d,\"num_classes\":%d,\"attn_res\":[%d],"
+             "\"heads\":%d,\"tdim\":%d}", c->nres, c->z_channels, c->num_classes, c->attn_res, c->heads, c->tdim);
+}
+
+static int unet_config_from_json(UNetConfig* c, const char* json) {
+    memset(c, 0, sizeof(*c));
+    int n_attn = 0;
+    if (json == NULL ||
+        json_get_string(json, "preset", c->preset, sizeof(c->preset)) != 0 ||
+        json_get_int(json, "ch", &c->ch) != 0 ||
+        json_get_int_array(json, "mult", c->mult, MAX_LEVELS, &c->levels) != 0 ||
+        json_get_int(json, "nres", &c->nres) != 0 ||
+        json_get_int(json, "z_channels", &c->z_channels) != 0 ||
+        json_get_int(json, "num_classes", &c->num_classes) != 0 ||
+        json_get_int_array(json, "attn_res", &c->attn_res, 1, &n_attn) != 0 ||
+        json_get_int(json, "heads", &c->heads) != 0 ||
+        json_get_int(json, "tdim", &c->tdim) != 0) return -1;
+    c->in_res = 8;
+    if (n_attn != 1 || c->ch <= 0 || c->ch % GN_GROUPS != 0 || c->levels < 1 || c->nres < 1 ||
+        c->num_classes < 0 || c->heads < 1 || c->tdim < 2 || c->tdim % 2 != 0 ||
+        (c->in_res >> (c->levels - 1)) < 1) return -1;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// blocks of the U-Net: Linear, the ResBlock with its time-embedding projection, attention
+
+typedef struct {
+    size_t weight, bias;   // offsets: weight (out, in), bias (out)
+    int in, out;
+} Linear;
+
+static Linear linear_register(ParamStore* ps, const char* name, int in, int out) {
+    char buf[128];
+    Linear l = {0, 0, in, out};
+    snprintf(buf, sizeof(buf), "%s.weight", name);
+    l.weight = param_register(ps, buf, INIT_FAN_IN, in, 2, out, in, 0, 0);
+    snprintf(buf, sizeof(buf), "%s.bias", name);
+    l.bias = param_register(ps, buf, INIT_FAN_IN, in, 1, out, 0, 0, 0);
+    return l;
+}
+
+static void linear_apply(const ParamStore* ps, const Linear* l, float* out, const float* x, int N) {
+    linear_forward(out, x, ps->params + l->weight, ps->params + l->bias, N, l->in, l->out);
+}
+
+static void linear_apply_backward(const ParamStore* ps, const Linear* l, float* dx, const float* dout,
+                                  const float* x, int N) {
+    linear_backward(dx, ps->grads + l->weight, ps->grads + l->bias, dout, x, ps->params + l->weight, N, l->in, l->out);
+}
+
+// ResBlock + temb: Linear(tdim -> cout) of silu(embedding), added after conv1
+typedef struct {
+    ResBlock rb;
+    Linear temb;
+    float* tproj;   // (B, cout)
+} TResBlock;
+
+static TResBlock tresblock_register(ParamStore* ps, const char* name, int cin, int cout, int R, int tdim) {
+    TResBlock t;
+    char buf[128];
+    t.rb = resblock_register(ps, name, cin, cout, R, R);
+    snprintf(buf, sizeof(buf), "%s.temb", name);
+    t.temb = linear_register(ps, buf, tdim, cout);
+    t.tproj = NULL;
+    return t;
+}
+
+static void tresblock_alloc(TResBlock* t, int B) {
+    resblock_alloc(&t->rb, B);
+    t->tproj = dev_malloc_floats((size_t)B * t->rb.cout);
+}
+
+static void tresblock_free(TResBlock* t) { resblock_free(&t->rb); dev_free(t->tproj); }
+
+// Attn(c): out = x + proj(attention(qkv(GroupNorm(1)(x))))
+typedef struct {
+    int C, HW, heads;
+    size_t norm_weight, norm_bias;
+    Conv2d qkv, proj;
+    const float* x;   // (B, C, HW) input of the last forward
+    float* xn;        // (B, C, HW) GroupNorm(1) output
+    float* mean;      // (B, 1)
+    float* rstd;      // (B, 1)
+    float* qkv_out;   // (B, 3C, HW)
+    float* att;       // (B, heads, HW, HW) softmax probabilities
+    float* attn;      // (B, C, HW) attention output before proj
+    float* out;       // (B, C, HW)
+} AttnBlock;
+
+static AttnBlock attnblock_register(ParamStore* ps, const char* name, int C, int R, int heads) {
+    AttnBlock a;
+    memset(&a, 0, sizeof(a));
+    char buf[128];
+    a.C = C; a.HW = R * R; a.heads = heads;
+    snprintf(buf, sizeof(buf), "%s.norm", name); a.norm_weight = groupnorm_register(ps, buf, C, &a.norm_bias);
+    snprintf(buf, sizeof(buf), "%s.qkv", name); a.qkv = conv2d_register(ps, buf, C, 3 * C, 1, 1);
+    snprintf(buf, sizeof(buf), "%s.proj", name); a.proj = conv2d_register(ps, buf, C, C, 1, 1);
+    return a;
+}
+
+static void attnblock_alloc(AttnBlock* a, int B) {
+    size_t n = (size_t)B * a->C * a->HW;
+    a->xn = dev_malloc_floats(n);
+    a->mean = dev_malloc_floats(B);
+    a->rstd = dev_malloc_floats(B);
+    a->qkv_out = dev_malloc_floats(3 * n);
+    a->att = dev_malloc_floats((size_t)B * a->heads * a->HW * a->HW);
+    a->attn = dev_malloc_floats(n);
+    a->out = dev_malloc_floats(n);
+}
+
+static void attnblock_free(AttnBlock* a) {
+    dev_free(a->xn); dev_free(a->mean); dev_free(a->rstd); dev_free(a->qkv_out);
+    dev_free(a->att); dev_free(a->attn); dev_free(a->out);
+}
+
+static void attnblock_forward(const ParamStore* ps, AttnBlock* a, const float* x, int B) {
+    int R = (int)lrint(sqrt((double)a->HW));
+    a->x = x;
+    groupnorm_forward(a->xn, a->mean, a->rstd, x, ps->params + a->norm_weight, ps->params + a->norm_bias,
+                      B, a->C, a->HW, 1);
+    conv2d_apply(ps, &a->qkv, a->qkv_out, a->xn, B, R, R);
+    attention_forward(a->attn, a->att, a->qkv_out, B, a->C, a->HW, a->heads);
+    conv2d_apply(ps, &a->proj, a->out, a->attn, B, R, R);
+    add_inplace(a->out, x, (size_t)B * a->C * a->HW);
+}
+
+// dx overwritten; s1 >= B*C*HW, s2 >= B*3C*HW floats, datt >= B*heads*HW*HW floats
+static void attnblock_backward(const ParamStore* ps, const AttnBlock* a, float* dx, const float* dout, int B,
+                               float* s1, float* s2, float* datt) {
+    int R = (int)lrint(sqrt((double)a->HW));
+    conv2d_apply_backward(ps, &a->proj, s1, dout, a->attn, B, R, R);                 // s1 = d attn
+    attention_backward(s2, datt, s1, a->qkv_out, a->att, B, a->C, a->HW, a->heads); // s2 = d qkv
+    conv2d_apply_backward(ps, &a->qkv, s1, s2, a->xn, B, R, R);                      // s1 = d xn
+    groupnorm_backward(dx, ps->grads + a->norm_weight, ps->grads + a->norm_bias, s1, a->x, a->mean, a->rstd,
+                       ps->params + a->norm_weight, B, a->C, a->HW, 1);
+    add_inplace(dx, dout, (size_t)B * a->C * a->HW);
+}
+
+// ----------------------------------------------------------------------------
+// the U-Net
+
+typedef struct {
+    UNetConfig cfg;
+    ParamStore ps;
+    int max_batch;
+
+    // time and class embedding
+    Linear lin1, lin2;
+    size_t class_embed;          // offset of (num_classes + 1, tdim), when num_classes > 0
+    int* t;                      // (B) timesteps on the device
+    int* labels;                 // (B) class ids on the device (num_classes = "no class")
+    float* temb_sin;             // (B, tdim) sinusoidal features
+    float* h1;                   // (B, 4 tdim) linear1 output
+    float* h1_act;               // (B, 4 tdim) silu(h1)
+    float* emb;                  // (B, tdim) linear2 output + class embedding
+    float* class_rows;           // (B, tdim) the looked-up class embeddings
+    float* emb_silu;             // (B, tdim) what every ResBlock's temb Linear reads
+
+    Conv2d conv_in;
+    float* h_in;                 // (B, ch, 8, 8)
+    TResBlock down_res[MAX_LEVELS][4];
+    AttnBlock down_attn[MAX_LEVELS][4];
+    int has_attn[MAX_LEVELS];    // level's resolution == attn_res
+    Conv2d downsample[MAX_LEVELS];
+    float* down_out[MAX_LEVELS];
+    TResBlock mid_res1, mid_res2;
+    AttnBlock mid_attn;
+    TResBlock up_res[MAX_LEVELS][5];
+    AttnBlock up_attn[MAX_LEVELS][5];
+    float* up_cat[MAX_LEVELS][5];  // (B, C_h + C_skip, R, R) the ResBlock's input concat(h, skip)
+    float* up_nearest[MAX_LEVELS];
+    Conv2d up_conv[MAX_LEVELS];
+    float* up_out[MAX_LEVELS];
+    NormSilu norm_out;
+    Conv2d conv_out;
+    float* out;                  // (B, 4, 8, 8) the eps prediction
+    float* zt;                   // (B, 4, 8, 8) an input staging buffer (training batch, sampler latents)
+
+    // the skip stack: every down output, in push order
+    int nskips;
+    const float* skip[MAX_SKIPS];
+    int skip_c[MAX_SKIPS], skip_r[MAX_SKIPS];
+    float* dskip[MAX_SKIPS];     // gradient of each skip from the up path's concat
+
+    // backward buffers
+    size_t max_act;              // largest C*H*W of any activation (qkv and concats included)
+    float *grad_a, *grad_b, *scratch1, *scratch2;  // (B, max_act)
+    float* datt;                 // (B, heads, HW, HW) at the attention resolution
+    float* d_emb_silu;           // (B, tdim) summed over all ResBlocks
+    float* d_emb_part;           // (B, tdim) one ResBlock's share
+    float* d_tproj;              // (B, max cout)
+    float* d_h1;                 // (B, 4 tdim)
+    float* dout;                 // (B, 4, 8, 8) gradient of the loss wrt the prediction
+} UNet;
+
+static void unet_note_act(UNet* m, int C, int R) {
+    size_t n = (size_t)C * R * R;
+    if (n > m->max_act) m->max_act = n;
+}
+
+static void unet_build(UNet* m, const UNetConfig* cfg) {
+    memset(m, 0, sizeof(*m));
+    m->cfg = *cfg;
+    ParamStore* ps = &m->ps;
+    int L = cfg->levels, T = cfg->tdim;
+    char name[128];
+    m->lin1 = linear_register(ps, "time_embed.linear1", T, 4 * T);
+    m->lin2 = linear_register(ps, "time_embed.linear2", 4 * T, T);
+    if (cfg->num_classes > 0) {
+        m->class_embed = param_register(ps, "class_embed.weight", INIT_NORMAL, 0, 2, cfg->num_classes + 1, T, 0, 0);
+    }
+    int c = cfg->ch, R = cfg->in_res;
+    m->conv_in = conv2d_register(ps, "conv_in", cfg->z_channels, c, 3, 1);
+    m->skip_c[m->nskips] = c; m->skip_r[m->nskips++] = R;
+    unet_note_act(m, c, R);
+    for (int i = 0; i < L; i++) {
+        int cout = cfg->ch * cfg->mult[i];
+        m->has_attn[i] = R == cfg->attn_res;
+        for (int j = 0; j < cfg->nres; j++) {
+            snprintf(name, sizeof(name), "down.%d.res.%d", i, j);
+            m->down_res[i][j] = tresblock_register(ps, name, c, cout, R, T);
+            c = cout;
+            if (m->has_attn[i]) {
+                snprintf(name, sizeof(name), "down.%d.attn.%d", i, j);
+                m->down_attn[i][j] = attnblock_register(ps, name, c, R, cfg->heads);
+                unet_note_act(m, 3 * c, R);
+            }
+            m->skip_c[m->nskips] = c; m->skip_r[m->nskips++] = R;
+            unet_note_act(m, c, R);
+        }
+        if (i < L - 1) {
+            snprintf(name, sizeof(name), "down.%d.downsample", i);
+            m->downsample[i] = conv2d_register(ps, name, c, c, 3, 2);
+            R /= 2;
+            m->skip_c[m->nskips] = c; m->skip_r[m->nskips++] = R;
+        }
+    }
+    m->mid_res1 = tresblock_register(ps, "mid.res1", c, c, R, T);
+    m->mid_attn = attnblock_register(ps, "mid.attn", c, R, cfg->heads);
+    m->mid_res2 = tresblock_register(ps, "mid.res2", c, c, R, T);
+    unet_note_act(m, 3 * c, R);
+    int k = m->nskips;
+    for (int i = L - 1; i >= 0; i--) {
+        int cout = cfg->ch * cfg->mult[i];
+        for (int j = 0; j < cfg->nres + 1; j++) {
+            int cin = c + m->skip_c[--k];
+            snprintf(name, sizeof(name), "up.%d.res.%d", i, j);
+            m->up_res[i][j] = tresblock_register(ps, name, cin, cout, R, T);
+            unet_note_act(m, cin, R);
+            c = cout;
+            if (m->has_attn[i]) {
+                snprintf(name, sizeof(name), "up.%d.attn.%d", i, j);
+                m->up_attn[i][j] = attnblock_register(ps, name, c, R, cfg->heads);
+            }
+        }
+        if (i > 0) {
+            snprintf(name, sizeof(name), "up.%d.upsample.conv", i);
+            m->up_conv[i] = conv2d_register(ps, name, c, c, 3, 1);
+            R *= 2;
+            unet_note_act(m, c, R);
+        }
+    }
+    m->norm_out = normsilu_register(ps, "norm_out", c, R * R);
+    m->conv_out = conv2d_register(ps, "conv_out", c, cfg->z_channels, 3, 1);
+}
+
+static void unet_alloc_activations(UNet* m, int B) {
+    const UNetConfig* cfg = &m->cfg;
+    int L = cfg->levels, T = cfg->tdim, R = cfg->in_res;
+    m->max_batch = B;
+    m->t = (int*)dev_malloc(B * sizeof(int));
+    m->labels = (int*)dev_malloc(B * sizeof(int));
+    m->temb_sin = dev_malloc_floats((size_t)B * T);
+    m->h1 = dev_malloc_floats((size_t)B * 4 * T);
+    m->h1_act = dev_malloc_floats((size_t)B * 4 * T);
+    m->emb = dev_malloc_floats((size_t)B * T);
+    m->class_rows = dev_malloc_floats((size_t)B * T);
+    m->emb_silu = dev_malloc_floats((size_t)B * T);
+    m->h_in = dev_malloc_floats((size_t)B * cfg->ch * R * R);
+    for (int i = 0; i < L; i++) {
+        for (int j = 0; j < cfg->nres; j++) {
+            tresblock_alloc(&m->down_res[i][j], B);
+            if (m->has_attn[i]) attnblock_alloc(&m->down_attn[i][j], B);
+        }
+        if (i < L - 1) {
+            R /= 2;
+            m->down_out[i] = dev_malloc_floats((size_t)B * m->downsample[i].cout * R * R);
+        }
+    }
+    tresblock_alloc(&m->mid_res1, B);
+    attnblock_alloc(&m->mid_attn, B);
+    tresblock_alloc(&m->mid_res2, B);
+    int cmax = 0;
+    for (int i = L - 1; i >= 0; i--) {
+        for (int j = 0; j < cfg->nres + 1; j++) {
+            TResBlock* t = &m->up_res[i][j];
+            tresblock_alloc(t, B);
+            m->up_cat[i][j] = dev_malloc_floats((size_t)B * t->rb.cin * R * R);
+            if (m->has_attn[i]) attnblock_alloc(&m->up_attn[i][j], B);
+            if (t->rb.cout > cmax) cmax = t->rb.cout;
+        }
+        if (i > 0) {
+            R *= 2;
+            m->up_nearest[i] = dev_malloc_floats((size_t)B * m->up_conv[i].cin * R * R);
+            m->up_out[i] = dev_malloc_floats((size_t)B * m->up_conv[i].cout * R * R);
+        }
+    }
+    normsilu_alloc(&m->norm_out, B);
+    m->out = dev_malloc_floats((size_t)B * cfg->z_channels * R * R);
+    m->zt = dev_malloc_floats((size_t)B * cfg->z_channels * R * R);
+    for (int s = 0; s < m->nskips; s++) {
+        m->dskip[s] = dev_malloc_floats((size_t)B * m->skip_c[s] * m->skip_r[s] * m->skip_r[s]);
+    }
+    m->grad_a = dev_malloc_floats((size_t)B * m->max_act);
+    m->grad_b = dev_malloc_floats((size_t)B * m->max_act);
+    m->scratch1 = dev_malloc_floats((size_t)B * m->max_act);
+    m->scratch2 = dev_malloc_floats((size_t)B * m->max_act);
+    int ar = cfg->attn_res;
+    m->datt = dev_malloc_floats((size_t)B * cfg->heads * ar * ar * ar * ar);
+    m->d_emb_silu = dev_malloc_floats((size_t)B * T);
+    m->d_emb_part = dev_malloc_floats((size_t)B * T);
+    m->d_tproj = dev_malloc_floats((size_t)B * (cmax > 4 * cfg->ch ? cmax : 4 * cfg->ch));
+    m->d_h1 = dev_malloc_floats((size_t)B * 4 * T);
+    m->dout = dev_malloc_floats((size_t)B * cfg->z_channels * cfg->in_res * cfg->in_res);
+}
+
+static void unet_free(UNet* m) {
+    const UNetConfig* cfg = &m->cfg;
+    if (m->max_batch > 0) {
+        dev_free(m->t); dev_free(m->labels); dev_free(m->temb_sin); dev_free(m->h1); dev_free(m->h1_act);
+        dev_free(m->emb); dev_free(m->class_rows); dev_free(m->emb_silu); dev_free(m->h_in);
+        for (int i = 0; i < cfg->levels; i++) {
+            for (int j = 0; j < cfg->nres; j++) {
+                tresblock_free(&m->down_res[i][j]);
+                if (m->has_attn[i]) attnblock_free(&m->down_attn[i][j]);
+            }
+            for (int j = 0; j < cfg->nres + 1; j++) {
+                tresblock_free(&m->up_res[i][j]);
+                dev_free(m->up_cat[i][j]);
+                if (m->has_attn[i]) attnblock_free(&m->up_attn[i][j]);
+            }
+            dev_free(m->down_out[i]); dev_free(m->up_nearest[i]); dev_free(m->up_out[i]);
+        }
+        tresblock_free(&m->mid_res1); attnblock_free(&m->mid_attn); tresblock_free(&m->mid_res2);
+        normsilu_free(&m->norm_out);
+        dev_free(m->out); dev_free(m->zt);
+        for (int s = 0; s < m->nskips; s++) dev_free(m->dskip[s]);
+        dev_free(m->grad_a); dev_free(m->grad_b); dev_free(m->scratch1); dev_free(m->scratch2);
+        dev_free(m->datt); dev_free(m->d_emb_silu); dev_free(m->d_emb_part); dev_free(m->d_tproj);
+        dev_free(m->d_h1); dev_free(m->dout);
+    }
+    params_free(&m->ps);
+}
+
+// ----------------------------------------------------------------------------
+// forward: (z_t, t, labels) -> eps prediction in m->out
+
+static void tresblock_forward(const UNet* m, TResBlock* t, const float* x, int B) {
+    linear_apply(&m->ps, &t->temb, t->tproj, m->emb_silu, B);
+    resblock_forward(&m->ps, &t->rb, x, B, t->tproj);
+}
+
+// m->t and (conditional models) m->labels must hold the batch's timesteps and labels
+static void unet_forward(UNet* m, const float* zt, int B) {
+    const ParamStore* ps = &m->ps;
+    const UNetConfig* cfg = &m->cfg;
+    int T = cfg->tdim, R = cfg->in_res;
+
+    // embedding: linear2(silu(linear1(sinusoid(t)))) + class_embed[label]
+    timestep_embedding_forward(m->temb_sin, m->t, B, T);
+    linear_apply(ps, &m->lin1, m->h1, m->temb_sin, B);
+    silu_forward(m->h1_act, m->h1, (size_t)B * 4 * T);
+    linear_apply(ps, &m->lin2, m->emb, m->h1_act, B);
+    if (cfg->num_classes > 0) {
+        embedding_forward(m->class_rows, m->labels, ps->params + m->class_embed, B, T);
+        add_inplace(m->emb, m->class_rows, (size_t)B * T);
+    }
+    silu_forward(m->emb_silu, m->emb, (size_t)B * T);
+
+    // down path, pushing every output on the skip stack
+    int k = 0;
+    conv2d_apply(ps, &m->conv_in, m->h_in, zt, B, R, R);
+    const float* h = m->h_in;
+    m->skip[k++] = h;
+    for (int i = 0; i < cfg->levels; i++) {
+        for (int j = 0; j < cfg->nres; j++) {
+            tresblock_forward(m, &m->down_res[i][j], h, B);
+            h = m->down_res[i][j].rb.out;
+            if (m->has_attn[i]) {
+                attnblock_forward(ps, &m->down_attn[i][j], h, B);
+                h = m->down_attn[i][j].out;
+            }
+            m->skip[k++] = h;
+        }
+        if (i < cfg->levels - 1) {
+            conv2d_apply(ps, &m->downsample[i], m->down_out[i], h, B, R, R);
+            h = m->down_out[i];
+            R /= 2;
+            m->skip[k++] = h;
+        }
+    }
+    tresblock_forward(m, &m->mid_res1, h, B);
+    attnblock_forward(ps, &m->mid_attn, m->mid_res1.rb.out, B);
+    tresblock_forward(m, &m->mid_res2, m->mid_attn.out, B);
+    h = m->mid_res2.rb.out;
+
+    // up path: every ResBlock takes concat(h, skip.pop())
+    for (int i = cfg->levels - 1; i >= 0; i--) {
+        for (int j = 0; j < cfg->nres + 1; j++) {
+            TResBlock* t = &m->up_res[i][j];
+            k--;
+            concat_channels_forward(m->up_cat[i][j], h, m->skip[k], B, t->rb.cin - m->skip_c[k], m->skip_c[k], R * R);
+            tresblock_forward(m, t, m->up_cat[i][j], B);
+            h = t->rb.out;
+            if (m->has_attn[i]) {
+                attnblock_forward(ps, &m->up_attn[i][j], h, B);
+                h = m->up_attn[i][j].out;
+            }
+        }
+        if (i > 0) {
+            upsample2x_forward(m->up_nearest[i], h, B, m->up_conv[i].cin, R, R);
+            R *= 2;
+            conv2d_apply(ps, &m->up_conv[i], m->up_out[i], m->up_nearest[i], B, R, R);
+            h = m->up_out[i];
+        }
+    }
+    normsilu_forward(ps, &m->norm_out, h, B);
+    conv2d_apply(ps, &m->conv_out, m->out, m->norm_out.act, B, R, R);
+}
+
+// ----------------------------------------------------------------------------
+// backward: the forward in reverse; skip gradients are parked in dskip[] by the up path and
+// added back when the down path reaches the tensor they belong to
+
+static void tresblock_backward(UNet* m, const TResBlock* t, float* dx, const float* dout, int B) {
+    resblock_backward(&m->ps, &t->rb, dx, dout, B, m->d_tproj, m->scratch1, m->scratch2);
+    linear_apply_backward(&m->ps, &t->temb, m->d_emb_part, m->d_tproj, m->emb_silu, B);
+    add_inplace(m->d_emb_silu, m->d_emb_part, (size_t)B * m->cfg.tdim);
+}
+
+// the last forward's output -> every parameter gradient (accumulated); dout (B, 4, 8, 8)
+static void unet_backward(UNet* m, const float* zt, const float* dout, int B) {
+    const ParamStore* ps = &m->ps;
+    const UNetConfig* cfg = &m->cfg;
+    int T = cfg->tdim, L = cfg->levels;
+    int R = cfg->in_res;
+    float *g = m->grad_a, *o = m->grad_b;
+    dev_zero(m->d_emb_silu, (size_t)B * T * sizeof(float));
+
+    const float* h_last = m->has_attn[0] ? m->up_attn[0][cfg->nres].out : m->up_res[0][cfg->nres].rb.out;
+    conv2d_apply_backward(ps, &m->conv_out, g, dout, m->norm_out.act, B, R, R);
+    normsilu_backward(ps, &m->norm_out, o, g, h_last, B);
+    SWAP_GRADS();
+
+    int k = 0;  // the skip the up path consumes, counting from the first pushed
+    for (int i = 0; i < L; i++) {
+        if (i > 0) {
+            conv2d_apply_backward(ps, &m->up_conv[i], o, g, m->up_nearest[i], B, R, R);
+            SWAP_GRADS();
+            R /= 2;
+            upsample2x_backward(o, g, B, m->up_conv[i].cin, R, R);
+            SWAP_GRADS();
+        }
+        for (int j = cfg->nres; j >= 0; j--) {
+            const TResBlock* t = &m->up_res[i][j];
+            if (m->has_attn[i]) {
+                attnblock_backward(ps, &m->up_attn[i][j], o, g, B, m->scratch1, m->scratch2, m->datt);
+                SWAP_GRADS();
+            }
+            tresblock_backward(m, t, o, g, B);  // o = d concat(h, skip)
+            int cs = m->skip_c[k];
+            concat_channels_backward(g, m->dskip[k], o, B, t->rb.cin - cs, cs, R * R);
+            k++;
+        }
+    }
+    tresblock_backward(m, &m->mid_res2, o, g, B);
+    SWAP_GRADS();
+    attnblock_backward(ps, &m->mid_attn, o, g, B, m->scratch1, m->scratch2, m->datt);
+    SWAP_GRADS();
+    tresblock_backward(m, &m->mid_res1, o, g, B);
+    SWAP_GRADS();
+
+    // down path in reverse: each pushed output also receives its skip gradient
+    k = m->nskips - 1;
+    for (int i = L - 1; i >= 0; i--) {
+        if (i < L - 1) {
+            add_inplace(g, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
+            k--;
+            R *= 2;
+            const float* x_in = m->has_attn[i] ? m->down_attn[i][cfg->nres - 1].out : m->down_res[i][cfg->nres - 1].rb.out;
+            conv2d_apply_backward(ps, &m->downsample[i], o, g, x_in, B, R, R);
+            SWAP_GRADS();
+        }
+        for (int j = cfg->nres - 1; j >= 0; j--) {
+            add_inplace(g, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
+            k--;
+            if (m->has_attn[i]) {
+                attnblock_backward(ps, &m->down_attn[i][j], o, g, B, m->scratch1, m->scratch2, m->datt);
+                SWAP_GRADS();
+            }
+            tresblock_backward(m, &m->down_res[i][j], o, g, B);
+            SWAP_GRADS();
+        }
+    }
+    add_inplace(g, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
+    conv2d_apply_backward(ps, &m->conv_in, NULL, g, zt, B, R, R);
+
+    // the embedding: silu, class rows, linear2, silu, linear1
+    silu_backward(m->d_emb_silu, m->d_emb_silu, m->emb, (size_t)B * T);  // now d emb
+    if (cfg->num_classes > 0) embedding_backward(m->ps.grads + m->class_embed, m->d_emb_silu, m->labels, B, T);
+    linear_apply_backward(ps, &m->lin2, m->d_h1, m->d_emb_silu, m->h1_act, B);
+    silu_backward(m->d_h1, m->d_h1, m->h1, (size_t)B * 4 * T);
+    linear_apply_backward(ps, &m->lin1, NULL, m->d_h1, m->temb_sin, B);
+}
+
+// the diffusion loss for a prepared batch (zt, t, labels already on the device): mean (eps_pred - eps)^2
+static float unet_loss_forward(UNet* m, const float* zt, const float* eps, int B) {
+    unet_forward(m, zt, B);
+    return mse_forward(m->out, eps, (size_t)B * m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res);
+}
+
+static void unet_loss_backward(UNet* m, const float* zt, const float* eps, int B) {
+    size_t n = (size_t)B * m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
+    mse_backward(m->dout, m->out, eps, n);
+    unet_backward(m, zt, m->dout, B);
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints
+
+// what a U-Net checkpoint carries beside its weights (SPEC §7)
+typedef struct {
+    float latent_scale;
+    Schedule schedule;
+    char vae_path[512];
+    char vae_sha256[65];
+} LDMMeta;
+
+static void unet_save_checkpoint(const UNet* m, const float* host_weights, const LDMMeta* meta, int ema,
+                                 const char* path) {
+    char config[512], scale[32];
+    unet_config_to_json(&m->cfg, config, sizeof(config));
+    snprintf(scale, sizeof(scale), "%.9g", meta->latent_scale);
+    SafeTensorsWriter w;
+    st_writer_init(&w);
+    st_writer_add_meta(&w, "format", "ldm.c");
+    st_writer_add_meta(&w, "model", "unet");
+    st_writer_add_meta(&w, "config", config);
+    st_writer_add_meta(&w, "latent_scale", scale);
+    st_writer_add_meta(&w, "schedule", schedule_name(meta->schedule));
+    st_writer_add_meta(&w, "vae_checkpoint", meta->vae_path);
+    st_writer_add_meta(&w, "vae_sha256", meta->vae_sha256);
+    st_writer_add_meta(&w, "ema", ema ? "1" : "0");
+    params_add_to_writer(&m->ps, &w, host_weights, "");
+    st_writer_write(&w, path);
+    st_writer_free(&w);
+}
+
+// reads a U-Net checkpoint's config and metadata; the file must be one of ours and a U-Net
+static void unet_checkpoint_info(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
+    const char* format = safetensors_meta(st, "format");
+    const char* model = safetensors_meta(st, "model");
+    if (format == NULL || strcmp(format, "ldm.c") != 0 || model == NULL) {
+        fprintf(stderr, "Error: '%s' is not an ldm.c checkpoint (no format/model metadata).\n", path);
+        exit(EXIT_FAILURE);
+    }
+    if (strcmp(model, "unet") != 0) {
+        fprintf(stderr, "Error: '%s' is a %s checkpoint, not a U-Net.\n"
+                        "HINT: pass the checkpoint_final.safetensors of a train_ldm run.\n", path, model);
+        exit(EXIT_FAILURE);
+    }
+    const char* scale = safetensors_meta(st, "latent_scale");
+    const char* sched = safetensors_meta(st, "schedule");
+    const char* vae = safetensors_meta(st, "vae_checkpoint");
+    const char* sha = safetensors_meta(st, "vae_sha256");
+    if (unet_config_from_json(cfg, safetensors_meta(st, "config")) != 0 || scale == NULL || sched == NULL ||
+        vae == NULL || sha == NULL || (strcmp(sched, "cosine") != 0 && strcmp(sched, "linear") != 0)) {
+        fprintf(stderr, "Error: '%s' lacks U-Net metadata (config, latent_scale, schedule, vae_checkpoint, "
+                        "vae_sha256) or has unreadable values.\n", path);
+        exit(EXIT_FAILURE);
+    }
+    meta->latent_scale = strtof(scale, NULL);
+    meta->schedule = strcmp(sched, "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
+    snprintf(meta->vae_path, sizeof(meta->vae_path), "%s", vae);
+    snprintf(meta->vae_sha256, sizeof(meta->vae_sha256), "%s", sha);
+}
+
+// builds a U-Net from a checkpoint and loads its (EMA) weights onto the current device
+static void unet_load_checkpoint(UNet* m, LDMMeta* meta, const char* path) {
+    SafeTensors st;
+    safetensors_load(path, &st);
+    UNetConfig cfg;
+    unet_checkpoint_info(&st, path, &cfg, meta);
+    unet_build(m, &cfg);
+    params_allocate(&m->ps);
+    float* host = (float*)mallocCheck(m->ps.total * sizeof(float));
+    char err[512];
+    if (params_load_named(&m->ps, &st, "", host, err, sizeof(err)) != 0) {
+        fprintf(stderr, "Error: '%s' does not match the U-Net its config describes: %s\n", path, err);
+        exit(EXIT_FAILURE);
+    }
+    host_to_dev(m->ps.params, host, m->ps.total * sizeof(float));
+    free(host);
+    safetensors_free(&st);
+}
+
+// ----------------------------------------------------------------------------
+// sampling with classifier-free guidance: the callback the samplers in diffusion.h call
+
+typedef struct {
+    UNet* m;
+    const int* labels;      // (n) class of each sample, or NULL for an unconditional model
+    float guidance;         // s: eps = eps_u + s (eps_c - eps_u)
+    float* zbuf;            // (max_batch, dim) host staging
+    float* ebuf;            // (max_batch, dim)
+    int* tbuf;              // (max_batch)
+    int* lbuf;              // (max_batch)
+} CFGContext;
+
+// eps for n latents at timestep t. With guidance, the conditional and the unconditional ("no class")
+// predictions come from ONE forward over 2b rows (cond first, then uncond), in chunks of b <= max_batch/2.
+static void cfg_eps(void* ctx_, const float* z, int t, float* eps, int n) {
+    CFGContext* c = (CFGContext*)ctx_;
+    UNet* m = c->m;
+    size_t dim = (size_t)m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
+    int guided = m->cfg.num_classes > 0;
+    int chunk = guided ? m->max_batch / 2 : m->max_batch;
+    for (int start = 0; start < n; start += chunk) {
+        int b = n - start < chunk ? n - start : chunk;
+        int rows = guided ? 2 * b : b;
+        for (int r = 0; r < rows; r++) {
+            int i = start + r % b;
+            memcpy(c->zbuf + r * dim, z + i * dim, dim * sizeof(float));
+            c->tbuf[r] = t;
+            if (guided) c->lbuf[r] = r < b ? c->labels[i] : m->cfg.num_classes;
+        }
+        host_to_dev(m->zt, c->zbuf, rows * dim * sizeof(float));
+        host_to_dev(m->t, c->tbuf, rows * sizeof(int));
+        if (guided) host_to_dev(m->labels, c->lbuf, rows * sizeof(int));
+        unet_forward(m, m->zt, rows);
+        dev_to_host(c->ebuf, m->out, rows * dim * sizeof(float));
+        for (int r = 0; r < b; r++) {
+            float* e = eps + (start + r) * dim;
+            const float* ec = c->ebuf + r * dim;
+            const float* eu = c->ebuf + (b + r) * dim;
+            for (size_t k = 0; k < dim; k++) e[k] = guided ? eu[k] + c->guidance * (ec[k] - eu[k]) : ec[k];
+        }
+    }
+}
+
+// n samples: initial noise from (seed), decoded by the VAE into images (n, 3, 32, 32) on the host.
+// labels (n) or NULL. The U-Net must hold the weights to sample with (the EMA) and have
+// max_batch >= 2 for guidance; the VAE decodes in chunks of its max_batch.
+static void ldm_sample_images(UNet* m, VAE* vae, const LDMMeta* meta, Sampler sampler, int steps, float eta,
+                              float guidance, const int* labels, int n, uint64_t seed, float* images,
+                              const float* init_noise) {
+    size_t dim = (size_t)m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
+    float* z = (float*)mallocCheck(n * dim * sizeof(float));
+    if (init_noise) memcpy(z, init_noise, n * dim * sizeof(float));
+    else rng_fill_normal_cpu(z, n * dim, seed, 0);
+    double abar[DIFFUSION_T];
+    diffusion_schedule(meta->schedule, abar);
+    CFGContext c = {m, labels, guidance,
+                    (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
+                    (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
+                    (int*)mallocCheck(m->max_batch * sizeof(int)), (int*)mallocCheck(m->max_batch * sizeof(int))};
+    sample_latents(sampler, steps, eta, abar, cfg_eps, &c, z, n, dim, seed ^ 0x5A3D1EULL);
+    for (size_t k = 0; k < n * dim; k++) z[k] /= meta->latent_scale;
+    size_t img = IMG_C * IMG_RES * IMG_RES;
+    for (int start = 0; start < n; start += vae->max_batch) {
+        int b = n - start < vae->max_batch ? n - start : vae->max_batch;
+        host_to_dev(vae->z, z + start * dim, b * dim * sizeof(float));
+        decoder_forward(vae, vae->z, b);
+        dev_to_host(images + start * img, vae->dec.out, b * img * sizeof(float));
+    }
+    free(z); free(c.zbuf); free(c.ebuf); free(c.tbuf); free(c.lbuf);
+}
+
+#ifdef TRAIN_LDM_MAIN
+// ----------------------------------------------------------------------------
+// the training program
+
+typedef struct {
+    UNetConfig cfg;
+    char vae_path[512];
+    int vae_path_given;
+    float cfg_dropout;
+    float guidance;          // for the preview samples
+    int guidance_given;
+    int epochs, batch_size;
+    float lr;
+    long warmup_steps;
+    Schedule schedule;
+    float ema_decay;
+    char run_name[128];
+    const char* data_dir;
+    const char* device;
+    long max_steps;
+    uint64_t seed;
+    int resume;
+    int bench_steps;
+    int log_every, sample_every, save_every;
+} LDMTrainArgs;
+
+static void ldm_usage(void) {
+    printf("Usage: ./train_ldm [flags]\n"
+           "Trains the latent U-Net (SPEC §4-§6) on CIFAR-10 latents of a frozen VAE; writes runs/<run-name>/.\n\n"
+           "  --preset tiny|small|base|fast  U-Net size and defaults (default: tiny on a CPU, fast on a GPU)\n"
+           "                             tiny (ch 32, mult 1-2, nres 1; batch 128, lr 3e-4, 5 epochs)\n"
+           "                             small (64, 1-2, 2; 128, 3e-4, 100)   base (128, 1-2-2, 2; 128, 3e-4, 200)\n"
+           "                             fast (base's network; batch 256, lr 3e-4, 200 epochs)\n"
+           "  --vae-checkpoint PATH      the frozen VAE (default runs/vae_tiny/... on a CPU, runs/vae_fast/... on a GPU)\n"
+           "  --num-classes N            0 = unconditional (default), 10 = CIFAR-10 classes with CFG\n"
+           "  --cfg-dropout P            probability a label becomes \"no class\" in training (default 0.1)\n"
+           "  --guidance-scale S         CFG scale of the preview samples (default 3; conditional models only)\n"
+           "  --epochs N  --batch-size N  --lr X   (preset defaults)\n"
+           "  --warmup-steps N           linear learning-rate warm-up (default 0)\n"
+           "  --schedule cosine|linear   noise schedule (default cosine)\n"
+           "  --ema-decay D              EMA of the weights (default 0.9999)\n"
+           "  --max-steps N              stop after N optimizer steps (overrides --epochs)\n"
+           "  --run-name NAME            run directory runs/NAME (default ldm_<preset>)\n"
+           "  --resume                   continue the run in runs/NAME from its training state\n"
+           "  --data DIR  --device auto|cpu|cuda  --seed N\n"
+           "  --log-every N  --sample-every N  --save-every N   (defaults 10, 1000, 500)\n"
+           "  --bench N                  time N training steps on random latents, print img/s, write nothing\n"
+           "  --help\n");
+}
+
+enum { LGIVEN_PRESET = 1, LGIVEN_CLASSES = 2 };
+
+static int ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
+    static const char* const presets[] = {"tiny", "small", "base", "fast"};
+    static const char* const devices[] = {"auto", "cpu", "cuda"};
+    static const char* const schedules[] = {"cosine", "linear"};
+    memset(a, 0, sizeof(*a));
+    int given = 0;
+    const char* preset = NULL;
+    a->cfg_dropout = 0.1f; a->guidance = 3.0f;
+    a->epochs = -1; a->batch_size = -1; a->lr = -1.0f;
+    a->schedule = SCHEDULE_COSINE; a->ema_decay = 0.9999f;
+    a->device = "auto"; a->seed = 1337;
+    a->log_every = 10; a->sample_every = 1000; a->save_every = 500;
+    int num_classes = 0;
+    for (int i = 1; i < argc; i++) {
+        const char* f = argv[i];
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { ldm_usage(); exit(EXIT_SUCCESS); }
+        else if (strcmp(f, "--preset") == 0) { preset = arg_choice(argc, argv, &i, presets, 4); given |= LGIVEN_PRESET; }
+        else if (strcmp(f, "--vae-checkpoint") == 0) { snprintf(a->vae_path, sizeof(a->vae_path), "%s", arg_value(argc, argv, &i)); a->vae_path_given = 1; }
+        else if (strcmp(f, "--num-classes") == 0) { num_classes = (int)arg_long(argc, argv, &i, 0, 100000); given |= LGIVEN_CLASSES; }
+        else if (strcmp(f, "--cfg-dropout") == 0) a->cfg_dropout = arg_float(argc, argv, &i, 0.0, 1.0, 0);
+        else if (strcmp(f, "--guidance-scale") == 0) { a->guidance = arg_float(argc, argv, &i, 0.0, 100.0, 0); a->guidance_given = 1; }
+        else if (strcmp(f, "--epochs") == 0) a->epochs = (int)arg_long(argc, argv, &i, 1, 100000);
+        else if (strcmp(f, "--batch-size") == 0) a->batch_size = (int)arg_long(argc, argv, &i, 1, 65536);
+        else if (strcmp(f, "--lr") == 0) a->lr = arg_float(argc, argv, &i, 0.0, 10.0, 1);
+        else if (strcmp(f, "--warmup-steps") == 0) a->warmup_steps = arg_long(argc, argv, &i, 0, 1000000000L);
+        else if (strcmp(f, "--schedule") == 0) a->schedule = strcmp(arg_choice(argc, argv, &i, schedules, 2), "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
+        else if (strcmp(f, "--ema-decay") == 0) a->ema_decay = arg_float(argc, argv, &i, 0.0, 1.0, 0);
+        else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, &i, 1, 1000000000L);
+        else if (strcmp(f, "--run-name") == 0) snprintf(a->run_name, sizeof(a->run_name), "%s", arg_run_name(argc, argv, &i));
+        else if (strcmp(f, "--data") == 0) a->data_dir = arg_value(argc, argv, &i);
+        else if (strcmp(f, "--device") == 0) a->device = arg_choice(argc, argv, &i, devices, 3);
+        else if (strcmp(f, "--seed") == 0) a->seed = (uint64_t)arg_long(argc, argv, &i, 0, 2147483647L);
+        else if (strcmp(f, "--resume") == 0) a->resume = 1;
+        else if (strcmp(f, "--bench") == 0) a->bench_steps = (int)arg_long(argc, argv, &i, 1, 100000);
+        else if (strcmp(f, "--log-every") == 0) a->log_every = (int)arg_long(argc, argv, &i, 1, 1000000);
+        else if (strcmp(f, "--sample-every") == 0) a->sample_every = (int)arg_long(argc, argv, &i, 1, 100000000);
+        else if (strcmp(f, "--save-every") == 0) a->save_every = (int)arg_long(argc, argv, &i, 1, 100000000);
+        else arg_unknown(argv, i);
+    }
+    if (preset) a->cfg = unet_preset_find(preset)->cfg;
+    a->cfg.num_classes = num_classes;
+    if (num_classes > 0 && num_classes + 1 > 100000) args_fail(argv[0], "--num-classes too large");
+    return given;
+}
+
+static void ldm_apply_preset(LDMTrainArgs* a, int given) {
+    int num_classes = a->cfg.num_classes;
+    if (!(given & LGIVEN_PRESET)) {
+        const char* name = g_device == DEVICE_CUDA ? "fast" : "tiny";
+        a->cfg = unet_preset_find(name)->cfg;
+        printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
+    }
+    a->cfg.num_classes = num_classes;
+    const UNetPreset* p = unet_preset_find(a->cfg.preset);
+    if (a->batch_size < 0) a->batch_size = p->batch_size;
+    if (a->lr < 0) a->lr = p->lr;
+    if (a->epochs < 0) a->epochs = p->epochs;
+    if (a->run_name[0] == '\0') snprintf(a->run_name, sizeof(a->run_name), "ldm_%s", a->cfg.preset);
+    if (!a->vae_path_given) {
+        snprintf(a->vae_path, sizeof(a->vae_path), "runs/vae_%s/checkpoint_final.safetensors",
+                 g_device == DEVICE_CUDA ? "fast" : "tiny");
+        printf("vae checkpoint: %s (no --vae-checkpoint given)\n", a->vae_path);
+    }
+    if (a->cfg.num_classes == 0 && a->guidance_given) {
+        fprintf(stderr, "Warning: --guidance-scale has no effect on an unconditional model (--num-classes 0); ignored.\n");
+    }
+}
+
+// flips images (B, 3, 32, 32) left-right in place
+static void flip_horizontal(float* x, int B) {
+    for (size_t row = 0; row < (size_t)B * IMG_C * IMG_RES; row++) {
+        float* r = x + row * IMG_RES;
+        for (int i = 0; i < IMG_RES / 2; i++) { float t = r[i]; r[i] = r[IMG_RES - 1 - i]; r[IMG_RES - 1 - i] = t; }
+    }
+}
+
+// mu of every image of a split through the frozen VAE: returns host (n * views, Z, 8, 8), with
+// views = 2 (row 2i: image i, row 2i+1: image i flipped) or 1
+static float* encode_split(VAE* vae, const Cifar10* d, int views, const char* what) {
+    int B = vae->max_batch, Z = vae->cfg.z_channels, LR = vae_latent_res(&vae->cfg);
+    size_t img = IMG_C * IMG_RES * IMG_RES, dim = (size_t)Z * LR * LR;
+    float* mu = (float*)mallocCheck((size_t)d->n * views * dim * sizeof(float));
+    float* x = (float*)mallocCheck(B * img * sizeof(float));
+    float* moments = (float*)mallocCheck(B * 2 * dim * sizeof(float));
+    float* d_x = dev_malloc_floats(B * img);
+    int* idx = (int*)mallocCheck(B * sizeof(int));
+    double t0 = wall_seconds();
+    for (int v = 0; v < views; v++) {
+        for (int start = 0; start < d->n; start += B) {
+            int b = d->n - start < B ? d->n - start : B;
+            for (int i = 0; i < b; i++) idx[i] = start + i;
+            cifar10_get_batch(d, idx, b, x, NULL, 0, 0);
+            if (v == 1) flip_horizontal(x, b);
+            host_to_dev(d_x, x, b * img * sizeof(float));
+            encoder_forward(vae, d_x, b);
+            dev_to_host(moments, vae->enc.moments, b * 2 * dim * sizeof(float));
+            for (int i = 0; i < b; i++) {  // mu = channels [0, Z) of (2Z, 8, 8)
+                memcpy(mu + ((size_t)(start + i) * views + v) * dim, moments + i * 2 * dim, dim * sizeof(float));
+            }
+        }
+        printf("encoded %s%s: %d images, %.1f s\n", what, v ? " (flipped)" : "", d->n, wall_seconds() - t0);
+        fflush(stdout);
+    }
+    free(x); free(moments); free(idx);
+    dev_free(d_x);
+    return mu;
+}
+
+// the standard deviation of n values (mean removed), in double
+static double std_of(const float* v, size_t n) {
+    double s = 0.0, s2 = 0.0;
+    for (size_t i = 0; i < n; i++) { s += v[i]; s2 += (double)v[i] * v[i]; }
+    double mean = s / n;
+    return sqrt(fmax(s2 / n - mean * mean, 0.0) * n / (n > 1 ? n - 1 : 1));
+}
+
+typedef struct {
+    float* m;     // (total) AdamW first moment
+    float* v;     // (total) AdamW second moment
+    float* ema;   // (total) EMA of the weights
+    long step;
+} LDMOptState;
+
+// learning rate with the optional linear warm-up
+static float ldm_lr_at(const LDMTrainArgs* a, long step) {
+    if (a->warmup_steps <= 0 || step >= a->warmup_steps) return a->lr;
+    return a->lr * (float)(step + 1) / (float)a->warmup_steps;
+}
+
+// clip the global gradient norm at 1, AdamW and the EMA in one fused pass
+static float ldm_optimizer_step(UNet* m, LDMOptState* opt, const LDMTrainArgs* a) {
+    float norm = grad_norm(m->ps.grads, m->ps.total);
+    adamw_update(m->ps.params, m->ps.grads, opt->m, opt->v, opt->ema, m->ps.total, ldm_lr_at(a, opt->step),
+                 0.9f, 0.999f, 1e-8f, 0.0f, clip_scale(norm, 1.0f), (int)(opt->step + 1),
+                 ema_decay_at(a->ema_decay, opt->step));
+    opt->step++;
+    return norm;
+}
+
+// the random choices of one training batch, all counter-based in (seed, step)
+#define LSTREAM_FLIP 0xF11FULL
+#define LSTREAM_T 0x7177ULL
+#define LSTREAM_EPS 0xE95ULL
+#define LSTREAM_DROP 0xD409ULL
+#define LSTREAM_INIT 0x1A17ULL
+
+typedef struct {
+    float* z0;    // (B, dim) scaled latents
+    float* eps;   // (B, dim)
+    float* zt;    // (B, dim)
+    int* t;       // (B)
+    int* labels;  // (B) after CFG dropout
+} LDMBatch;
+
+static void ldm_make_batch(LDMBatch* bt, const float* latents, const Cifar10* train, const int* idx, int B,
+                           size_t dim, float scale, const double* abar, const LDMTrainArgs* a, long step) {
+    int nc = a->cfg.num_classes;
+    for (int b = 0; b < B; b++) {
+        uint64_t ctr = (uint64_t)step * B + b;
+        int flip = rng_uniform(a->seed ^ LSTREAM_FLIP, ctr) < 0.5f;
+        const float* mu = latents + ((size_t)idx[b] * 2 + flip) * dim;
+        for (size_t k = 0; k < dim; k++) bt->z0[b * dim + k] = mu[k] * scale;
+        int t = (int)(rng_uniform(a->seed ^ LSTREAM_T, ctr) * DIFFUSION_T);
+        bt->t[b] = t < DIFFUSION_T ? t : DIFFUSION_T - 1;
+        int drop = rng_uniform(a->seed ^ LSTREAM_DROP, ctr) < a->cfg_dropout;
+        bt->labels[b] = nc > 0 ? (drop ? nc : train->labels[idx[b]]) : 0;
+    }
+    rng_fill_normal_cpu(bt->eps, B * dim, a->seed ^ LSTREAM_EPS, (uint64_t)step * B * dim);
+    diffusion_q_sample(bt->zt, bt->z0, bt->eps, bt->t, abar, B, dim);
+}
+
+// swaps the EMA weights into the model (and back: call twice)
+static void swap_ema(UNet* m, LDMOptState* opt, float* spare) {
+    size_t bytes = m->ps.total * sizeof(float);
+    dev_copy(spare, m->ps.params, bytes);
+    dev_copy(m->ps.params, opt->ema, bytes);
+    dev_copy(opt->ema, spare, bytes);
+}
+
+// a DDIM-50 preview grid: one row per class (8 samples each) or 8 x 8 unconditional samples
+static void ldm_write_preview(UNet* m, VAE* vae, const LDMMeta* meta, float guidance, const char* path,
+                              TBWriter* tb, long step, uint64_t seed) {
+    int nc = m->cfg.num_classes;
+    int rows = nc > 0 ? (nc < 10 ? nc : 10) : 8, cols = 8, n = rows * cols;
+    int* labels = (int*)mallocCheck(n * sizeof(int));
+    for (int i = 0; i < n; i++) labels[i] = i / cols;
+    float* images = (float*)mallocCheck((size_t)n * IMG_C * IMG_RES * IMG_RES * sizeof(float));
+    ldm_sample_images(m, vae, meta, SAMPLER_DDIM, 50, 0.0f, guidance, nc > 0 ? labels : NULL, n, seed, images, NULL);
+    int h, w;
+    uint8_t* rgb = image_grid_rgb(images, n, IMG_RES, IMG_RES, cols, &h, &w);
+    image_write_png(path, rgb, h, w);
+    if (tb) tb_add_image(tb, "samples", rgb, h, w, step);
+    free(rgb); free(images); free(labels);
+}
+
+static void ldm_args_to_json(const LDMTrainArgs* a, long total_steps, char* out, size_t n) {
+    snprintf(out, n, "{\"batch_size\":%d,\"lr\":%.9g,\"warmup_steps\":%ld,\"cfg_dropout\":%.9g,\"ema_decay\":%.9g,"
+                     "\"total_steps\":%ld,\"seed\":%llu}",
+             a->batch_size, a->lr, a->warmup_steps, a->cfg_dropout, a->ema_decay, total_steps,
+             (unsigned long long)a->seed);
+}
+
+// state.safetensors: weights, AdamW moments, EMA, step — everything --resume needs
+static void ldm_save_state(const UNet* m, const LDMOptState* opt, const LDMMeta* meta, const char* args_json,
+                           const char* path) {
+    size_t n = m->ps.total;
+    float* host = (float*)mallocCheck(4 * n * sizeof(float));
+    dev_to_host(host, m->ps.params, n * sizeof(float));
+    dev_to_host(host + n, opt->m, n * sizeof(float));
+    dev_to_host(host + 2 * n, opt->v, n * sizeof(float));
+    dev_to_host(host + 3 * n, opt->ema, n * sizeof(float));
+    int64_t step = opt->step, shape_n = (int64_t)n, shape_1 = 1;
+    char config[512], scale[32];
+    unet_config_to_json(&m->cfg, config, sizeof(config));
+    snprintf(scale, sizeof(scale), "%.9g", meta->latent_scale);
+    SafeTensorsWriter w;
+    st_writer_init(&w);
+    st_writer_add_meta(&w, "format", "ldm.c");
+    st_writer_add_meta(&w, "model", "unet-train-state");
+    st_writer_add_meta(&w, "config", config);
+    st_writer_add_meta(&w, "train_args", args_json);
+    st_writer_add_meta(&w, "latent_scale", scale);
+    st_writer_add_meta(&w, "schedule", schedule_name(meta->schedule));
+    st_writer_add_meta(&w, "vae_checkpoint", meta->vae_path);
+    st_writer_add_meta(&w, "vae_sha256", meta->vae_sha256);
+    st_writer_add(&w, "params", "F32", host, 1, &shape_n);
+    st_writer_add(&w, "adam_m", "F32", host + n, 1, &shape_n);
+    st_writer_add(&w, "adam_v", "F32", host + 2 * n, 1, &shape_n);
+    st_writer_add(&w, "ema", "F32", host + 3 * n, 1, &shape_n);
+    st_writer_add(&w, "step", "I64", &step, 1, &shape_1);
+    st_writer_write(&w, path);
+    st_writer_free(&w);
+    free(host);
+}
+
+// reads the state of a run to resume: its config and settings replace the flags' (a preset or
+// class count that contradicts the run is an error)
+static void ldm_read_state(const char* path, LDMTrainArgs* a, int given, SafeTensors* st, long* total_steps) {
+    safetensors_load(path, st);
+    const char* model = safetensors_meta(st, "model");
+    const char* targs = safetensors_meta(st, "train_args");
+    const char* sched = safetensors_meta(st, "schedule");
+    UNetConfig cfg;
+    if (model == NULL || strcmp(model, "unet-train-state") != 0 || targs == NULL || sched == NULL ||
+        unet_config_from_json(&cfg, safetensors_meta(st, "config")) != 0) {
+        fprintf(stderr, "Error: '%s' is not a train_ldm training state.\n", path);
+        exit(EXIT_FAILURE);
+    }
+    if (((given & LGIVEN_PRESET) && strcmp(cfg.preset, a->cfg.preset) != 0) ||
+        ((given & LGIVEN_CLASSES) && cfg.num_classes != a->cfg.num_classes)) {
+        fprintf(stderr, "Error: the run to resume ('%s') is preset '%s' with %d classes; the flags ask for '%s' with %d.\n"
+                        "HINT: drop --preset/--num-classes when resuming, or start a new --run-name.\n",
+                path, cfg.preset, cfg.num_classes, a->cfg.preset, a->cfg.num_classes);
+        exit(EXIT_FAILURE);
+    }
+    a->cfg = cfg;
+    int batch, warm, total, seed;
+    if (json_get_int(targs, "batch_size", &batch) || json_get_float(targs, "lr", &a->lr) ||
+        json_get_int(targs, "warmup_steps", &warm) || json_get_float(targs, "cfg_dropout", &a->cfg_dropout) ||
+        json_get_float(targs, "ema_decay", &a->ema_decay) || json_get_int(targs, "total_steps", &total) ||
+        json_get_int(targs, "seed", &seed)) {
+        fprintf(stderr, "Error: '%s' has unreadable train_args: %s\n", path, targs);
+        exit(EXIT_FAILURE);
+    }
+    a->batch_size = batch; a->warmup_steps = warm; a->seed = (uint64_t)seed;
+    a->schedule = strcmp(sched, "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
+    *total_steps = total;
+}
+
+// eval_batch.safetensors: a fixed batch of test latents (z0, t, eps, labels) and our loss with the
+// final EMA weights, for dev/check_checkpoint.py
+static void ldm_write_eval_batch(UNet* m, const float* test_mu, const Cifar10* test, float scale, const double* abar,
+                                 const LDMTrainArgs* a, const char* path) {
+    int B = m->max_batch < 16 ? m->max_batch : 16;
+    size_t dim = (size_t)m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
+    float* z0 = (float*)mallocCheck(B * dim * sizeof(float));
+    float* eps = (float*)mallocCheck(B * dim * sizeof(float));
+    float* zt = (float*)mallocCheck(B * dim * sizeof(float));
+    int* t = (int*)mallocCheck(B * sizeof(int));
+    int* labels = (int*)mallocCheck(B * sizeof(int));
+    int64_t t64[64], l64[64];
+    for (int b = 0; b < B; b++) {
+        for (size_t k = 0; k < dim; k++) z0[b * dim + k] = test_mu[b * dim + k] * scale;
+        t[b] = (b * 997 + 13) % DIFFUSION_T;  // spread over the whole schedule
+        labels[b] = m->cfg.num_classes > 0 ? test->labels[b] % (m->cfg.num_classes + 1) : 0;
+        t64[b] = t[b]; l64[b] = labels[b];
+    }
+    rng_fill_normal_cpu(eps, B * dim, a->seed ^ 0xE7A1ULL, 0);
+    diffusion_q_sample(zt, z0, eps, t, abar, B, dim);
+    float* d_eps = dev_malloc_floats(B * dim);
+    host_to_dev(m->zt, zt, B * dim * sizeof(float));
+    host_to_dev(d_eps, eps, B * dim * sizeof(float));
+    host_to_dev(m->t, t, B * sizeof(int));
+    host_to_dev(m->labels, labels, B * sizeof(int));
+    float loss = unet_loss_forward(m, m->zt, d_eps, B);
+    int64_t zs[4] = {B, m->cfg.z_channels, m->cfg.in_res, m->cfg.in_res}, bs = B, one = 1;
+    SafeTensorsWriter w;
+    st_writer_init(&w);
+    st_writer_add_meta(&w, "format", "ldm.c");
+    st_writer_add(&w, "z0", "F32", z0, 4, zs);
+    st_writer_add(&w, "t", "I64", t64, 1, &bs);
+    st_writer_add(&w, "eps", "F32", eps, 4, zs);
+    if (m->cfg.num_classes > 0) st_writer_add(&w, "labels", "I64", l64, 1, &bs);
+    st_writer_add(&w, "loss", "F32", &loss, 1, &one);
+    st_writer_write(&w, path);
+    st_writer_free(&w);
+    dev_free(d_eps);
+    free(z0); free(eps); free(zt); free(t); free(labels);
+}
+
+static void ldm_train(LDMTrainArgs* a, int given) {
+    char run_dir[256], path[512], state_path[512];
+    run_dir_prepare(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
+    snprintf(state_path, sizeof(state_path), "%s/state.safetensors", run_dir);
+    SafeTensors state;
+    long total_steps = 0;
+    if (a->resume) ldm_read_state(state_path, a, given, &state, &total_steps);
+
+    // the frozen VAE and the data, checked before any training work
+    if (!path_exists(a->vae_path)) {
+        fprintf(stderr, "Error: VAE checkpoint '%s' not found.\nHINT: train one first with `./train_vae%s`, or "
+                        "pass --vae-checkpoint PATH.\n", a->vae_path, g_device == DEVICE_CUDA ? " --preset fast" : "");
+        exit(EXIT_FAILURE);
+    }
+    VAE vae;
+    vae_load_checkpoint(&vae, a->vae_path);
+    LDMMeta meta;
+    memset(&meta, 0, sizeof(meta));
+    snprintf(meta.vae_path, sizeof(meta.vae_path), "%s", a->vae_path);
+    sha256_file(a->vae_path, meta.vae_sha256);
+    meta.schedule = a->schedule;
+    char data_dir[1024];
+    cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
+    Cifar10 train, test;
+    cifar10_load(&train, data_dir, 1);
+    cifar10_load(&test, data_dir, 0);
+    int max_label = 0;
+    for (int i = 0; i < train.n; i++) if (train.labels[i] > max_label) max_label = train.labels[i];
+    if (a->cfg.num_classes > 0 && a->cfg.num_classes <= max_label) {
+        fprintf(stderr, "Error: --num-classes %d, but the data has labels up to %d.\n"
+                        "HINT: use --num-classes %d (or 0 for an unconditional model).\n",
+                a->cfg.num_classes, max_label, max_label + 1);
+        exit(EXIT_FAILURE);
+    }
+    int B = a->batch_size;
+    if (B > train.n) {
+        fprintf(stderr, "Error: --batch-size %d is larger than the training set (%d images).\n", B, train.n);
+        exit(EXIT_FAILURE);
+    }
+    long steps_per_epoch = train.n / B;
+    if (!a->resume) total_steps = a->max_steps > 0 ? a->max_steps : a->epochs * steps_per_epoch;
+    else if (a->max_steps > 0) total_steps = a->max_steps;
+    char args_json[512], config_json[512];
+    ldm_args_to_json(a, total_steps, args_json, sizeof(args_json));
+    unet_config_to_json(&a->cfg, config_json, sizeof(config_json));
+
+    // encode the training split once (mu of both flips) and measure latent_scale = 1 / std(mu)
+    vae_alloc_activations(&vae, 256);
+    run_log_open(run_dir);
+    float* train_mu = encode_split(&vae, &train, 2, "training split");
+    float* test_mu = encode_split(&vae, &test, 1, "test split");
+    size_t dim = (size_t)a->cfg.z_channels * a->cfg.in_res * a->cfg.in_res;
+    meta.latent_scale = (float)(1.0 / std_of(train_mu, (size_t)train.n * 2 * dim));
+    double test_std = std_of(test_mu, (size_t)test.n * dim) * meta.latent_scale;
+    run_log("latent_scale = %.5f (1/std of mu over %d training latents); scaled test latents have std %.4f\n",
+            meta.latent_scale, 2 * train.n, test_std);
+
+    // the U-Net, its optimizer and EMA
+    UNet m;
+    unet_build(&m, &a->cfg);
+    params_allocate(&m.ps);
+    unet_alloc_activations(&m, B);
+    LDMOptState opt = {dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), 0};
+    float* spare = dev_malloc_floats(m.ps.total);
+    size_t pbytes = m.ps.total * sizeof(float);
+    if (a->resume) {
+        size_t n = m.ps.total;
+        host_to_dev(m.ps.params, safetensors_get_f32(&state, "params", n), pbytes);
+        host_to_dev(opt.m, safetensors_get_f32(&state, "adam_m", n), pbytes);
+        host_to_dev(opt.v, safetensors_get_f32(&state, "adam_v", n), pbytes);
+        host_to_dev(opt.ema, safetensors_get_f32(&state, "ema", n), pbytes);
+        opt.step = (long)safetensors_get_i64(&state, "step", 1)[0];
+        safetensors_free(&state);
+    } else {
+        params_init(&m.ps, a->seed ^ LSTREAM_INIT);
+        dev_zero(opt.m, pbytes);
+        dev_zero(opt.v, pbytes);
+        dev_copy(opt.ema, m.ps.params, pbytes);
+        char cfg_text[2048];
+        snprintf(cfg_text, sizeof(cfg_text), "{\"model\":\"unet\",\"config\":%s,\"train_args\":%s,\"schedule\":\"%s\","
+                 "\"vae_checkpoint\":\"%s\",\"latent_scale\":%.9g}\n", config_json, args_json,
+                 schedule_name(a->schedule), a->vae_path, meta.latent_scale);
+        snprintf(path, sizeof(path), "%s/config.json", run_dir);
+        write_text_file(path, cfg_text);
+    }
+    run_log("%s %s: U-Net %s, %.2fM parameters, %s, batch %d, lr %g, cfg-dropout %g, %ld steps (%.1f epochs)\n",
+            a->resume ? "resuming" : "starting", run_dir, config_json, m.ps.total / 1e6,
+            a->cfg.num_classes > 0 ? "class-conditional" : "unconditional", B, a->lr, a->cfg_dropout, total_steps,
+            (double)total_steps / steps_per_epoch);
+    if (a->resume) run_log("resumed at step %ld\n", opt.step);
+    TBWriter tb;
+    tb_open(&tb, run_dir);
+
+    double abar[DIFFUSION_T];
+    diffusion_schedule(a->schedule, abar);
+    LDMBatch bt = {(float*)mallocCheck(B * dim * sizeof(float)), (float*)mallocCheck(B * dim * sizeof(float)),
+                   (float*)mallocCheck(B * dim * sizeof(float)), (int*)mallocCheck(B * sizeof(int)),
+                   (int*)mallocCheck(B * sizeof(int))};
+    float* d_eps = dev_malloc_floats(B * dim);
+    int* perm = (int*)mallocCheck(train.n * sizeof(int));
+    long perm_epoch = -1;
+    float guidance = a->cfg.num_classes > 0 ? a->guidance : 0.0f;
+
+    double t_start = wall_seconds(), t_log = t_start;
+    long step_log = opt.step;
+    while (opt.step < total_steps) {
+        long step = opt.step, epoch = step / steps_per_epoch;
+        if (epoch != perm_epoch) { cifar10_shuffle(perm, train.n, a->seed ^ 0x5AFFULL, epoch); perm_epoch = epoch; }
+        ldm_make_batch(&bt, train_mu, &train, perm + (step % steps_per_epoch) * B, B, dim, meta.latent_scale, abar, a, step);
+        host_to_dev(m.zt, bt.zt, B * dim * sizeof(float));
+        host_to_dev(d_eps, bt.eps, B * dim * sizeof(float));
+        host_to_dev(m.t, bt.t, B * sizeof(int));
+        host_to_dev(m.labels, bt.labels, B * sizeof(int));
+
+        dev_zero(m.ps.grads, pbytes);
+        float loss = unet_loss_forward(&m, m.zt, d_eps, B);
+        if (!isfinite(loss)) {
+            run_log("Error: the loss is %f at step %ld; stopping without saving.\n"
+                    "HINT: lower --lr (now %g) or add --warmup-steps; resume from the last saved state with --resume.\n",
+                    loss, step, a->lr);
+            exit(EXIT_FAILURE);
+        }
+        unet_loss_backward(&m, m.zt, d_eps, B);
+        float norm = ldm_optimizer_step(&m, &opt, a);
+
+        long done = opt.step;
+        if (done % a->log_every == 0 || done == total_steps) {
+            dev_synchronize();
+            double now = wall_seconds();
+            double ips = (done - step_log) * B / (now - t_log);
+            char extra[96], line[320];
+            float lr = ldm_lr_at(a, step);
+            snprintf(extra, sizeof(extra), "lr %.2e | norm %.3f", lr, norm);
+            format_progress(line, sizeof(line), done, total_steps, loss, extra, ips, (now - t_log) / (done - step_log));
+            run_log("%s\n", line);
+            tb_add_scalar(&tb, "train/loss", loss, done);
+            tb_add_scalar(&tb, "train/lr", lr, done);
+            tb_add_scalar(&tb, "train/grad_norm", norm, done);
+            tb_add_scalar(&tb, "train/images_per_sec", (float)ips, done);
+            tb_flush(&tb);
+            t_log = now;
+            step_log = done;
+        }
+        if (done % a->sample_every == 0 && done < total_steps) {
+            snprintf(path, sizeof(path), "%s/samples_step%06ld.png", run_dir, done);
+            swap_ema(&m, &opt, spare);
+            ldm_write_preview(&m, &vae, &meta, guidance, path, &tb, done, a->seed);
+            swap_ema(&m, &opt, spare);
+            run_log("wrote %s\n", path);
+            t_log = wall_seconds();  // sampling time is not training time
+        }
+        if ((done % a->save_every == 0 || done % steps_per_epoch == 0) && done < total_steps) {
+            ldm_save_state(&m, &opt, &meta, args_json, state_path);
+        }
+    }
+
+    // the end: state, EMA checkpoint, the eval batch, a preview grid
+    ldm_save_state(&m, &opt, &meta, args_json, state_path);
+    float* host = (float*)mallocCheck(pbytes);
+    dev_to_host(host, opt.ema, pbytes);
+    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run_dir);
+    unet_save_checkpoint(&m, host, &meta, 1, path);
+    run_log("wrote %s (EMA weights)\n", path);
+    free(host);
+    swap_ema(&m, &opt, spare);
+    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run_dir);
+    ldm_write_eval_batch(&m, test_mu, &test, meta.latent_scale, abar, a, path);
+    snprintf(path, sizeof(path), "%s/samples_final.png", run_dir);
+    ldm_write_preview(&m, &vae, &meta, guidance, path, &tb, opt.step, a->seed);
+    run_log("wrote %s (DDIM 50 steps%s)\n", path, a->cfg.num_classes > 0 ? ", one row per class" : "");
+    run_log("done in %.1f s\n", wall_seconds() - t_start);
+
+    tb_close(&tb);
+    run_log_close();
+    free(bt.z0); free(bt.eps); free(bt.zt); free(bt.t); free(bt.labels); free(perm); free(train_mu); free(test_mu);
+    dev_free(d_eps); dev_free(spare); dev_free(opt.m); dev_free(opt.v); dev_free(opt.ema);
+    cifar10_free(&train); cifar10_free(&test);
+    unet_free(&m);
+    vae_free(&vae);
+}
+
+// --bench N: training steps (forward, backward, clip, AdamW + EMA) on random latents
+static void ldm_bench(const LDMTrainArgs* a) {
+    int B = a->batch_size;
+    UNet m;
+    unet_build(&m, &a->cfg);
+    params_allocate(&m.ps);
+    params_init(&m.ps, a->seed);
+    unet_alloc_activations(&m, B);
+    size_t dim = (size_t)a->cfg.z_channels * a->cfg.in_res * a->cfg.in_res, pbytes = m.ps.total * sizeof(float);
+    LDMOptState opt = {dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), 0};
+    dev_zero(opt.m, pbytes); dev_zero(opt.v, pbytes); dev_copy(opt.ema, m.ps.params, pbytes);
+    float* d_eps = dev_malloc_floats(B * dim);
+    int* t = (int*)mallocCheck(B * sizeof(int));
+    int steps = a->bench_steps;
+    double* times = (double*)mallocCheck(steps * sizeof(double));
+    for (int s = -2; s < steps; s++) {
+        for (int b = 0; b < B; b++) t[b] = (int)(rng_uniform(3, (uint64_t)(s + 2) * B + b) * DIFFUSION_T) % DIFFUSION_T;
+        host_to_dev(m.t, t, B * sizeof(int));
+        for (int b = 0; b < B; b++) t[b] = a->cfg.num_classes > 0 ? b % (a->cfg.num_classes + 1) : 0;
+        host_to_dev(m.labels, t, B * sizeof(int));
+        rng_fill_normal(m.zt, B * dim, 4, (uint64_t)(s + 2) * B * dim);
+        rng_fill_normal(d_eps, B * dim, 5, (uint64_t)(s + 2) * B * dim);
+        dev_synchronize();
+        double t0 = wall_seconds();
+        dev_zero(m.ps.grads, pbytes);
+        unet_loss_forward(&m, m.zt, d_eps, B);
+        unet_loss_backward(&m, m.zt, d_eps, B);
+        ldm_optimizer_step(&m, &opt, a);
+        dev_synchronize();
+        if (s >= 0) times[s] = wall_seconds() - t0;
+    }
+    printf("bench: %.1f img/s (median of %d steps, batch %d, preset %s, %d classes)\n", B / median_of(times, steps), steps, B,
+           a->cfg.preset, a->cfg.num_classes);
+    free(times); free(t);
+    dev_free(d_eps); dev_free(opt.m); dev_free(opt.v); dev_free(opt.ema);
+    unet_free(&m);
+}
+
+int main(int argc, char** argv) {
+    LDMTrainArgs a;
+    int given = ldm_parse_args(argc, argv, &a);
+    device_init(a.device);
+    ldm_apply_preset(&a, given);
+    if (a.bench_steps > 0) {
+        ldm_bench(&a);
+        return 0;
+    }
+    ldm_train(&a, given);
+    return 0;
+}
+#endif
