@@ -96,6 +96,13 @@ static float ref_scalar(const SafeTensors* st, const char* name) {
     return safetensors_get_f32(st, name, 1)[0];
 }
 
+// one scalar against its reference, relative tolerance
+static int check_scalar(const char* dev, const char* what, float got, float ref, float rtol) {
+    char name[128];
+    snprintf(name, sizeof(name), "%s %s", dev, what);
+    return check_close(name, &got, &ref, 1, rtol);
+}
+
 static float meta_float(const SafeTensors* st, const char* key) {
     const char* v = safetensors_meta(st, key);
     if (v == NULL) {
@@ -158,19 +165,16 @@ static void test_vae_model(void) {
         check_close(name, got, safetensors_get_f32(&ref, acts[i].ref, acts[i].n), acts[i].n, 1e-4f);
         free(got);
     }
-    float got3[3] = {l.loss, l.mse, l.kl};
-    float ref3[3] = {ref_scalar(&ref, "loss"), ref_scalar(&ref, "mse"), ref_scalar(&ref, "kl")};
-    snprintf(name, sizeof(name), "%s vae loss, mse, kl", dev);
-    check_close(name, got3, ref3, 3, 1e-5f);
+    check_scalar(dev, "vae loss", l.loss, ref_scalar(&ref, "loss"), 1e-5f);
+    check_scalar(dev, "vae mse", l.mse, ref_scalar(&ref, "mse"), 1e-5f);
+    check_scalar(dev, "vae kl", l.kl, ref_scalar(&ref, "kl"), 1e-5f);
 
     // backward
     vae_backward(&m, x, eps, B, kl_weight);
     float* grads = test_download(m.ps.grads, n);
     snprintf(name, sizeof(name), "%s vae gradients (all parameters)", dev);
     check_params(name, &m.ps, grads, &ref, "grad.", 1e-4f);
-    float norm = grad_norm(m.ps.grads, n), norm_ref = ref_scalar(&ref, "grad_norm");
-    snprintf(name, sizeof(name), "%s vae grad norm", dev);
-    check_close(name, &norm, &norm_ref, 1, 1e-5f);
+    check_scalar(dev, "vae grad norm", grad_norm(m.ps.grads, n), ref_scalar(&ref, "grad_norm"), 1e-5f);
     free(grads);
 
     // 1 and 5 AdamW steps with clipping, the same batch each step
@@ -201,6 +205,139 @@ static void test_vae_model(void) {
 }
 
 // ----------------------------------------------------------------------------
+// the whole U-Net and the diffusion loss: schedule, z_t, embeddings, activations, loss, every
+// gradient, parameters and EMA after 1 and 5 steps; unconditional and class-conditional with CFG dropout
+
+static int* ref_ints(const SafeTensors* st, const char* name, int n) {
+    const int64_t* v = safetensors_get_i64(st, name, n);
+    int* out = (int*)mallocCheck(n * sizeof(int));
+    for (int i = 0; i < n; i++) out[i] = (int)v[i];
+    return out;
+}
+
+static void test_unet_model(const char* path) {
+    SafeTensors ref;
+    safetensors_load(path, &ref);
+    UNetConfig cfg;
+    if (unet_config_from_json(&cfg, safetensors_meta(&ref, "config")) != 0) {
+        fprintf(stderr, "Error: %s has no usable config metadata\n", path);
+        exit(EXIT_FAILURE);
+    }
+    int B = (int)safetensors_find(&ref, "z0")->shape[0], nc = cfg.num_classes, T = cfg.tdim;
+    size_t dim = (size_t)cfg.z_channels * cfg.in_res * cfg.in_res;
+    float lr = meta_float(&ref, "lr"), wd = meta_float(&ref, "weight_decay"), max_norm = meta_float(&ref, "max_grad_norm");
+    float beta1 = meta_float(&ref, "adam_beta1"), beta2 = meta_float(&ref, "adam_beta2"), adam_eps = meta_float(&ref, "adam_eps");
+    float ema_decay = meta_float(&ref, "ema_decay");
+    const char* dev = device_name();
+    char name[128], tag[32];
+    snprintf(tag, sizeof(tag), "unet c%d", nc);
+
+    // the schedule and the noised input, on the host
+    double abar[DIFFUSION_T];
+    diffusion_schedule(SCHEDULE_COSINE, abar);
+    float abar_f[DIFFUSION_T];
+    for (int i = 0; i < DIFFUSION_T; i++) abar_f[i] = (float)abar[i];
+    snprintf(name, sizeof(name), "%s %s cosine schedule abar", dev, tag);
+    check_close(name, abar_f, safetensors_get_f32(&ref, "abar", DIFFUSION_T), DIFFUSION_T, 1e-6f);
+    int* t = ref_ints(&ref, "t", B);
+    int* labels = (int*)mallocCheck(B * sizeof(int));
+    for (int b = 0; b < B; b++) labels[b] = 0;
+    if (nc > 0) {
+        int* given = ref_ints(&ref, "labels", B);
+        int* drop = ref_ints(&ref, "drop_mask", B);
+        for (int b = 0; b < B; b++) labels[b] = drop[b] ? nc : given[b];  // CFG dropout: the "no class" row
+        free(given); free(drop);
+    }
+    const float* z0 = safetensors_get_f32(&ref, "z0", B * dim);
+    const float* eps_h = safetensors_get_f32(&ref, "eps", B * dim);
+    float* zt_h = (float*)mallocCheck(B * dim * sizeof(float));
+    diffusion_q_sample(zt_h, z0, eps_h, t, abar, B, dim);
+    snprintf(name, sizeof(name), "%s %s z_t = q_sample(z0, t, eps)", dev, tag);
+    check_close(name, zt_h, safetensors_get_f32(&ref, "act.zt", B * dim), B * dim, 1e-6f);
+
+    UNet m;
+    unet_build(&m, &cfg);
+    params_allocate(&m.ps);
+    unet_alloc_activations(&m, B);
+    size_t n = m.ps.total;
+    float* init = (float*)mallocCheck(n * sizeof(float));
+    char err[512];
+    if (params_load_named(&m.ps, &ref, "param.", init, err, sizeof(err)) != 0) {
+        fprintf(stderr, "Error: %s: %s\n", path, err);
+        exit(EXIT_FAILURE);
+    }
+    host_to_dev(m.ps.params, init, n * sizeof(float));
+    host_to_dev(m.zt, zt_h, B * dim * sizeof(float));
+    host_to_dev(m.t, t, B * sizeof(int));
+    host_to_dev(m.labels, labels, B * sizeof(int));
+    float* eps = test_upload(eps_h, B * dim);
+
+    // forward
+    dev_zero(m.ps.grads, n * sizeof(float));
+    float loss = unet_loss_forward(&m, m.zt, eps, B);
+    struct { const char* ref; const float* got; size_t n; } acts[] = {
+        {"act.temb_sin", m.temb_sin, (size_t)B * T},
+        {"act.temb", m.emb, (size_t)B * T},
+        {"act.res", m.down_res[0][0].rb.out, (size_t)B * m.down_res[0][0].rb.cout * cfg.in_res * cfg.in_res},
+        {"act.attn", m.down_attn[1][0].out, (size_t)B * m.down_attn[1][0].C * m.down_attn[1][0].HW},
+        {"act.mid", m.mid_res2.rb.out, (size_t)B * m.mid_res2.rb.cout * m.mid_attn.HW},
+        {"act.out", m.out, B * dim},
+    };
+    for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++) {
+        float* got = test_download(acts[i].got, acts[i].n);
+        snprintf(name, sizeof(name), "%s %s forward %s", dev, tag, acts[i].ref + 4);
+        check_close(name, got, safetensors_get_f32(&ref, acts[i].ref, acts[i].n), acts[i].n, 1e-4f);
+        free(got);
+    }
+    snprintf(name, sizeof(name), "%s diffusion loss", tag);
+    check_scalar(dev, name, loss, ref_scalar(&ref, "loss"), 1e-5f);
+
+    // backward
+    unet_loss_backward(&m, m.zt, eps, B);
+    float* grads = test_download(m.ps.grads, n);
+    snprintf(name, sizeof(name), "%s %s gradients (all parameters)", dev, tag);
+    check_params(name, &m.ps, grads, &ref, "grad.", 1e-4f);
+    free(grads);
+    snprintf(name, sizeof(name), "%s grad norm", tag);
+    check_scalar(dev, name, grad_norm(m.ps.grads, n), ref_scalar(&ref, "grad_norm"), 1e-5f);
+
+    // 1 and 5 steps of clipped AdamW with the EMA in the same fused update
+    float* am = dev_malloc_floats(n);
+    float* av = dev_malloc_floats(n);
+    float* ema = dev_malloc_floats(n);
+    dev_zero(am, n * sizeof(float));
+    dev_zero(av, n * sizeof(float));
+    dev_copy(ema, m.ps.params, n * sizeof(float));
+    for (int step = 1; step <= 5; step++) {
+        if (step > 1) {
+            dev_zero(m.ps.grads, n * sizeof(float));
+            unet_loss_forward(&m, m.zt, eps, B);
+            unet_loss_backward(&m, m.zt, eps, B);
+        }
+        float gn = grad_norm(m.ps.grads, n);
+        adamw_update(m.ps.params, m.ps.grads, am, av, ema, n, lr, beta1, beta2, adam_eps, wd, clip_scale(gn, max_norm),
+                     step, ema_decay_at(ema_decay, step - 1));
+        if (step == 1 || step == 5) {
+            char prefix[16];
+            float* after = test_download(m.ps.params, n);
+            snprintf(name, sizeof(name), "%s %s params after %d step%s", dev, tag, step, step > 1 ? "s" : "");
+            snprintf(prefix, sizeof(prefix), "step%d.", step);
+            check_updates(name, &m.ps, after, init, &ref, prefix, lr, step, 1e-4f, 2e-3f);
+            free(after);
+            float* e = test_download(ema, n);
+            snprintf(name, sizeof(name), "%s %s EMA after %d step%s", dev, tag, step, step > 1 ? "s" : "");
+            snprintf(prefix, sizeof(prefix), "ema%d.", step);
+            check_updates(name, &m.ps, e, init, &ref, prefix, lr, step, 1e-4f, 2e-3f);
+            free(e);
+        }
+    }
+    dev_free(am); dev_free(av); dev_free(ema); dev_free(eps);
+    free(init); free(zt_h); free(t); free(labels);
+    unet_free(&m);
+    safetensors_free(&ref);
+}
+
+// ----------------------------------------------------------------------------
 
 static void run_device_tests(Device d) {
     device_select(d);
@@ -209,6 +346,8 @@ static void run_device_tests(Device d) {
     test_vae_layers();
     test_unet_layers();
     test_vae_model();
+    test_unet_model("dev/ref/unet_c0.safetensors");
+    test_unet_model("dev/ref/unet_c10.safetensors");
 }
 
 int main(int argc, char** argv) {

@@ -734,7 +734,7 @@ static void ldm_sample_images(UNet* m, VAE* vae, const LDMMeta* meta, Sampler sa
                     (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
                     (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
                     (int*)mallocCheck(m->max_batch * sizeof(int)), (int*)mallocCheck(m->max_batch * sizeof(int))};
-    sample_latents(sampler, steps, eta, abar, cfg_eps, &c, z, n, dim, seed ^ 0x5A3D1EULL);
+    sample_latents(sampler, steps, eta, abar, cfg_eps, &c, z, n, dim, seed ^ 0x5A3D1EULL, NULL, NULL);
     for (size_t k = 0; k < n * dim; k++) z[k] /= meta->latent_scale;
     size_t img = IMG_C * IMG_RES * IMG_RES;
     for (int start = 0; start < n; start += vae->max_batch) {

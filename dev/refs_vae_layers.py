@@ -158,6 +158,6 @@ adamw_case("adamw_eps", lr=2e-2, betas=(0.75, 0.9921875), eps=1e-2, wd=0.05, max
 
 path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref", "vae_layers.safetensors")
 os.makedirs(os.path.dirname(path), exist_ok=True)
-save_file(out, path, metadata={"format": "ldm.c-ref", "version": "1", "torch": torch.__version__,
-                               "generator": "dev/refs_vae_layers.py"})
+save_file(out, path, metadata={"format": "ldm.c reference", "version": "1", "torch": torch.__version__,
+                               "script": "dev/refs_vae_layers.py"})
 print(f"wrote {len(out)} tensors to {path} ({os.path.getsize(path)} bytes)")

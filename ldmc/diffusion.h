@@ -66,12 +66,20 @@ typedef void (*EpsModelFn)(void* ctx, const float* z, int t, float* eps, int n);
 // respaced timesteps: tau_i = i * floor(T / S), i = 0..S-1 (visited from the largest down)
 static int sampling_timestep(int i, int steps) { return i * (DIFFUSION_T / steps); }
 
+// the per-step noise: the caller's fixed values, or the counter-based RNG
+static inline double step_noise_at(const float* fixed, uint64_t seed, uint64_t index) {
+    return fixed ? (double)fixed[index] : (double)rng_normal(seed, index);
+}
+
 // One sampler run: z (n, dim) holds the initial noise z_T on entry and the sample on exit.
 // Each step goes from t = tau_i to s = tau_{i-1}; the last from t = 0 to abar_s = 1, whose result is
 // the x0 prediction. Per-step noise (DDPM, DDIM with eta > 0) is rng_normal(noise_seed, counter) with
-// counter = step_index * n * dim + element, so a run is reproducible on any device.
+// counter = step_index * n * dim + element, so a run is reproducible on any device; tests pass their
+// own in step_noise (steps, n, dim) instead. trace (steps, n, dim), when not NULL, receives z after
+// every step.
 static void sample_latents(Sampler sampler, int steps, float eta, const double* abar, EpsModelFn model,
-                           void* ctx, float* z, int n, size_t dim, uint64_t noise_seed) {
+                           void* ctx, float* z, int n, size_t dim, uint64_t noise_seed,
+                           const float* step_noise, float* trace) {
     size_t N = (size_t)n * dim;
     float* eps = (float*)mallocCheck(N * sizeof(float));
     double* x0 = (double*)mallocCheck(N * sizeof(double));       // current data prediction
@@ -92,7 +100,7 @@ static void sample_latents(Sampler sampler, int steps, float eta, const double* 
             double ct = sqrt(1.0 - beta) * (1.0 - a_s) / (1.0 - a_t);
             double sd = last ? 0.0 : sqrt((1.0 - a_s) / (1.0 - a_t) * beta);
             for (size_t k = 0; k < N; k++) {
-                double noise = sd > 0.0 ? rng_normal(noise_seed, noise_base + k) : 0.0;
+                double noise = sd > 0.0 ? step_noise_at(step_noise, noise_seed, noise_base + k) : 0.0;
                 z[k] = (float)(c0 * x0[k] + ct * z[k] + sd * noise);
             }
         } else if (sampler == SAMPLER_DDIM) {
@@ -101,7 +109,7 @@ static void sample_latents(Sampler sampler, int steps, float eta, const double* 
             double sigma = eta * sqrt((1.0 - a_s) / (1.0 - a_t)) * sqrt(1.0 - a_t / a_s);
             double c_eps = sqrt(fmax(1.0 - a_s - sigma * sigma, 0.0));
             for (size_t k = 0; k < N; k++) {
-                double noise = sigma > 0.0 ? rng_normal(noise_seed, noise_base + k) : 0.0;
+                double noise = sigma > 0.0 ? step_noise_at(step_noise, noise_seed, noise_base + k) : 0.0;
                 z[k] = (float)(sqrt(a_s) * x0[k] + c_eps * eps[k] + sigma * noise);
             }
         } else {
@@ -130,6 +138,7 @@ static void sample_latents(Sampler sampler, int steps, float eta, const double* 
             }
             double* tmp = x0_prev; x0_prev = x0; x0 = tmp;
         }
+        if (trace) memcpy(trace + (size_t)(steps - 1 - i) * N, z, N * sizeof(float));
     }
     free(eps); free(x0); free(x0_prev);
 }
