@@ -7,6 +7,7 @@
 #   NO_OMP=1              no OpenMP on the host (single-threaded CPU path)
 #   DEBUG=1               -O0 -g -G, for cuda-gdb / compute-sanitizer
 #   NATIVE=0              host code without -march=native (portable binaries)
+#   STB_INC=DIR           where stb_image.h and stb_image_write.h are (default /usr/include/stb)
 
 NVCC ?= nvcc
 CC ?= cc
@@ -37,7 +38,8 @@ else
   OPT := -O3
 endif
 
-NVCC_FLAGS := $(OPT) -std=c++17 -diag-suppress 177 $(ARCH_FLAGS) -Xcompiler $(HOST_FLAGS) -I. -I/usr/include/stb
+STB_INC ?= /usr/include/stb
+NVCC_FLAGS := $(OPT) -std=c++17 -diag-suppress 177 $(ARCH_FLAGS) -Xcompiler $(HOST_FLAGS) -I. -I$(STB_INC)
 NVCC_LIBS := -lcublas $(OMP_LIB) -lm
 
 PROGRAMS := train_vae train_ldm sample_ldm test_ldm

@@ -14,6 +14,7 @@ The last line is "N passed, M failed"; the exit code is non-zero on any failure.
 #include "tests/test_conv.h"
 #include "tests/test_vae_layers.h"
 #include "tests/test_unet_layers.h"
+#include "tests/test_samplers.h"
 #include "tests/test_safetensors.h"
 #include "tests/test_data.h"
 #include "tests/test_tensorboard.h"
@@ -348,6 +349,7 @@ static void run_device_tests(Device d) {
     test_vae_model();
     test_unet_model("dev/ref/unet_c0.safetensors");
     test_unet_model("dev/ref/unet_c10.safetensors");
+    test_samplers();
 }
 
 int main(int argc, char** argv) {

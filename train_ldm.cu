@@ -1110,7 +1110,7 @@ static void ldm_write_eval_batch(UNet* m, const float* test_mu, const Cifar10* t
 
 static void ldm_train(LDMTrainArgs* a, int given) {
     char run_dir[256], path[512], state_path[512];
-    run_dir_prepare(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
+    run_dir_check(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
     snprintf(state_path, sizeof(state_path), "%s/state.safetensors", run_dir);
     SafeTensors state;
     long total_steps = 0;
@@ -1156,6 +1156,7 @@ static void ldm_train(LDMTrainArgs* a, int given) {
 
     // encode the training split once (mu of both flips) and measure latent_scale = 1 / std(mu)
     vae_alloc_activations(&vae, 256);
+    run_dir_create(run_dir);
     run_log_open(run_dir);
     float* train_mu = encode_split(&vae, &train, 2, "training split");
     float* test_mu = encode_split(&vae, &test, 1, "test split");

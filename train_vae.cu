@@ -770,7 +770,7 @@ static void vae_bench(VAE* m, int B, int steps, float lr) {
 static void vae_train(VAETrainArgs* a, int given) {
     // the run directory: a new name for a new run, an existing one for --resume
     char run_dir[256], path[512], state_path[512];
-    run_dir_prepare(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
+    run_dir_check(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
     snprintf(state_path, sizeof(state_path), "%s/state.safetensors", run_dir);
     SafeTensors state;
     long total_steps = 0;
@@ -805,6 +805,7 @@ static void vae_train(VAETrainArgs* a, int given) {
     params_allocate(&m.ps);
     vae_alloc_activations(&m, B);
     AdamState opt = {dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), 0};
+    run_dir_create(run_dir);
     if (a->resume) {
         size_t n = m.ps.total;
         host_to_dev(m.ps.params, safetensors_get_f32(&state, "params", n), n * sizeof(float));

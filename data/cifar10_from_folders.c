@@ -18,6 +18,7 @@
 // Outputs are written under temporary names and renamed only once all of them are complete, so a
 // killed conversion never leaves a half-written file under a final name.
 // Plain C: cc -O2 -o data/cifar10_from_folders data/cifar10_from_folders.c -lm
+#define _POSIX_C_SOURCE 200809L  // clock_gettime, fsync, fileno, opendir under a strict -std=c99 too
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>

@@ -10,14 +10,15 @@ dev/ref/unet_c10.safetensors (10 classes). Writes dev/ref/samplers.safetensors:
   step_noise (10,3,4,8,8)       the fresh noise of each step: step k (k = 0 is the first step, from the
                                 largest t) of sample j uses step_noise[k, j]; a run of S steps uses
                                 the first S rows
-  c10.labels (3) int64          the classes of the guided cases; c10.guidance (1) the scale s
+  c10.labels (3) int64          the classes of the guided cases
   <case>.z1, <case>.z2 (3,4,8,8)  the latents after the first and the second step
   <case>.final (3,4,8,8)        the sample after all S steps (the last step's x0 prediction)
-  <case>.steps (1) int64, <case>.eta (1)   the step count and eta of the case
 Cases: c0.<s> (unconditional model) and c10.<s> (labels [3, 7, 1], guidance 3) for
 s = ddpm, ddim_eta0, ddim_eta05 (eta 0.5), ddim_eta1, dpmpp2m with S = 5 steps, plus c10.ddpm10 (S = 10).
-Metadata: the sampler of each case ("<case>.sampler" = ddpm | ddim | dpm++2m), the schedule, the
-weight files and the sum of their param.* values (so a test can tell the weights changed under it).
+Metadata: each case's "<case>.sampler" (ddpm | ddim | dpm++2m), "<case>.steps" and "<case>.eta";
+"c10.guidance" (the scale s); the schedule; the weight files and the sum of their param.* values (so a
+test can tell the weights changed under it). (Scalars live in the metadata because the writer lays
+tensors out in name order: a lone float32 before an int64 tensor would misalign it.)
 
 The script asserts two identities the formulas must satisfy: DDPM's posterior step equals DDIM with
 eta = 1 (Song et al., section 4.1), and DPM-Solver++'s first-order step equals DDIM with eta = 0
@@ -175,10 +176,9 @@ def main():
     z_T = torch.randn(N, 4, 8, 8, generator=g)
     step_noise = torch.randn(MAX_STEPS, N, 4, 8, 8, generator=g)
     labels = torch.tensor(LABELS, dtype=torch.int64)
-    out = {"z_T": z_T.numpy(), "step_noise": step_noise.numpy(), "c10.labels": labels.numpy(),
-           "c10.guidance": np.array([GUIDANCE], dtype=np.float32)}
+    out = {"z_T": z_T.numpy(), "step_noise": step_noise.numpy(), "c10.labels": labels.numpy()}
     meta = {"format": "ldm.c reference", "format_version": "1", "script": "dev/refs_samplers.py",
-            "torch": torch.__version__, "schedule": "cosine", "n": str(N)}
+            "torch": torch.__version__, "schedule": "cosine", "c10.guidance": repr(GUIDANCE)}
     z64, noise64 = z_T.double(), step_noise.double()
 
     for prefix, nc in (("c0", 0), ("c10", 10)):
@@ -195,9 +195,7 @@ def main():
             out[f"{case}.z1"] = traj[0].float().numpy()
             out[f"{case}.z2"] = traj[1].float().numpy()
             out[f"{case}.final"] = traj[-1].float().numpy()
-            out[f"{case}.steps"] = np.array([steps], dtype=np.int64)
-            out[f"{case}.eta"] = np.array([eta], dtype=np.float32)
-            meta[f"{case}.sampler"] = sampler
+            meta[f"{case}.sampler"], meta[f"{case}.steps"], meta[f"{case}.eta"] = sampler, str(steps), repr(eta)
             print(f"  {case:18s} {sampler:8s} S={steps:2d} eta={eta:.1f}  max|z1| {traj[0].abs().max():.3f}  "
                   f"max|final| {traj[-1].abs().max():.3f}")
 

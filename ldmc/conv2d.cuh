@@ -41,10 +41,12 @@ static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int 
     }
 }
 
-// two buffers per device: slot 0 for packed panels and col matrices, slot 1 for a transformed
-// weight that must survive a nested call (the flipped weights of the stride-1 dx)
-static float* g_conv2d_ws[2][2];
-static size_t g_conv2d_ws_floats[2][2];
+// workspace slots, one buffer each per device: slot 0 packed panels (CPU) or col matrices (CUDA),
+// slot 1 a padded copy of the input (CPU), slot 2 the flipped weights of the stride-1 dx, which
+// must survive the forward call that uses slots 0 and 1
+#define CONV2D_SLOTS 3
+static float* g_conv2d_ws[2][CONV2D_SLOTS];
+static size_t g_conv2d_ws_floats[2][CONV2D_SLOTS];
 
 // a buffer of at least `floats` floats on the current device, aligned to 64 bytes (packed
 // panels are read as SIMD vectors); its contents do not survive the next call for the same slot
@@ -61,12 +63,24 @@ static float* conv2d_workspace(int slot, size_t floats) {
 // sub-buffer sizes are rounded to 16 floats so every sub-buffer stays 64-byte aligned
 static inline size_t conv2d_round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+static inline int conv2d_thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 // ----------------------------------------------------------------------------
 // CPU: implicit im2col
+// The im2col matrix is never formed: its entries are copied from the input straight into the
+// packed GEMM panels. The input is first copied once with a zero border of `pad` pixels, so
+// every copy is branch-free (the padding reads zeros) — an extra pass over x that costs about
+// 1/(K*K) of the im2col it replaces.
 
 // GEMM columns are output positions of the whole batch, n = (b*Ho + oy)*Wo + ox. A run is a
-// stretch of consecutive columns inside one output row of one image: along a run, the im2col
-// row of tap (c, ky, kx) reads one input row at a fixed stride.
+// stretch of consecutive columns inside one output row of one image: along a run, tap
+// (c, ky, kx) of the im2col matrix reads one input row at a fixed stride.
 typedef struct { int b, oy, ox, len; } ConvRun;
 
 // cut columns [n0, n0 + n) into runs; `runs` needs room for n entries (runs are never empty)
@@ -88,51 +102,86 @@ static int conv2d_runs(ConvRun* runs, long n0, int n, int Ho, int Wo) {
     return count;
 }
 
-// dst[t * ds] = plane[iy][ix0 + t*stride] for t < len, zero where the tap falls into the padding.
-// plane: one input channel (H, W); iy = oy*stride + ky - pad, ix0 = ox*stride + kx - pad.
-static inline void conv2d_im2col_run(float* dst, int ds, const float* plane, int H, int W,
-                                     int iy, int ix0, int stride, int len) {
-    if (iy < 0 || iy >= H) {
-        for (int t = 0; t < len; t++) dst[t * ds] = 0.0f;
-        return;
+// dst[t] = src[t * stride], t < len. The lengths that occur (image widths 32, 16, 8, 4, and
+// channel counts) get fixed-size copies, which gcc turns into a few vector moves; a general
+// memcpy call would cost more than the copy for runs this short.
+static inline void conv2d_copy(float* __restrict__ dst, const float* __restrict__ src, int len, int stride) {
+    if (stride == 1) {
+        switch (len) {
+            case 32: memcpy(dst, src, 32 * sizeof(float)); return;
+            case 16: memcpy(dst, src, 16 * sizeof(float)); return;
+            case 8:  memcpy(dst, src, 8 * sizeof(float)); return;
+            case 4:  memcpy(dst, src, 4 * sizeof(float)); return;
+            default: for (int t = 0; t < len; t++) dst[t] = src[t]; return;
+        }
     }
-    // t in [lo, hi) keeps 0 <= ix0 + t*stride < W
-    int lo = ix0 >= 0 ? 0 : (-ix0 + stride - 1) / stride;
-    int hi = W - ix0 > 0 ? (W - 1 - ix0) / stride + 1 : 0;
-    if (lo > len) lo = len;
-    if (hi > len) hi = len;
-    if (hi < lo) hi = lo;
-    const float* src = plane + (size_t)iy * W + ix0;
-    for (int t = 0; t < lo; t++) dst[t * ds] = 0.0f;
-    if (stride == 1 && ds == 1) {
-        memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof(float));
-    } else {
-        for (int t = lo; t < hi; t++) dst[t * ds] = src[t * stride];
-    }
-    for (int t = hi; t < len; t++) dst[t * ds] = 0.0f;
+    for (int t = 0; t < len; t++) dst[t] = src[t * stride];
 }
 
-// Pack the B panel of the forward GEMM: col[pc : pc+kc, columns n0 : n0+nc] in NR-column strips
-// (layout of gemm_pack_b_strip), read straight from x (B, Cin, H, W).
-static void conv2d_pack_col(float* Bp, const float* x, int Cin, int H, int W, int K, int stride,
+// xp (B, C, H + 2*pad, W + 2*pad) = x (B, C, H, W) with a zero border
+static void conv2d_pad_nchw(float* xp, const float* x, int B, int C, int H, int W, int pad) {
+    int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    #pragma omp parallel for schedule(static)
+    for (long plane = 0; plane < (long)B * C; plane++) {
+        float* dst = xp + plane * Hp * Wp;
+        const float* src = x + plane * H * W;
+        memset(dst, 0, (size_t)pad * Wp * sizeof(float));
+        for (int iy = 0; iy < H; iy++) {
+            float* row = dst + (size_t)(iy + pad) * Wp;
+            for (int i = 0; i < pad; i++) { row[i] = 0.0f; row[pad + W + i] = 0.0f; }
+            memcpy(row + pad, src + (size_t)iy * W, (size_t)W * sizeof(float));
+        }
+        memset(dst + (size_t)(H + pad) * Wp, 0, (size_t)pad * Wp * sizeof(float));
+    }
+}
+
+// xn (B, H + 2*pad, W + 2*pad, C) = x (B, C, H, W) with a zero border, channels last
+static void conv2d_pad_nhwc(float* xn, const float* x, int B, int C, int H, int W, int pad) {
+    int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    #pragma omp parallel for schedule(static)
+    for (long row = 0; row < (long)B * Hp; row++) {
+        long b = row / Hp;
+        int iy = (int)(row - b * Hp) - pad;
+        float* dst = xn + row * Wp * C;
+        if (iy < 0 || iy >= H) {
+            memset(dst, 0, (size_t)Wp * C * sizeof(float));
+            continue;
+        }
+        memset(dst, 0, (size_t)pad * C * sizeof(float));
+        memset(dst + (size_t)(pad + W) * C, 0, (size_t)pad * C * sizeof(float));
+        // contiguous writes; the C source rows (one cache line per 16 pixels each) stay in L1
+        const float* src = x + ((size_t)b * C * H + iy) * W;
+        for (int ix = 0; ix < W; ix++) {
+            float* d = dst + (size_t)(ix + pad) * C;
+            for (int c = 0; c < C; c++) d[c] = src[(size_t)c * H * W + ix];
+        }
+    }
+}
+
+// Pack the B panel of the forward GEMM, col[pc : pc+kc, columns n0 : n0+nc], in NR-column strips
+// (the layout of gemm_pack_b_strip), from the padded input xp (B, Cin, Hp, Wp).
+static void conv2d_pack_col(float* Bp, const float* xp, int Cin, int Hp, int Wp, int K, int stride,
                             int Ho, int Wo, long n0, int nc, int pc, int kc) {
-    int pad = K / 2;
     ConvRun runs[GEMM_NR];
+    long run_src[GEMM_NR];  // offset of each run's first input pixel for tap (0, 0, 0)
     for (int j = 0; j < nc; j += GEMM_NR) {
         int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
         int nruns = conv2d_runs(runs, n0 + j, nr, Ho, Wo);
+        for (int r = 0; r < nruns; r++) {
+            run_src[r] = ((long)runs[r].b * Cin * Hp + (long)runs[r].oy * stride) * Wp + (long)runs[r].ox * stride;
+        }
         float* strip = Bp + (size_t)j * kc;
+        // tap pc + k = (c, ky, kx), stepped without divisions (they would cost more than the copies)
+        int c = pc / (K * K), ky = (pc / K) % K, kx = pc % K;
         for (int k = 0; k < kc; k++) {
-            int tap = pc + k;
-            int c = tap / (K * K), ky = (tap / K) % K, kx = tap % K;
+            const float* base = xp + ((size_t)c * Hp + ky) * Wp + kx;
             float* dst = strip + (size_t)k * GEMM_NR;
             for (int r = 0; r < nruns; r++) {
-                const ConvRun* run = &runs[r];
-                conv2d_im2col_run(dst, 1, x + ((size_t)run->b * Cin + c) * H * W, H, W,
-                                  run->oy * stride + ky - pad, run->ox * stride + kx - pad, stride, run->len);
-                dst += run->len;
+                conv2d_copy(dst, base + run_src[r], runs[r].len, stride);
+                dst += runs[r].len;
             }
-            for (int t = nr; t < GEMM_NR; t++) strip[(size_t)k * GEMM_NR + t] = 0.0f;
+            for (int t = nr; t < GEMM_NR; t++) dst[t - nr] = 0.0f;
+            if (++kx == K) { kx = 0; if (++ky == K) { ky = 0; c++; } }
         }
     }
 }
@@ -154,14 +203,6 @@ static void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, int lda
     }
 }
 
-static inline int conv2d_thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 // ----------------------------------------------------------------------------
 // CPU: forward
 
@@ -176,13 +217,27 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
     int Kd = Cin * K * K;
     long HWo = (long)Ho * Wo, N = (long)B * HWo;
+    // the padded input; a 1x1 stride-1 conv reads x as is, and as an image of one row of H*W
+    // pixels, so its runs span whole images instead of stopping at each row
+    const float* xp = x;
+    int Hp = H, Wp = W, Hr = Ho, Wr = Wo;
+    if (K == 1 && stride == 1) {
+        Hp = Hr = 1;
+        Wp = Wr = H * W;
+    } else if (K > 1) {
+        Hp = H + 2 * (K / 2);
+        Wp = W + 2 * (K / 2);
+        float* pad_buf = conv2d_workspace(1, (size_t)B * Cin * Hp * Wp);
+        conv2d_pad_nchw(pad_buf, x, B, Cin, H, W, K / 2);
+        xp = pad_buf;
+    }
     int nthreads = cpu_thread_count();
     size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
     int kc_max = Kd < GEMM_KC ? Kd : GEMM_KC;
     size_t per_thread = conv2d_round16((size_t)kc_max * CONV2D_NCB) + conv2d_round16((size_t)Cout * CONV2D_NCB);
     float* ws = conv2d_workspace(0, conv2d_round16(Mpad * Kd) + per_thread * nthreads);
-    float* Wp = ws;  // packed weights, shared
-    conv2d_pack_a_all(0, Cout, Kd, weight, Kd, Wp);
+    float* Wp_packed = ws;  // packed weights, shared
+    conv2d_pack_a_all(0, Cout, Kd, weight, Kd, Wp_packed);
 
     long n_blocks = (N + CONV2D_NCB - 1) / CONV2D_NCB;
     #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
@@ -193,8 +248,8 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
         int nc = N - n0 < CONV2D_NCB ? (int)(N - n0) : CONV2D_NCB;
         for (int pc = 0; pc < Kd; pc += GEMM_KC) {
             int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
-            conv2d_pack_col(Bp, x, Cin, H, W, K, stride, Ho, Wo, n0, nc, pc, kc);
-            gemm_macro_kernel(Cout, nc, kc, 1.0f, Wp + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
+            conv2d_pack_col(Bp, xp, Cin, Hp, Wp, K, stride, Hr, Wr, n0, nc, pc, kc);
+            gemm_macro_kernel(Cout, nc, kc, 1.0f, Wp_packed + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
         }
         // columns -> NCHW, one stretch of consecutive positions of one image at a time
         for (long n = n0; n < n0 + nc;) {
@@ -230,14 +285,21 @@ static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, l
 }
 
 // dweight (Cout, Kd) += dout (Cout, N) @ col^T (N, Kd), the inner dimension running over the N
-// output positions of the batch. Threads take chunks of positions and accumulate into private
-// partial sums, added to dweight at the end. Per KC positions: A = dout (Cout rows) packed from
-// the NCHW layout, B = col^T packed tap by tap (each tap's im2col row written down a strip column).
+// output positions of the batch. The GEMM's k index is the position, so both operands must be
+// packed position-major; in NCHW that is a transpose. Instead x is copied once to a padded
+// channels-last layout xn (B, Hp, Wp, Cin) and the taps are ordered (ky, kx, c): then the taps of
+// one position in a B strip are a few contiguous runs of xn (one per ky). dout (Cout per position, a
+// fraction 1/(K*K*Cin/Cout) of the data) is transposed while packing A.
+// Threads take chunks of positions and accumulate into private partial sums (in the (ky, kx, c)
+// tap order), which are added into dweight (in PyTorch's (c, ky, kx) order) at the end.
 static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
+    int Hp = H + 2 * pad, Wp = W + 2 * pad;
     int Kd = Cin * K * K;
     long HWo = (long)Ho * Wo, N = (long)B * HWo;
+    float* xn = conv2d_workspace(1, (size_t)B * Hp * Wp * Cin);
+    conv2d_pad_nhwc(xn, x, B, Cin, H, W, pad);
     int nthreads = cpu_thread_count();
     size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
     int nc_max = Kd < GEMM_NC ? ceil_div(Kd, GEMM_NR) * GEMM_NR : GEMM_NC;
@@ -246,8 +308,8 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
     size_t partial_off = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
     size_t per_thread = partial_off + conv2d_round16((size_t)Cout * Kd);
     float* ws = conv2d_workspace(0, per_thread * nthreads);
-    // chunks of 4 KC-deep steps: enough work per chunk, enough chunks to balance two threads
-    long chunk = 4L * GEMM_KC;
+    // chunks of 2 KC-deep steps: enough work per chunk, enough chunks to balance the threads
+    long chunk = 2L * GEMM_KC;
     long n_chunks = (N + chunk - 1) / chunk;
 
     #pragma omp parallel num_threads(nthreads)
@@ -257,6 +319,9 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
         float* partial = Ap + partial_off;
         memset(partial, 0, (size_t)Cout * Kd * sizeof(float));
         ConvRun runs[GEMM_KC];
+        // one B strip's taps as runs of consecutive floats in xn: source offset relative to a
+        // position's first pixel, destination column in the strip, length
+        int seg_src[GEMM_NR], seg_dst[GEMM_NR], seg_len[GEMM_NR];
         #pragma omp for schedule(dynamic)
         for (long ch = 0; ch < n_chunks; ch++) {
             long chunk_end = (ch + 1) * chunk < N ? (ch + 1) * chunk : N;
@@ -273,32 +338,41 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
                         }
                         int k = 0;
                         for (int q = 0; q < nruns; q++) {
-                            const ConvRun* run = &runs[q];
-                            const float* src = dout + ((size_t)run->b * Cout + i + r) * HWo +
-                                               (size_t)run->oy * Wo + run->ox;
-                            for (int t = 0; t < run->len; t++, k++) strip[(size_t)k * GEMM_MR + r] = src[t];
+                            const float* src = dout + ((size_t)runs[q].b * Cout + i + r) * HWo +
+                                               (size_t)runs[q].oy * Wo + runs[q].ox;
+                            for (int t = 0; t < runs[q].len; t++, k++) strip[(size_t)k * GEMM_MR + r] = src[t];
                         }
                     }
                 }
                 for (int jc = 0; jc < Kd; jc += GEMM_NC) {
                     int nc = Kd - jc < GEMM_NC ? Kd - jc : GEMM_NC;
-                    // B strips: Bp[k*NR + jj] = col[tap = jc + j + jj][position k]
+                    // B strips: Bp[k*NR + jj] = xn[b][oy*stride + ky][ox*stride + kx][c] for
+                    // tap jc + j + jj = (ky*K + kx)*Cin + c and position k = (b, oy, ox)
                     for (int j = 0; j < nc; j += GEMM_NR) {
-                        float* strip = Bp + (size_t)j * kc;
-                        for (int jj = 0; jj < GEMM_NR; jj++) {
+                        int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
+                        // taps of one ky, (kx, c), are K*Cin consecutive floats of one xn row
+                        int nseg = 0;
+                        for (int jj = 0; jj < nr;) {
                             int tap = jc + j + jj;
-                            if (j + jj >= nc) {
-                                for (int k = 0; k < kc; k++) strip[(size_t)k * GEMM_NR + jj] = 0.0f;
-                                continue;
-                            }
-                            int c = tap / (K * K), ky = (tap / K) % K, kx = tap % K;
-                            float* dst = strip + jj;
-                            for (int q = 0; q < nruns; q++) {
-                                const ConvRun* run = &runs[q];
-                                conv2d_im2col_run(dst, GEMM_NR, x + ((size_t)run->b * Cin + c) * H * W, H, W,
-                                                  run->oy * stride + ky - pad, run->ox * stride + kx - pad,
-                                                  stride, run->len);
-                                dst += (size_t)run->len * GEMM_NR;
+                            int ky = tap / (K * Cin), kxc = tap % (K * Cin);
+                            int len = K * Cin - kxc < nr - jj ? K * Cin - kxc : nr - jj;
+                            seg_src[nseg] = ky * Wp * Cin + kxc;
+                            seg_dst[nseg] = jj;
+                            seg_len[nseg] = len;
+                            nseg++;
+                            jj += len;
+                        }
+                        float* dst = Bp + (size_t)j * kc;
+                        for (int q = 0; q < nruns; q++) {
+                            const float* pos = xn + (((size_t)runs[q].b * Hp + runs[q].oy * stride) * Wp +
+                                                     runs[q].ox * stride) * Cin;
+                            for (int t = 0; t < runs[q].len; t++) {
+                                for (int sgi = 0; sgi < nseg; sgi++) {
+                                    conv2d_copy(dst + seg_dst[sgi], pos + seg_src[sgi], seg_len[sgi], 1);
+                                }
+                                for (int jj = nr; jj < GEMM_NR; jj++) dst[jj] = 0.0f;
+                                dst += GEMM_NR;
+                                pos += (size_t)stride * Cin;
                             }
                         }
                     }
@@ -307,16 +381,20 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
             }
         }
         // after the implicit barrier of the omp for every partial is complete: add them up
-        // (over the team actually running, which may be smaller than asked for)
+        // (over the team actually running, which may be smaller than asked for), reordering
+        // the taps from (ky, kx, c) to PyTorch's (c, ky, kx)
         int team = 1;
 #ifdef _OPENMP
         team = omp_get_num_threads();
 #endif
         #pragma omp for schedule(static)
-        for (long e = 0; e < (long)Cout * Kd; e++) {
-            float s = 0.0f;
-            for (int t = 0; t < team; t++) s += ws[per_thread * t + partial_off + e];
-            dweight[e] += s;
+        for (int co = 0; co < Cout; co++) {
+            for (int tap = 0; tap < Kd; tap++) {
+                int kk = tap / Cin, c = tap % Cin;
+                float s = 0.0f;
+                for (int t = 0; t < team; t++) s += ws[per_thread * t + partial_off + (size_t)co * Kd + tap];
+                dweight[((size_t)co * Cin + c) * K * K + kk] += s;
+            }
         }
     }
 }
@@ -403,8 +481,7 @@ static void conv2d_backward_cpu(float* dx, float* dweight, float* dbias, const f
         //   dx[ci][y][x] = sum_{co,ky,kx} w[co][ci][ky][kx] dout[co][y - ky + pad][x - kx + pad]
         //                = conv(dout, wf)[ci][y][x]  with wf[ci][co][ky][kx] = w[co][ci][K-1-ky][K-1-kx]
         // so it runs on the forward path, without a col2im pass.
-        size_t wsize = (size_t)Cout * Cin * K * K;
-        float* wf = conv2d_workspace(1, wsize);
+        float* wf = conv2d_workspace(2, (size_t)Cout * Cin * K * K);
         #pragma omp parallel for schedule(static)
         for (int ci = 0; ci < Cin; ci++) {
             for (int co = 0; co < Cout; co++) {

@@ -83,7 +83,8 @@ static void sample_latents(Sampler sampler, int steps, float eta, const double* 
     size_t N = (size_t)n * dim;
     float* eps = (float*)mallocCheck(N * sizeof(float));
     double* x0 = (double*)mallocCheck(N * sizeof(double));       // current data prediction
-    double* x0_prev = (double*)mallocCheck(N * sizeof(double));  // DPM-Solver++: the previous one
+    double* x0_prev = (double*)calloc(N, sizeof(double));          // DPM-Solver++: the previous one
+    if (x0_prev == NULL) { fprintf(stderr, "Error: out of memory in sample_latents\n"); exit(EXIT_FAILURE); }
     double h_prev = 0.0;
     for (int i = steps - 1; i >= 0; i--) {
         int t = sampling_timestep(i, steps);
@@ -131,7 +132,7 @@ static void sample_latents(Sampler sampler, int steps, float eta, const double* 
                     c_prev = -1.0 / (2.0 * r);
                 }
                 for (size_t k = 0; k < N; k++) {
-                    double D = c_cur * x0[k] + c_prev * x0_prev[k];
+                    double D = first ? x0[k] : c_cur * x0[k] + c_prev * x0_prev[k];
                     z[k] = (float)(ratio * z[k] - alpha_s * em1 * D);
                 }
                 h_prev = h;

@@ -23,9 +23,10 @@ static void make_dir(const char* path) {
     }
 }
 
-// runs/<name>: a new run needs a new name; --resume needs an existing run
-static void run_dir_prepare(char* out, size_t n, const char* run_name, int resume, const char* state_file) {
-    make_dir("runs");
+// runs/<name>: a new run needs a new name; --resume needs an existing run. Only checks: the
+// directory is made by run_dir_create once every input has been validated, so a run that fails
+// its checks leaves nothing behind.
+static void run_dir_check(char* out, size_t n, const char* run_name, int resume, const char* state_file) {
     snprintf(out, n, "runs/%s", run_name);
     char state[1200];
     snprintf(state, sizeof(state), "%s/%s", out, state_file);
@@ -40,7 +41,11 @@ static void run_dir_prepare(char* out, size_t n, const char* run_name, int resum
                         "HINT: continue it with --resume, or pick a new --run-name.\n", out);
         exit(EXIT_FAILURE);
     }
-    make_dir(out);
+}
+
+static void run_dir_create(const char* run_dir) {
+    make_dir("runs");
+    make_dir(run_dir);
 }
 
 // ----------------------------------------------------------------------------
