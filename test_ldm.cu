@@ -1,6 +1,6 @@
 /*
 test_ldm.cu — checks ldm.c against PyTorch. Every layer (forward and backward) and the whole
-models are compared with reference tensors that the PyTorch twin in dev/ wrote (dev/ref/*.safetensors,
+models are compared with reference tensors that the PyTorch twin in dev/ wrote (the safetensors files in dev/ref,
 committed, so the tests need no PyTorch). Each check prints its max error beside its tolerance; the
 layer and model tests run on the CPU always and again on the CUDA device when there is one.
 The last line is "N passed, M failed"; the exit code is non-zero on any failure.

@@ -663,14 +663,7 @@ static void unet_load_checkpoint(UNet* m, LDMMeta* meta, const char* path) {
     unet_checkpoint_info(&st, path, &cfg, meta);
     unet_build(m, &cfg);
     params_allocate(&m->ps);
-    float* host = (float*)mallocCheck(m->ps.total * sizeof(float));
-    char err[512];
-    if (params_load_named(&m->ps, &st, "", host, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: '%s' does not match the U-Net its config describes: %s\n", path, err);
-        exit(EXIT_FAILURE);
-    }
-    host_to_dev(m->ps.params, host, m->ps.total * sizeof(float));
-    free(host);
+    params_upload_checkpoint(&m->ps, &st, path, "U-Net");
     safetensors_free(&st);
 }
 
@@ -914,27 +907,10 @@ static double std_of(const float* v, size_t n) {
     return sqrt(fmax(s2 / n - mean * mean, 0.0) * n / (n > 1 ? n - 1 : 1));
 }
 
-typedef struct {
-    float* m;     // (total) AdamW first moment
-    float* v;     // (total) AdamW second moment
-    float* ema;   // (total) EMA of the weights
-    long step;
-} LDMOptState;
-
 // learning rate with the optional linear warm-up
 static float ldm_lr_at(const LDMTrainArgs* a, long step) {
     if (a->warmup_steps <= 0 || step >= a->warmup_steps) return a->lr;
     return a->lr * (float)(step + 1) / (float)a->warmup_steps;
-}
-
-// clip the global gradient norm at 1, AdamW and the EMA in one fused pass
-static float ldm_optimizer_step(UNet* m, LDMOptState* opt, const LDMTrainArgs* a) {
-    float norm = grad_norm(m->ps.grads, m->ps.total);
-    adamw_update(m->ps.params, m->ps.grads, opt->m, opt->v, opt->ema, m->ps.total, ldm_lr_at(a, opt->step),
-                 0.9f, 0.999f, 1e-8f, 0.0f, clip_scale(norm, 1.0f), (int)(opt->step + 1),
-                 ema_decay_at(a->ema_decay, opt->step));
-    opt->step++;
-    return norm;
 }
 
 // the random choices of one training batch, all counter-based in (seed, step)
@@ -970,7 +946,7 @@ static void ldm_make_batch(LDMBatch* bt, const float* latents, const Cifar10* tr
 }
 
 // swaps the EMA weights into the model (and back: call twice)
-static void swap_ema(UNet* m, LDMOptState* opt, float* spare) {
+static void swap_ema(UNet* m, OptState* opt, float* spare) {
     size_t bytes = m->ps.total * sizeof(float);
     dev_copy(spare, m->ps.params, bytes);
     dev_copy(m->ps.params, opt->ema, bytes);
@@ -1001,15 +977,8 @@ static void ldm_args_to_json(const LDMTrainArgs* a, long total_steps, char* out,
 }
 
 // state.safetensors: weights, AdamW moments, EMA, step — everything --resume needs
-static void ldm_save_state(const UNet* m, const LDMOptState* opt, const LDMMeta* meta, const char* args_json,
+static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* meta, const char* args_json,
                            const char* path) {
-    size_t n = m->ps.total;
-    float* host = (float*)mallocCheck(4 * n * sizeof(float));
-    dev_to_host(host, m->ps.params, n * sizeof(float));
-    dev_to_host(host + n, opt->m, n * sizeof(float));
-    dev_to_host(host + 2 * n, opt->v, n * sizeof(float));
-    dev_to_host(host + 3 * n, opt->ema, n * sizeof(float));
-    int64_t step = opt->step, shape_n = (int64_t)n, shape_1 = 1;
     char config[512], scale[32];
     unet_config_to_json(&m->cfg, config, sizeof(config));
     snprintf(scale, sizeof(scale), "%.9g", meta->latent_scale);
@@ -1023,14 +992,8 @@ static void ldm_save_state(const UNet* m, const LDMOptState* opt, const LDMMeta*
     st_writer_add_meta(&w, "schedule", schedule_name(meta->schedule));
     st_writer_add_meta(&w, "vae_checkpoint", meta->vae_path);
     st_writer_add_meta(&w, "vae_sha256", meta->vae_sha256);
-    st_writer_add(&w, "params", "F32", host, 1, &shape_n);
-    st_writer_add(&w, "adam_m", "F32", host + n, 1, &shape_n);
-    st_writer_add(&w, "adam_v", "F32", host + 2 * n, 1, &shape_n);
-    st_writer_add(&w, "ema", "F32", host + 3 * n, 1, &shape_n);
-    st_writer_add(&w, "step", "I64", &step, 1, &shape_1);
-    st_writer_write(&w, path);
+    train_state_write(&m->ps, opt, &w, path);
     st_writer_free(&w);
-    free(host);
 }
 
 // reads the state of a run to resume: its config and settings replace the flags' (a preset or
@@ -1171,22 +1134,15 @@ static void ldm_train(LDMTrainArgs* a, int given) {
     unet_build(&m, &a->cfg);
     params_allocate(&m.ps);
     unet_alloc_activations(&m, B);
-    LDMOptState opt = {dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), 0};
+    params_init(&m.ps, a->seed ^ LSTREAM_INIT);
+    OptState opt;
+    optstate_init(&opt, &m.ps, 1);
     float* spare = dev_malloc_floats(m.ps.total);
     size_t pbytes = m.ps.total * sizeof(float);
     if (a->resume) {
-        size_t n = m.ps.total;
-        host_to_dev(m.ps.params, safetensors_get_f32(&state, "params", n), pbytes);
-        host_to_dev(opt.m, safetensors_get_f32(&state, "adam_m", n), pbytes);
-        host_to_dev(opt.v, safetensors_get_f32(&state, "adam_v", n), pbytes);
-        host_to_dev(opt.ema, safetensors_get_f32(&state, "ema", n), pbytes);
-        opt.step = (long)safetensors_get_i64(&state, "step", 1)[0];
+        train_state_restore(&m.ps, &opt, &state);
         safetensors_free(&state);
     } else {
-        params_init(&m.ps, a->seed ^ LSTREAM_INIT);
-        dev_zero(opt.m, pbytes);
-        dev_zero(opt.v, pbytes);
-        dev_copy(opt.ema, m.ps.params, pbytes);
         char cfg_text[2048];
         snprintf(cfg_text, sizeof(cfg_text), "{\"model\":\"unet\",\"config\":%s,\"train_args\":%s,\"schedule\":\"%s\","
                  "\"vae_checkpoint\":\"%s\",\"latent_scale\":%.9g}\n", config_json, args_json,
@@ -1232,7 +1188,7 @@ static void ldm_train(LDMTrainArgs* a, int given) {
             exit(EXIT_FAILURE);
         }
         unet_loss_backward(&m, m.zt, d_eps, B);
-        float norm = ldm_optimizer_step(&m, &opt, a);
+        float norm = optimizer_step(&m.ps, &opt, ldm_lr_at(a, opt.step), a->ema_decay);
 
         long done = opt.step;
         if (done % a->log_every == 0 || done == total_steps) {
@@ -1284,7 +1240,8 @@ static void ldm_train(LDMTrainArgs* a, int given) {
     tb_close(&tb);
     run_log_close();
     free(bt.z0); free(bt.eps); free(bt.zt); free(bt.t); free(bt.labels); free(perm); free(train_mu); free(test_mu);
-    dev_free(d_eps); dev_free(spare); dev_free(opt.m); dev_free(opt.v); dev_free(opt.ema);
+    dev_free(d_eps); dev_free(spare);
+    optstate_free(&opt);
     cifar10_free(&train); cifar10_free(&test);
     unet_free(&m);
     vae_free(&vae);
@@ -1299,8 +1256,8 @@ static void ldm_bench(const LDMTrainArgs* a) {
     params_init(&m.ps, a->seed);
     unet_alloc_activations(&m, B);
     size_t dim = (size_t)a->cfg.z_channels * a->cfg.in_res * a->cfg.in_res, pbytes = m.ps.total * sizeof(float);
-    LDMOptState opt = {dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), 0};
-    dev_zero(opt.m, pbytes); dev_zero(opt.v, pbytes); dev_copy(opt.ema, m.ps.params, pbytes);
+    OptState opt;
+    optstate_init(&opt, &m.ps, 1);
     float* d_eps = dev_malloc_floats(B * dim);
     int* t = (int*)mallocCheck(B * sizeof(int));
     int steps = a->bench_steps;
@@ -1317,14 +1274,15 @@ static void ldm_bench(const LDMTrainArgs* a) {
         dev_zero(m.ps.grads, pbytes);
         unet_loss_forward(&m, m.zt, d_eps, B);
         unet_loss_backward(&m, m.zt, d_eps, B);
-        ldm_optimizer_step(&m, &opt, a);
+        optimizer_step(&m.ps, &opt, ldm_lr_at(a, opt.step), a->ema_decay);
         dev_synchronize();
         if (s >= 0) times[s] = wall_seconds() - t0;
     }
     printf("bench: %.1f img/s (median of %d steps, batch %d, preset %s, %d classes)\n", B / median_of(times, steps), steps, B,
            a->cfg.preset, a->cfg.num_classes);
     free(times); free(t);
-    dev_free(d_eps); dev_free(opt.m); dev_free(opt.v); dev_free(opt.ema);
+    dev_free(d_eps);
+    optstate_free(&opt);
     unet_free(&m);
 }
 

@@ -19,6 +19,7 @@ training program. train_ldm.cu reuses the model with `#define TESTING` + `#inclu
 #include "ldmc/blocks.cuh"
 #include "ldmc/vae_loss.cuh"
 #include "ldmc/adamw.cuh"
+#include "ldmc/optimizer.h"
 #include "ldmc/safetensors.h"
 #include "ldmc/cifar10.h"
 #include "ldmc/image.h"
@@ -459,14 +460,7 @@ static void vae_load_checkpoint(VAE* m, const char* path) {
     vae_checkpoint_config(&st, path, &cfg);
     vae_build(m, &cfg);
     params_allocate(&m->ps);
-    float* host = (float*)mallocCheck(m->ps.total * sizeof(float));
-    char err[512];
-    if (params_load_named(&m->ps, &st, "", host, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: '%s' does not match the VAE its config describes: %s\n", path, err);
-        exit(EXIT_FAILURE);
-    }
-    host_to_dev(m->ps.params, host, m->ps.total * sizeof(float));
-    free(host);
+    params_upload_checkpoint(&m->ps, &st, path, "VAE");
     safetensors_free(&st);
 }
 
@@ -581,29 +575,8 @@ static float kl_weight_at(float kl_weight, long step, long warmup) {
     return kl_weight * (float)step / (float)warmup;
 }
 
-typedef struct {
-    float* m;     // (total) AdamW first moment
-    float* v;     // (total) AdamW second moment
-    long step;    // optimizer steps taken
-} AdamState;
-
-// one optimizer step on the current gradients: clip the global norm at 1, then AdamW
-static float vae_optimizer_step(VAE* m, AdamState* opt, float lr) {
-    float norm = grad_norm(m->ps.grads, m->ps.total);
-    adamw_update(m->ps.params, m->ps.grads, opt->m, opt->v, NULL, m->ps.total, lr, 0.9f, 0.999f, 1e-8f,
-                 0.0f, clip_scale(norm, 1.0f), (int)(opt->step + 1), 0.0f);
-    opt->step++;
-    return norm;
-}
-
 // state.safetensors: everything --resume needs (weights, AdamW moments, step, settings)
-static void vae_save_state(const VAE* m, const AdamState* opt, const char* args_json, const char* path) {
-    size_t n = m->ps.total;
-    float* host = (float*)mallocCheck(3 * n * sizeof(float));
-    dev_to_host(host, m->ps.params, n * sizeof(float));
-    dev_to_host(host + n, opt->m, n * sizeof(float));
-    dev_to_host(host + 2 * n, opt->v, n * sizeof(float));
-    int64_t step = opt->step, shape_n = (int64_t)n, shape_1 = 1;
+static void vae_save_state(const VAE* m, const OptState* opt, const char* args_json, const char* path) {
     char config[256];
     vae_config_to_json(&m->cfg, config, sizeof(config));
     SafeTensorsWriter w;
@@ -612,13 +585,8 @@ static void vae_save_state(const VAE* m, const AdamState* opt, const char* args_
     st_writer_add_meta(&w, "model", "vae-train-state");
     st_writer_add_meta(&w, "config", config);
     st_writer_add_meta(&w, "train_args", args_json);
-    st_writer_add(&w, "params", "F32", host, 1, &shape_n);
-    st_writer_add(&w, "adam_m", "F32", host + n, 1, &shape_n);
-    st_writer_add(&w, "adam_v", "F32", host + 2 * n, 1, &shape_n);
-    st_writer_add(&w, "step", "I64", &step, 1, &shape_1);
-    st_writer_write(&w, path);
+    train_state_write(&m->ps, opt, &w, path);
     st_writer_free(&w);
-    free(host);
 }
 
 // reads the state of a run to resume; the preset and settings must match what the flags ask for
@@ -745,9 +713,8 @@ static void vae_bench(VAE* m, int B, int steps, float lr) {
     size_t img = IMG_C * IMG_RES * IMG_RES, lat = (size_t)m->cfg.z_channels * 64;
     float* x = dev_malloc_floats(B * img);
     float* eps = dev_malloc_floats(B * lat);
-    AdamState opt = {dev_malloc_floats(m->ps.total), dev_malloc_floats(m->ps.total), 0};
-    dev_zero(opt.m, m->ps.total * sizeof(float));
-    dev_zero(opt.v, m->ps.total * sizeof(float));
+    OptState opt;
+    optstate_init(&opt, &m->ps, 0);
     double* times = (double*)mallocCheck(steps * sizeof(double));
     for (int s = -2; s < steps; s++) {  // two warm-up steps
         rng_fill_uniform(x, B * img, 7, (uint64_t)(s + 2) * B * img);
@@ -757,14 +724,15 @@ static void vae_bench(VAE* m, int B, int steps, float lr) {
         dev_zero(m->ps.grads, m->ps.total * sizeof(float));
         vae_forward(m, x, eps, B, 0.001f);
         vae_backward(m, x, eps, B, 0.001f);
-        vae_optimizer_step(m, &opt, lr);
+        optimizer_step(&m->ps, &opt, lr, 0.0f);
         dev_synchronize();
         if (s >= 0) times[s] = wall_seconds() - t0;
     }
     printf("bench: %.1f img/s (median of %d steps, batch %d, preset %s)\n", B / median_of(times, steps), steps, B,
            m->cfg.preset);
     free(times);
-    dev_free(x); dev_free(eps); dev_free(opt.m); dev_free(opt.v);
+    dev_free(x); dev_free(eps);
+    optstate_free(&opt);
 }
 
 static void vae_train(VAETrainArgs* a, int given) {
@@ -804,24 +772,14 @@ static void vae_train(VAETrainArgs* a, int given) {
     vae_build(&m, &a->cfg);
     params_allocate(&m.ps);
     vae_alloc_activations(&m, B);
-    AdamState opt = {dev_malloc_floats(m.ps.total), dev_malloc_floats(m.ps.total), 0};
+    params_init(&m.ps, a->seed ^ STREAM_INIT);
+    OptState opt;
+    optstate_init(&opt, &m.ps, 0);
     run_dir_create(run_dir);
     if (a->resume) {
-        size_t n = m.ps.total;
-        host_to_dev(m.ps.params, safetensors_get_f32(&state, "params", n), n * sizeof(float));
-        host_to_dev(opt.m, safetensors_get_f32(&state, "adam_m", n), n * sizeof(float));
-        host_to_dev(opt.v, safetensors_get_f32(&state, "adam_v", n), n * sizeof(float));
-        const SafeTensorInfo* st = safetensors_find(&state, "step");
-        if (st == NULL || strcmp(st->dtype, "I64") != 0 || st->numel != 1) {
-            fprintf(stderr, "Error: '%s' has no I64 'step' tensor.\n", state_path);
-            exit(EXIT_FAILURE);
-        }
-        opt.step = (long)*(const int64_t*)st->data;
+        train_state_restore(&m.ps, &opt, &state);
         safetensors_free(&state);
     } else {
-        params_init(&m.ps, a->seed ^ STREAM_INIT);
-        dev_zero(opt.m, m.ps.total * sizeof(float));
-        dev_zero(opt.v, m.ps.total * sizeof(float));
         char cfg_text[1024];
         snprintf(cfg_text, sizeof(cfg_text), "{\"model\":\"vae\",\"config\":%s,\"train_args\":%s}\n", config_json, args_json);
         snprintf(path, sizeof(path), "%s/config.json", run_dir);
@@ -868,7 +826,7 @@ static void vae_train(VAETrainArgs* a, int given) {
             exit(EXIT_FAILURE);
         }
         vae_backward(&m, d_x, d_eps, B, klw);
-        float norm = vae_optimizer_step(&m, &opt, a->lr);
+        float norm = optimizer_step(&m.ps, &opt, a->lr, 0.0f);
 
         long done = opt.step;
         if (done % a->log_every == 0 || done == total_steps) {
@@ -916,7 +874,8 @@ static void vae_train(VAETrainArgs* a, int given) {
     tb_close(&tb);
     run_log_close();
     free(x_host); free(perm);
-    dev_free(d_x); dev_free(d_eps); dev_free(d_zero); dev_free(opt.m); dev_free(opt.v);
+    dev_free(d_x); dev_free(d_eps); dev_free(d_zero);
+    optstate_free(&opt);
     cifar10_free(&train); cifar10_free(&test);
     vae_free(&m);
 }

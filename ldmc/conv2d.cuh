@@ -48,13 +48,20 @@ static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int 
 static float* g_conv2d_ws[2][CONV2D_SLOTS];
 static size_t g_conv2d_ws_floats[2][CONV2D_SLOTS];
 
-// a buffer of at least `floats` floats on the current device, aligned to 64 bytes (packed
-// panels are read as SIMD vectors); its contents do not survive the next call for the same slot
-static float* conv2d_workspace(int slot, size_t floats) {
-    int d = g_device == DEVICE_CUDA;
+// a buffer of at least `floats` floats in host memory (DEVICE_CPU) or GPU memory (DEVICE_CUDA),
+// aligned to 64 bytes (packed panels are read as SIMD vectors); its contents do not survive the
+// next call for the same slot. The device is the caller's, not g_device: a _cpu function called
+// while g_device is CUDA (a CPU reference in a lab or test) still needs host memory.
+static float* conv2d_workspace(Device device, int slot, size_t floats) {
+    int d = device == DEVICE_CUDA;
     if (floats > g_conv2d_ws_floats[d][slot]) {
-        dev_free(g_conv2d_ws[d][slot]);
-        g_conv2d_ws[d][slot] = dev_malloc_floats(floats + 16);
+        if (d) {
+            if (g_conv2d_ws[d][slot]) cudaCheck(cudaFree(g_conv2d_ws[d][slot]));
+            cudaCheck(cudaMalloc((void**)&g_conv2d_ws[d][slot], (floats + 16) * sizeof(float)));
+        } else {
+            free(g_conv2d_ws[d][slot]);
+            g_conv2d_ws[d][slot] = (float*)mallocCheck((floats + 16) * sizeof(float));
+        }
         g_conv2d_ws_floats[d][slot] = floats;
     }
     return (float*)(((uintptr_t)g_conv2d_ws[d][slot] + 63) & ~(uintptr_t)63);
@@ -149,11 +156,24 @@ static void conv2d_pad_nhwc(float* xn, const float* x, int B, int C, int H, int 
         }
         memset(dst, 0, (size_t)pad * C * sizeof(float));
         memset(dst + (size_t)(pad + W) * C, 0, (size_t)pad * C * sizeof(float));
-        // contiguous writes; the C source rows (one cache line per 16 pixels each) stay in L1
+        // four source rows at a time, each written as 4 consecutive floats per pixel. Reading
+        // many channels at once would stride by H*W floats (4 KiB at 32x32), which maps the
+        // reads to one L1 set; four rows fit its ways. The output row (Wp*C floats) stays in L1.
         const float* src = x + ((size_t)b * C * H + iy) * W;
-        for (int ix = 0; ix < W; ix++) {
-            float* d = dst + (size_t)(ix + pad) * C;
-            for (int c = 0; c < C; c++) d[c] = src[(size_t)c * H * W + ix];
+        size_t plane = (size_t)H * W;
+        int c = 0;
+        for (; c + 4 <= C; c += 4) {
+            const float* s0 = src + c * plane;
+            float* d = dst + (size_t)pad * C + c;
+            for (int ix = 0; ix < W; ix++) {
+                d[(size_t)ix * C + 0] = s0[ix];
+                d[(size_t)ix * C + 1] = s0[plane + ix];
+                d[(size_t)ix * C + 2] = s0[2 * plane + ix];
+                d[(size_t)ix * C + 3] = s0[3 * plane + ix];
+            }
+        }
+        for (; c < C; c++) {
+            for (int ix = 0; ix < W; ix++) dst[(size_t)(ix + pad) * C + c] = src[c * plane + ix];
         }
     }
 }
@@ -227,7 +247,7 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
     } else if (K > 1) {
         Hp = H + 2 * (K / 2);
         Wp = W + 2 * (K / 2);
-        float* pad_buf = conv2d_workspace(1, (size_t)B * Cin * Hp * Wp);
+        float* pad_buf = conv2d_workspace(DEVICE_CPU, 1, (size_t)B * Cin * Hp * Wp);
         conv2d_pad_nchw(pad_buf, x, B, Cin, H, W, K / 2);
         xp = pad_buf;
     }
@@ -235,7 +255,7 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
     size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
     int kc_max = Kd < GEMM_KC ? Kd : GEMM_KC;
     size_t per_thread = conv2d_round16((size_t)kc_max * CONV2D_NCB) + conv2d_round16((size_t)Cout * CONV2D_NCB);
-    float* ws = conv2d_workspace(0, conv2d_round16(Mpad * Kd) + per_thread * nthreads);
+    float* ws = conv2d_workspace(DEVICE_CPU, 0, conv2d_round16(Mpad * Kd) + per_thread * nthreads);
     float* Wp_packed = ws;  // packed weights, shared
     conv2d_pack_a_all(0, Cout, Kd, weight, Kd, Wp_packed);
 
@@ -273,11 +293,19 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
 static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, long HWo) {
     #pragma omp parallel for schedule(static)
     for (int co = 0; co < Cout; co++) {
-        double sum = 0.0;  // double: a sum over up to B*HWo ~ 10^5 terms
+        double sum = 0.0;  // double across images: a sum over up to B*HWo ~ 10^5 terms
         for (int b = 0; b < B; b++) {
             const float* d = dout + ((size_t)b * Cout + co) * HWo;
+            // 16 interleaved partial sums: independent adds that gcc vectorises (one running sum
+            // would be a chain of dependent adds, and gcc may not reorder float adds itself)
+            float lane[16] = {0.0f};
+            long p = 0;
+            for (; p + 16 <= HWo; p += 16) {
+                for (int l = 0; l < 16; l++) lane[l] += d[p + l];
+            }
+            for (; p < HWo; p++) lane[0] += d[p];
             float s = 0.0f;
-            for (long p = 0; p < HWo; p++) s += d[p];
+            for (int l = 0; l < 16; l++) s += lane[l];
             sum += s;
         }
         dbias[co] += (float)sum;
@@ -298,7 +326,7 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
     int Hp = H + 2 * pad, Wp = W + 2 * pad;
     int Kd = Cin * K * K;
     long HWo = (long)Ho * Wo, N = (long)B * HWo;
-    float* xn = conv2d_workspace(1, (size_t)B * Hp * Wp * Cin);
+    float* xn = conv2d_workspace(DEVICE_CPU, 1, (size_t)B * Hp * Wp * Cin);
     conv2d_pad_nhwc(xn, x, B, Cin, H, W, pad);
     int nthreads = cpu_thread_count();
     size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
@@ -307,7 +335,7 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
     size_t b_off = conv2d_round16(Mpad * GEMM_KC);
     size_t partial_off = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
     size_t per_thread = partial_off + conv2d_round16((size_t)Cout * Kd);
-    float* ws = conv2d_workspace(0, per_thread * nthreads);
+    float* ws = conv2d_workspace(DEVICE_CPU, 0, per_thread * nthreads);
     // chunks of 2 KC-deep steps: enough work per chunk, enough chunks to balance the threads
     long chunk = 2L * GEMM_KC;
     long n_chunks = (N + chunk - 1) / chunk;
@@ -417,7 +445,7 @@ static void conv2d_dx_strided_cpu(float* dx, const float* dout, const float* wei
     size_t Kdpad = (size_t)ceil_div(Kd, GEMM_MR) * GEMM_MR;
     int kc_max = Cout < GEMM_KC ? Cout : GEMM_KC;
     size_t per_thread = conv2d_round16((size_t)kc_max * nc_pad) + conv2d_round16((size_t)Kd * nc_max);
-    float* ws = conv2d_workspace(0, conv2d_round16(Kdpad * Cout) + per_thread * nthreads);
+    float* ws = conv2d_workspace(DEVICE_CPU, 0, conv2d_round16(Kdpad * Cout) + per_thread * nthreads);
     float* WTp = ws;  // packed weight^T (Kd, Cout), shared
     conv2d_pack_a_all(1, Kd, Cout, weight, Kd, WTp);
 
@@ -481,7 +509,7 @@ static void conv2d_backward_cpu(float* dx, float* dweight, float* dbias, const f
         //   dx[ci][y][x] = sum_{co,ky,kx} w[co][ci][ky][kx] dout[co][y - ky + pad][x - kx + pad]
         //                = conv(dout, wf)[ci][y][x]  with wf[ci][co][ky][kx] = w[co][ci][K-1-ky][K-1-kx]
         // so it runs on the forward path, without a col2im pass.
-        float* wf = conv2d_workspace(2, (size_t)Cout * Cin * K * K);
+        float* wf = conv2d_workspace(DEVICE_CPU, 2, (size_t)Cout * Cin * K * K);
         #pragma omp parallel for schedule(static)
         for (int ci = 0; ci < Cin; ci++) {
             for (int co = 0; co < Cout; co++) {
@@ -596,7 +624,7 @@ static void conv2d_forward_cuda(float* out, const float* x, const float* weight,
     int Kd = Cin * K * K;
     long HWo = (long)Ho * Wo;
     int chunk = conv2d_chunk_images(B, Kd, Cout, HWo);
-    float* col = conv2d_workspace(0, (size_t)(Kd + Cout) * chunk * HWo);
+    float* col = conv2d_workspace(DEVICE_CUDA, 0, (size_t)(Kd + Cout) * chunk * HWo);
     float* y = col + (size_t)Kd * chunk * HWo;  // (Cout, nb*HWo)
     const int block = 256;
     for (int b0 = 0; b0 < B; b0 += chunk) {
@@ -622,7 +650,7 @@ static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const 
     conv2d_dbias_kernel<<<Cout, block>>>(dbias, dout, B, Cout, HWo);
     cudaCheck(cudaGetLastError());
     int chunk = conv2d_chunk_images(B, Kd, Cout, HWo);
-    float* col = conv2d_workspace(0, (size_t)(Kd + Cout) * chunk * HWo);  // (Kd, nb*HWo), later dcol
+    float* col = conv2d_workspace(DEVICE_CUDA, 0, (size_t)(Kd + Cout) * chunk * HWo);  // (Kd, nb*HWo), later dcol
     float* dy = col + (size_t)Kd * chunk * HWo;                            // (Cout, nb*HWo)
     for (int b0 = 0; b0 < B; b0 += chunk) {
         int nb = B - b0 < chunk ? B - b0 : chunk;

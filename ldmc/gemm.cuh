@@ -5,8 +5,8 @@
 // The CPU version is a cache-blocked GEMM in the BLIS/GotoBLAS manner: op(A) and op(B) are
 // copied ("packed") block by block into contiguous micro-panels, and a register-blocked
 // micro-kernel multiplies one MR-row strip of A by one NR-column strip of B. The micro-kernel is
-// plain C on GCC vector types; gcc -O3 -march=native turns it into FMAs with the A values
-// broadcast straight from memory. The packing and micro-kernel pieces are exported because
+// plain C on GCC vector types; gcc -O3 -march=native turns it into FMAs on registers, with
+// the A values broadcast from the packed strip. The packing and micro-kernel pieces are exported because
 // conv2d.cuh packs im2col panels directly from the image (no im2col buffer) and reuses them.
 // The CUDA version is cuBLAS in fp32 (row-major through the usual operand swap).
 #pragma once
@@ -49,17 +49,18 @@
 #endif
 #endif
 #define GEMM_NV (GEMM_NR / GEMM_VL)  // vectors per tile row
-#if GEMM_NR % GEMM_VL != 0
-#error "GEMM_NR must be a multiple of the SIMD width GEMM_VL"
-#endif
 #ifndef GEMM_KC
 #define GEMM_KC 256
 #endif
 #ifndef GEMM_MC
-#define GEMM_MC 128
+#define GEMM_MC (128 / GEMM_MR * GEMM_MR)
 #endif
 #ifndef GEMM_NC
-#define GEMM_NC 1024
+#define GEMM_NC (1024 / GEMM_NR * GEMM_NR)
+#endif
+// packed blocks hold whole strips: the block sizes must be multiples of the tile sizes
+#if GEMM_NR % GEMM_VL != 0 || GEMM_MC % GEMM_MR != 0 || GEMM_NC % GEMM_NR != 0
+#error "GEMM_NR must be a multiple of GEMM_VL, GEMM_MC of GEMM_MR and GEMM_NC of GEMM_NR"
 #endif
 
 // one SIMD register of floats; wider GCC vector types are split badly (spilled), so the tile
@@ -72,7 +73,7 @@ typedef float gemm_vec __attribute__((vector_size(GEMM_VL * sizeof(float))));
 // C (MR, NR) = alpha * Ap^T @ Bp + beta * C for one full register tile.
 // Ap (kc, MR): the packed A strip, k-major; Bp (kc, NR): the packed B strip, k-major.
 // Each k step is a rank-1 update: MR broadcasts of A times NV vectors of B. With the loops over
-// r and v fully unrolled, acc lives in registers and the broadcasts fold into the FMAs.
+// r and v fully unrolled by gcc, acc lives in registers for the whole k loop.
 static inline void gemm_micro_kernel(int kc, const float* __restrict__ Ap, const float* __restrict__ Bp,
                                      float alpha, float beta, float* __restrict__ C, int ldc) {
     gemm_vec acc[GEMM_MR][GEMM_NV];
@@ -223,9 +224,8 @@ static void gemm_scale_c(int M, int N, float beta, float* C, int ldc) {
 // ----------------------------------------------------------------------------
 // CPU: the blocked GEMM
 
-// Packing buffers, one pair per calling thread (thread_local), grown on demand: gemm_cpu may be
-// called from inside an OpenMP region (gemm_batched_cpu does that), and each caller needs its own.
-// Within one gemm_cpu call the caller's buffers are shared by its team of threads.
+// Packing buffer of the calling thread (thread_local: every thread that runs a GEMM, alone or as
+// part of a team, packs into its own), grown on demand.
 static thread_local float* t_gemm_pack = NULL;
 static thread_local size_t t_gemm_pack_floats = 0;
 
@@ -242,8 +242,40 @@ static float* gemm_pack_buffer(size_t floats) {
     return t_gemm_pack;
 }
 
+// One thread, BLIS loop nest: jc over NC-column panels of B, pc over KC-deep blocks (packing a
+// KC x NC panel of B), ic over MC-row blocks (packing an MC x KC block of A), then the
+// macro-kernel's tiles. Arguments are checked by the caller.
+static void gemm_cpu_serial(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+                            const float* B, int ldb, float beta, float* C, int ldc) {
+    int kc_max = K < GEMM_KC ? K : GEMM_KC;
+    int mc_max = M < GEMM_MC ? ceil_div(M, GEMM_MR) * GEMM_MR : GEMM_MC;
+    int nc_max = N < GEMM_NC ? ceil_div(N, GEMM_NR) * GEMM_NR : GEMM_NC;
+    float* Ap = gemm_pack_buffer((size_t)kc_max * (mc_max + nc_max));  // A block (mc, kc), then B panel (kc, nc)
+    float* Bp = Ap + (size_t)kc_max * mc_max;
+    for (int jc = 0; jc < N; jc += GEMM_NC) {
+        int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC;
+        for (int pc = 0; pc < K; pc += GEMM_KC) {
+            int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
+            for (int j = 0; j < nc; j += GEMM_NR) {
+                gemm_pack_b_strip(transB, kc, nc - j < GEMM_NR ? nc - j : GEMM_NR,
+                                  gemm_at(B, transB, ldb, pc, jc + j), ldb, Bp + (size_t)j * kc);
+            }
+            for (int ic = 0; ic < M; ic += GEMM_MC) {
+                int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
+                for (int i = 0; i < mc; i += GEMM_MR) {
+                    gemm_pack_a_strip(transA, mc - i < GEMM_MR ? mc - i : GEMM_MR, kc,
+                                      gemm_at(A, transA, lda, ic + i, pc), lda, Ap + (size_t)i * kc);
+                }
+                // later k-blocks accumulate onto the first
+                gemm_macro_kernel(mc, nc, kc, alpha, Ap, Bp, pc == 0 ? beta : 1.0f,
+                                  C + (size_t)ic * ldc + jc, ldc);
+            }
+        }
+    }
+}
+
 // number of threads for a product of this many multiply-adds: one when already inside a parallel
-// region or when the product is too small to pay for waking a team (~a microsecond per barrier)
+// region or when the product is too small to pay for waking a team
 static int gemm_cpu_threads(double madds) {
 #ifdef _OPENMP
     if (omp_in_parallel() || madds < 262144.0) return 1;
@@ -254,57 +286,40 @@ static int gemm_cpu_threads(double madds) {
 #endif
 }
 
-// Loop nest (BLIS): jc over NC-column panels of B, pc over KC-deep blocks, ic over MC-row blocks
-// of A, then the macro-kernel's NR x MR tiles. The team shares the packed buffers: it packs
-// each B panel and A block together (omp for over strips), then splits the tiles between threads
-// by B strip (each thread keeps its own B strips in its L1/L2). The implicit barrier at the end of
-// each omp for keeps packing and computing in step.
+// C = alpha * op(A) @ op(B) + beta * C. Threads split C into slices (of columns when N is the
+// larger side, else of rows) and each runs the serial GEMM on its slice with its own packing, so
+// there is no barrier until the end: a thread that loses its core for a while (another process)
+// delays only its own slices. A slice re-packs the whole shared operand (A for column slices),
+// which costs 1/(slice width) of the slice's work. Slices are handed out dynamically, 4 per thread.
 static void gemm_cpu(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                      const float* B, int ldb, float beta, float* C, int ldc) {
     gemm_check_args("gemm_cpu", transA, transB, M, N, K, lda, ldb, ldc);
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) { gemm_scale_c(M, N, beta, C, ldc); return; }
-
     int nthreads = gemm_cpu_threads((double)M * N * K);
-    int kc_max = K < GEMM_KC ? K : GEMM_KC;
-    int mc_max = M < GEMM_MC ? ceil_div(M, GEMM_MR) * GEMM_MR : GEMM_MC;
-    int nc_max = N < GEMM_NC ? ceil_div(N, GEMM_NR) * GEMM_NR : GEMM_NC;
-    float* Ap = gemm_pack_buffer((size_t)kc_max * (mc_max + nc_max));  // A block (mc, kc), then B panel (kc, nc)
-    float* Bp = Ap + (size_t)kc_max * mc_max;
-
-    #pragma omp parallel num_threads(nthreads)
-    for (int jc = 0; jc < N; jc += GEMM_NC) {
-        int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC;
-        int n_strips = ceil_div(nc, GEMM_NR);
-        for (int pc = 0; pc < K; pc += GEMM_KC) {
-            int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
-            float beta_pc = pc == 0 ? beta : 1.0f;  // later k-blocks accumulate onto the first
-            #pragma omp for schedule(static)
-            for (int s = 0; s < n_strips; s++) {
-                int j = s * GEMM_NR;
-                gemm_pack_b_strip(transB, kc, nc - j < GEMM_NR ? nc - j : GEMM_NR,
-                                  gemm_at(B, transB, ldb, pc, jc + j), ldb, Bp + (size_t)j * kc);
-            }
-            for (int ic = 0; ic < M; ic += GEMM_MC) {
-                int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
-                int m_strips = ceil_div(mc, GEMM_MR);
-                #pragma omp for schedule(static)
-                for (int s = 0; s < m_strips; s++) {
-                    int i = s * GEMM_MR;
-                    gemm_pack_a_strip(transA, mc - i < GEMM_MR ? mc - i : GEMM_MR, kc,
-                                      gemm_at(A, transA, lda, ic + i, pc), lda, Ap + (size_t)i * kc);
-                }
-                #pragma omp for schedule(static)
-                for (int s = 0; s < n_strips; s++) {
-                    int j = s * GEMM_NR;
-                    int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
-                    for (int i = 0; i < mc; i += GEMM_MR) {
-                        gemm_tile(mc - i < GEMM_MR ? mc - i : GEMM_MR, nr, kc, Ap + (size_t)i * kc,
-                                  Bp + (size_t)j * kc, alpha, beta_pc,
-                                  C + (size_t)(ic + i) * ldc + jc + j, ldc);
-                    }
-                }
-            }
+    if (nthreads == 1) {
+        gemm_cpu_serial(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int by_columns = N >= M;
+    int extent = by_columns ? N : M, unit = by_columns ? GEMM_NR : GEMM_MR;
+    // slices of whole register tiles, at least 64 wide so re-packing stays cheap
+    int units = ceil_div(extent, unit);
+    int slices = 4 * nthreads;
+    if (slices > units) slices = units;
+    if (slices > ceil_div(extent, 64)) slices = ceil_div(extent, 64);
+    if (slices < 1) slices = 1;
+    int per_slice = ceil_div(units, slices) * unit;
+    slices = ceil_div(extent, per_slice);
+    #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+    for (int s = 0; s < slices; s++) {
+        int lo = s * per_slice, len = extent - lo < per_slice ? extent - lo : per_slice;
+        if (by_columns) {
+            gemm_cpu_serial(transA, transB, M, len, K, alpha, A, lda, gemm_at(B, transB, ldb, 0, lo), ldb,
+                            beta, C + lo, ldc);
+        } else {
+            gemm_cpu_serial(transA, transB, len, N, K, alpha, gemm_at(A, transA, lda, lo, 0), lda, B, ldb,
+                            beta, C + (size_t)lo * ldc, ldc);
         }
     }
 }

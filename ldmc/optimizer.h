@@ -1,0 +1,92 @@
+// ldmc/optimizer.h — what both trainers share around the fused AdamW kernel (adamw.cuh):
+//   OptState             AdamW moments, the optional EMA of the weights, the step count
+//   optimizer_step       global grad-norm clipping at 1, AdamW and the EMA in one pass
+//   train_state_write / train_state_restore   the training state file that --resume reads
+//                        (weights, moments, EMA, step) — the caller adds its own metadata
+//   params_upload_checkpoint  a checkpoint's named weights onto the device, strict about shapes
+#pragma once
+
+#include "common.cuh"
+#include "params.h"
+#include "adamw.cuh"
+#include "safetensors.h"
+
+typedef struct {
+    float* m;     // (total) AdamW first moment
+    float* v;     // (total) AdamW second moment
+    float* ema;   // (total) EMA of the weights, or NULL
+    long step;    // optimizer steps taken
+} OptState;
+
+// zero moments; the EMA (when asked for) starts as a copy of the current weights (SPEC §6)
+static void optstate_init(OptState* o, const ParamStore* ps, int with_ema) {
+    size_t bytes = ps->total * sizeof(float);
+    o->m = dev_malloc_floats(ps->total);
+    o->v = dev_malloc_floats(ps->total);
+    dev_zero(o->m, bytes);
+    dev_zero(o->v, bytes);
+    o->ema = NULL;
+    if (with_ema) {
+        o->ema = dev_malloc_floats(ps->total);
+        dev_copy(o->ema, ps->params, bytes);
+    }
+    o->step = 0;
+}
+
+static void optstate_free(OptState* o) {
+    dev_free(o->m); dev_free(o->v); dev_free(o->ema);
+    memset(o, 0, sizeof(*o));
+}
+
+// clip the global gradient norm at 1, then AdamW (betas 0.9/0.999, eps 1e-8, no weight decay) and,
+// when there is one, the EMA with decay min(ema_decay, (1+n)/(10+n)); returns the pre-clip norm
+static float optimizer_step(ParamStore* ps, OptState* o, float lr, float ema_decay) {
+    float norm = grad_norm(ps->grads, ps->total);
+    adamw_update(ps->params, ps->grads, o->m, o->v, o->ema, ps->total, lr, 0.9f, 0.999f, 1e-8f, 0.0f,
+                 clip_scale(norm, 1.0f), (int)(o->step + 1), o->ema ? ema_decay_at(ema_decay, o->step) : 0.0f);
+    o->step++;
+    return norm;
+}
+
+// adds the weights, moments, EMA and step to a writer that already holds the caller's metadata, and
+// writes it atomically
+static void train_state_write(const ParamStore* ps, const OptState* o, SafeTensorsWriter* w, const char* path) {
+    size_t n = ps->total;
+    int parts = o->ema ? 4 : 3;
+    float* host = (float*)mallocCheck(parts * n * sizeof(float));
+    dev_to_host(host, ps->params, n * sizeof(float));
+    dev_to_host(host + n, o->m, n * sizeof(float));
+    dev_to_host(host + 2 * n, o->v, n * sizeof(float));
+    if (o->ema) dev_to_host(host + 3 * n, o->ema, n * sizeof(float));
+    int64_t step = o->step, shape_n = (int64_t)n, shape_1 = 1;
+    st_writer_add(w, "params", "F32", host, 1, &shape_n);
+    st_writer_add(w, "adam_m", "F32", host + n, 1, &shape_n);
+    st_writer_add(w, "adam_v", "F32", host + 2 * n, 1, &shape_n);
+    if (o->ema) st_writer_add(w, "ema", "F32", host + 3 * n, 1, &shape_n);
+    st_writer_add(w, "step", "I64", &step, 1, &shape_1);
+    st_writer_write(w, path);
+    free(host);
+}
+
+// the inverse of train_state_write, onto an allocated store and state of the same model
+static void train_state_restore(ParamStore* ps, OptState* o, const SafeTensors* st) {
+    size_t n = ps->total, bytes = n * sizeof(float);
+    host_to_dev(ps->params, safetensors_get_f32(st, "params", n), bytes);
+    host_to_dev(o->m, safetensors_get_f32(st, "adam_m", n), bytes);
+    host_to_dev(o->v, safetensors_get_f32(st, "adam_v", n), bytes);
+    if (o->ema) host_to_dev(o->ema, safetensors_get_f32(st, "ema", n), bytes);
+    o->step = (long)safetensors_get_i64(st, "step", 1)[0];
+}
+
+// the named weights of a checkpoint onto the device; a tensor missing or of another shape (a
+// checkpoint of another preset) is an error naming it
+static void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, const char* path, const char* what) {
+    float* host = (float*)mallocCheck(ps->total * sizeof(float));
+    char err[512];
+    if (params_load_named(ps, st, "", host, err, sizeof(err)) != 0) {
+        fprintf(stderr, "Error: '%s' does not match the %s its config describes: %s\n", path, what, err);
+        exit(EXIT_FAILURE);
+    }
+    host_to_dev(ps->params, host, ps->total * sizeof(float));
+    free(host);
+}
