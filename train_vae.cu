@@ -844,6 +844,7 @@ static void vae_train(VAETrainArgs* a, int given) {
             tb_add_scalar(&tb, "train/lr", a->lr, done);
             tb_add_scalar(&tb, "train/grad_norm", norm, done);
             tb_add_scalar(&tb, "train/images_per_sec", (float)ips, done);
+            tb_flush(&tb);
             t_log = now;
             step_log = done;
         }

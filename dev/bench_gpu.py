@@ -13,19 +13,20 @@ kl_weight 0.001 (dev/vae_twin.py). U-Net: 10 classes, CFG label dropout 0.1, cos
 (dev/unet_twin.py). Ours: `train_vae|train_ldm --preset P --batch-size B --bench STEPS --device D`,
 which prints `bench: <img/s> img/s` (median over STEPS after 2 warm-up steps). The twin: 3 warm-up
 steps, then the median of the per-step times, with the device synchronised around each step.
-Twin modes (--modes picks and orders them):
+Twin modes (--modes picks them):
   eager32   fp32, TF32 off for matmuls AND convolutions (PyTorch's default lets cuDNN convs use TF32)
   tf32      torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   bf16      torch.autocast(bfloat16) around forward + loss (fp32 weights, AdamW and EMA), TF32 off
   compile   torch.compile of forward + loss, fp32 as eager32; the warm-up steps that compile are
             timed separately (the "warm-up s" column) and not in img/s
 cuDNN autotuning (torch.backends.cudnn.benchmark) is on: the shapes never change.
-Every model and mode runs ours first, then the twin; the compile modes of all models run last, so a
-slow compilation (30-60 s a model on an H100) cannot cost the other numbers. Each row prints as it
-is measured and, with --json, the file is rewritten after every row (a run stopped by a timeout
-still leaves the rows it finished). A failed measurement (our program's error, an out-of-memory, a
-compile error) is reported and skipped; the script then exits 1 after the table. ours/mode > 1
-means ours is faster than the twin in that mode. About 2 minutes on an H100 with the defaults.
+For each model ours runs first, then the twin in each mode; the compile mode of every model runs
+last, so a slow compilation (expect 30-60 s a model on an H100: it dominates the run time; drop it
+with --modes eager32,tf32,bf16 when time is short) cannot cost the other numbers. Each row prints as
+it is measured with the seconds it took and, with --json, the file is rewritten after every row (a
+run stopped by a timeout still leaves the rows it finished). A failed measurement (our program's
+error, an out-of-memory, a compile error) is reported and skipped; the script then exits 1 after
+the table. ours/mode > 1 means ours is faster than the twin in that mode.
 
 dev/bench_sample.py imports the shared pieces (the mode table, run_ours, device helpers) from here.
 """
@@ -34,7 +35,6 @@ import argparse
 import gc
 import inspect
 import json
-import math
 import os
 import re
 import statistics
@@ -74,20 +74,6 @@ warnings.filterwarnings("ignore", message="Please use the new API settings to co
 
 
 # --------------------------------------------------------------------------------------------------
-# dev/unet_twin.timestep_embedding builds its frequency table on the CPU, so the twin U-Net fails on
-# CUDA ("Expected all tensors to be on the same device"). Until it builds the table on t's device,
-# the benchmarks swap in the same formula (SPEC section 4) with the table on t's device.
-
-
-def _timestep_embedding(t, dim):
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    args = t.to(torch.float64)[:, None] * freqs[None, :]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, dim)
-
-
-unet_twin.timestep_embedding = _timestep_embedding
-
 # --------------------------------------------------------------------------------------------------
 # device helpers, shared with bench_sample.py
 

@@ -19,7 +19,7 @@ latent_scale -> VAE decoder -> images to the host. Labels run through the classe
 batch, then REPEATS timed runs of all N images; the median. Twin modes: eager32 (fp32, TF32 off),
 tf32, bf16 (autocast around the U-Net and the decoder; the sampler's arithmetic stays fp32).
 An unconditional checkpoint samples without guidance (one forward of B rows), as sample_ldm does.
-ours/twin > 1 means ours is faster. A few seconds a mode on an H100 with the defaults.
+ours/twin > 1 means ours is faster. Expect a few seconds a mode on an H100 with the defaults (not yet run there).
 """
 
 import argparse

@@ -101,7 +101,7 @@ def timestep_embedding(t, dim):
     # [cos(t f_i), sin(t f_i)], f_i = exp(-ln(10000) i / (dim/2)), i = 0..dim/2-1; computed in
     # float64 (t up to 999 times f_0 = 1 needs the precision), the caller casts
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
     args = t.to(torch.float64)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, dim)
 
