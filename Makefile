@@ -30,6 +30,8 @@ endif
 ifneq ($(NO_OMP),1)
   HOST_FLAGS := $(HOST_FLAGS),-fopenmp
   OMP_LIB := -lgomp
+else
+  HOST_FLAGS := $(HOST_FLAGS),-Wno-unknown-pragmas
 endif
 
 ifeq ($(DEBUG),1)
@@ -63,6 +65,10 @@ test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 
 test: test_ldm
 	./test_ldm
+
+# the conv/GEMM kernel lab (several versions, CPU reference, validation, timing)
+dev/cuda/conv2d_lab: dev/cuda/conv2d.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
 
 # CIFAR-10 in the official binary layout, from ../shared/cifar10 (or an official tarball at hand)
 data:

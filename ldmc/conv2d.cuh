@@ -7,14 +7,18 @@
 //   backward  dweight += sum_b dout_b (Cout, Ho*Wo) @ col_b^T,  dbias += sums of dout,
 //             dx_b     = col2im(weight^T @ dout_b)
 // CPU: the GEMM building blocks of gemm.cuh with the im2col done inside the packing of the GEMM
-// panels (implicit im2col: no col buffer). The batch is one GEMM with N = B*Ho*Wo columns, cut
-// into column blocks that the threads take one at a time, so the 8x8 and 4x4 layers (tiny
-// per-image GEMMs) are as efficient as the 32x32 ones. For stride 1, dx is itself a convolution
-// (of dout with the flipped, transposed weights), so it reuses the forward path.
+// panels (implicit im2col: no col buffer), from a zero-padded copy of the input. The batch is one
+// GEMM with N = B*Ho*Wo columns, cut into column blocks that the threads take one at a time, so
+// the 8x8 and 4x4 layers (tiny per-image GEMMs) are as efficient as the 32x32 ones.
+// dweight packs from a channels-last copy of x, where the GEMM's inner index (positions) is the
+// slow one, so its panels are contiguous copies rather than transposes. For stride 1, dx is itself
+// a convolution (of dout with the flipped, transposed weights) and reuses the forward path; for
+// stride 2 it is weight^T @ dout followed by col2im.
 // CUDA: im2col of a chunk of images into a (Cin*K*K, nb*Ho*Wo) matrix and one cuBLAS SGEMM per
 // chunk, with small gather kernels for the layout changes and col2im.
-// Workspace (packed panels, col buffers) lives in this module: buffers grown on demand, one set
-// per device, since tests switch g_device between the CPU and CUDA.
+// Workspace (packed panels, padded copies, col buffers) lives in this module: buffers grown on
+// demand, one set per device, since tests switch g_device between the CPU and CUDA. The module is
+// not reentrant: call it from one host thread at a time (each call parallelises internally).
 #pragma once
 
 #include "common.cuh"
@@ -256,8 +260,8 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
     int kc_max = Kd < GEMM_KC ? Kd : GEMM_KC;
     size_t per_thread = conv2d_round16((size_t)kc_max * CONV2D_NCB) + conv2d_round16((size_t)Cout * CONV2D_NCB);
     float* ws = conv2d_workspace(DEVICE_CPU, 0, conv2d_round16(Mpad * Kd) + per_thread * nthreads);
-    float* Wp_packed = ws;  // packed weights, shared
-    conv2d_pack_a_all(0, Cout, Kd, weight, Kd, Wp_packed);
+    float* w_packed = ws;  // packed weights, shared
+    conv2d_pack_a_all(0, Cout, Kd, weight, Kd, w_packed);
 
     long n_blocks = (N + CONV2D_NCB - 1) / CONV2D_NCB;
     #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
@@ -269,7 +273,7 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
         for (int pc = 0; pc < Kd; pc += GEMM_KC) {
             int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
             conv2d_pack_col(Bp, xp, Cin, Hp, Wp, K, stride, Hr, Wr, n0, nc, pc, kc);
-            gemm_macro_kernel(Cout, nc, kc, 1.0f, Wp_packed + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
+            gemm_macro_kernel(Cout, nc, kc, 1.0f, w_packed + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
         }
         // columns -> NCHW, one stretch of consecutive positions of one image at a time
         for (long n = n0; n < n0 + nc;) {

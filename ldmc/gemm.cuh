@@ -286,11 +286,12 @@ static int gemm_cpu_threads(double madds) {
 #endif
 }
 
-// C = alpha * op(A) @ op(B) + beta * C. Threads split C into slices (of columns when N is the
-// larger side, else of rows) and each runs the serial GEMM on its slice with its own packing, so
-// there is no barrier until the end: a thread that loses its core for a while (another process)
-// delays only its own slices. A slice re-packs the whole shared operand (A for column slices),
-// which costs 1/(slice width) of the slice's work. Slices are handed out dynamically, 4 per thread.
+// C = alpha * op(A) @ op(B) + beta * C. Each thread takes one slice of C (of columns when N is
+// the larger side, else of rows) and runs the serial GEMM on it with its own packing, so there is
+// no barrier until the end (barriers are what suffer when another process takes a core for a
+// while). Each slice re-packs the whole shared operand (A for column slices): packing a float
+// costs about as much as 16 multiply-adds, so a slice of w columns pays ~16/w extra, and one
+// slice per thread keeps w as large as possible.
 static void gemm_cpu(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                      const float* B, int ldb, float beta, float* C, int ldc) {
     gemm_check_args("gemm_cpu", transA, transB, M, N, K, lda, ldb, ldc);
@@ -304,14 +305,10 @@ static void gemm_cpu(int transA, int transB, int M, int N, int K, float alpha, c
     int by_columns = N >= M;
     int extent = by_columns ? N : M, unit = by_columns ? GEMM_NR : GEMM_MR;
     // slices of whole register tiles, at least 64 wide so re-packing stays cheap
-    int units = ceil_div(extent, unit);
-    int slices = 4 * nthreads;
-    if (slices > units) slices = units;
-    if (slices > ceil_div(extent, 64)) slices = ceil_div(extent, 64);
-    if (slices < 1) slices = 1;
-    int per_slice = ceil_div(units, slices) * unit;
+    int slices = nthreads < ceil_div(extent, 64) ? nthreads : ceil_div(extent, 64);
+    int per_slice = ceil_div(ceil_div(extent, unit), slices) * unit;
     slices = ceil_div(extent, per_slice);
-    #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int s = 0; s < slices; s++) {
         int lo = s * per_slice, len = extent - lo < per_slice ? extent - lo : per_slice;
         if (by_columns) {
