@@ -53,11 +53,11 @@ section "train_ldm --preset base, 10 classes, 300 steps on the GPU"
     --max-steps 300 --log-every 50 --run-name gpu_ldm --device cuda
 cp runs/gpu_ldm/samples_final.png "$OUT/gpu_ldm_samples.png"
 
-section "benchmarks: training img/s, ours vs the PyTorch twin"
-PYTHONUNBUFFERED=1 python3 dev/bench_gpu.py --device cuda --steps 20 --json "$OUT/bench_gpu.json" ${BENCH_MODES:+--modes $BENCH_MODES}
-
 section "benchmark: DPM-Solver++(2M) 20 steps with CFG, base preset"
 PYTHONUNBUFFERED=1 python3 dev/bench_sample.py --checkpoint runs/gpu_ldm/checkpoint_final.safetensors \
     --n 1000 --batch 500 --steps 20 --guidance 3 --device cuda --binary ./sample_ldm
+
+section "benchmarks: training img/s, ours vs the PyTorch twin"
+PYTHONUNBUFFERED=1 python3 dev/bench_gpu.py --device cuda --steps 20 --json "$OUT/bench_gpu.json" ${BENCH_MODES:+--modes $BENCH_MODES}
 
 section "done"
