@@ -606,20 +606,25 @@ typedef struct {
     char vae_sha256[65];
 } LDMMeta;
 
-static void unet_save_checkpoint(const UNet* m, const float* host_weights, const LDMMeta* meta, int ema,
-                                 const char* path) {
+// the metadata every U-Net file carries (SPEC §7): format, model, config, latent_scale, schedule, VAE
+static void unet_add_meta(SafeTensorsWriter* w, const UNet* m, const LDMMeta* meta, const char* model) {
     char config[512], scale[32];
     unet_config_to_json(&m->cfg, config, sizeof(config));
     snprintf(scale, sizeof(scale), "%.9g", meta->latent_scale);
+    st_writer_add_meta(w, "format", "ldm.c");
+    st_writer_add_meta(w, "model", model);
+    st_writer_add_meta(w, "config", config);
+    st_writer_add_meta(w, "latent_scale", scale);
+    st_writer_add_meta(w, "schedule", schedule_name(meta->schedule));
+    st_writer_add_meta(w, "vae_checkpoint", meta->vae_path);
+    st_writer_add_meta(w, "vae_sha256", meta->vae_sha256);
+}
+
+static void unet_save_checkpoint(const UNet* m, const float* host_weights, const LDMMeta* meta, int ema,
+                                 const char* path) {
     SafeTensorsWriter w;
     st_writer_init(&w);
-    st_writer_add_meta(&w, "format", "ldm.c");
-    st_writer_add_meta(&w, "model", "unet");
-    st_writer_add_meta(&w, "config", config);
-    st_writer_add_meta(&w, "latent_scale", scale);
-    st_writer_add_meta(&w, "schedule", schedule_name(meta->schedule));
-    st_writer_add_meta(&w, "vae_checkpoint", meta->vae_path);
-    st_writer_add_meta(&w, "vae_sha256", meta->vae_sha256);
+    unet_add_meta(&w, m, meta, "unet");
     st_writer_add_meta(&w, "ema", ema ? "1" : "0");
     params_add_to_writer(&m->ps, &w, host_weights, "");
     st_writer_write(&w, path);
@@ -877,8 +882,8 @@ static float* encode_split(VAE* vae, const Cifar10* d, int views, const char* wh
     float* moments = (float*)mallocCheck(B * 2 * dim * sizeof(float));
     float* d_x = dev_malloc_floats(B * img);
     int* idx = (int*)mallocCheck(B * sizeof(int));
-    double t0 = wall_seconds();
     for (int v = 0; v < views; v++) {
+        double t0 = wall_seconds();
         for (int start = 0; start < d->n; start += B) {
             int b = d->n - start < B ? d->n - start : B;
             for (int i = 0; i < b; i++) idx[i] = start + i;
@@ -890,8 +895,17 @@ static float* encode_split(VAE* vae, const Cifar10* d, int views, const char* wh
             for (int i = 0; i < b; i++) {  // mu = channels [0, Z) of (2Z, 8, 8)
                 memcpy(mu + ((size_t)(start + i) * views + v) * dim, moments + i * 2 * dim, dim * sizeof(float));
             }
+            int done = start + b;
+            if (done % 10240 < B && done < d->n) {  // a progress line about every 10k images
+                double el = wall_seconds() - t0;
+                char eta[32];
+                format_duration(el / done * (d->n - done), eta, sizeof(eta));
+                printf("encoding %s%s: %d/%d images | %.0f img/s | ETA %s\n", what, v ? " (flipped)" : "", done, d->n,
+                       done / el, eta);
+                fflush(stdout);
+            }
         }
-        printf("encoded %s%s: %d images, %.1f s\n", what, v ? " (flipped)" : "", d->n, wall_seconds() - t0);
+        printf("encoded %s%s: %d images in %.1f s\n", what, v ? " (flipped)" : "", d->n, wall_seconds() - t0);
         fflush(stdout);
     }
     free(x); free(moments); free(idx);
@@ -979,19 +993,10 @@ static void ldm_args_to_json(const LDMTrainArgs* a, long total_steps, char* out,
 // state.safetensors: weights, AdamW moments, EMA, step — everything --resume needs
 static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* meta, const char* args_json,
                            const char* path) {
-    char config[512], scale[32];
-    unet_config_to_json(&m->cfg, config, sizeof(config));
-    snprintf(scale, sizeof(scale), "%.9g", meta->latent_scale);
     SafeTensorsWriter w;
     st_writer_init(&w);
-    st_writer_add_meta(&w, "format", "ldm.c");
-    st_writer_add_meta(&w, "model", "unet-train-state");
-    st_writer_add_meta(&w, "config", config);
+    unet_add_meta(&w, m, meta, "unet-train-state");
     st_writer_add_meta(&w, "train_args", args_json);
-    st_writer_add_meta(&w, "latent_scale", scale);
-    st_writer_add_meta(&w, "schedule", schedule_name(meta->schedule));
-    st_writer_add_meta(&w, "vae_checkpoint", meta->vae_path);
-    st_writer_add_meta(&w, "vae_sha256", meta->vae_sha256);
     train_state_write(&m->ps, opt, &w, path);
     st_writer_free(&w);
 }

@@ -415,17 +415,22 @@ static void vae_params_to_host(const VAE* m, float* host) {
     dev_to_host(host, m->ps.params, m->ps.total * sizeof(float));
 }
 
+// the metadata every VAE file carries (SPEC §7)
+static void vae_add_meta(SafeTensorsWriter* w, const VAE* m, const char* model) {
+    char config[256];
+    vae_config_to_json(&m->cfg, config, sizeof(config));
+    st_writer_add_meta(w, "format", "ldm.c");
+    st_writer_add_meta(w, "model", model);
+    st_writer_add_meta(w, "config", config);
+}
+
 // checkpoint_final.safetensors: the weights, loadable into the PyTorch twin by name
 static void vae_save_checkpoint(const VAE* m, const char* path) {
     float* host = (float*)mallocCheck(m->ps.total * sizeof(float));
     vae_params_to_host(m, host);
-    char config[256];
-    vae_config_to_json(&m->cfg, config, sizeof(config));
     SafeTensorsWriter w;
     st_writer_init(&w);
-    st_writer_add_meta(&w, "format", "ldm.c");
-    st_writer_add_meta(&w, "model", "vae");
-    st_writer_add_meta(&w, "config", config);
+    vae_add_meta(&w, m, "vae");
     params_add_to_writer(&m->ps, &w, host, "");
     st_writer_write(&w, path);
     st_writer_free(&w);
@@ -577,13 +582,9 @@ static float kl_weight_at(float kl_weight, long step, long warmup) {
 
 // state.safetensors: everything --resume needs (weights, AdamW moments, step, settings)
 static void vae_save_state(const VAE* m, const OptState* opt, const char* args_json, const char* path) {
-    char config[256];
-    vae_config_to_json(&m->cfg, config, sizeof(config));
     SafeTensorsWriter w;
     st_writer_init(&w);
-    st_writer_add_meta(&w, "format", "ldm.c");
-    st_writer_add_meta(&w, "model", "vae-train-state");
-    st_writer_add_meta(&w, "config", config);
+    vae_add_meta(&w, m, "vae-train-state");
     st_writer_add_meta(&w, "train_args", args_json);
     train_state_write(&m->ps, opt, &w, path);
     st_writer_free(&w);

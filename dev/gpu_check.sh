@@ -31,7 +31,7 @@ nvcc --version | tail -1
 
 section "build (sm_90)"
 export CPATH="$PWD/gpu/stb"
-time make -j4 GPU_ARCH=90 STB_INC="$PWD/gpu/stb" train_vae train_ldm sample_ldm test_ldm 2>&1 | grep -v "^nvcc" || exit 1
+time make -j4 GPU_ARCH=90 STB_INC="$PWD/gpu/stb" train_vae train_ldm sample_ldm test_ldm > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 
 section "test_ldm (CPU and CUDA)"
 OMP_NUM_THREADS=8 ./test_ldm > "$OUT/test_ldm.log" 2>&1
