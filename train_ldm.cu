@@ -837,7 +837,6 @@ static int ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
     }
     if (preset) a->cfg = unet_preset_find(preset)->cfg;
     a->cfg.num_classes = num_classes;
-    if (num_classes > 0 && num_classes + 1 > 100000) args_fail(argv[0], "--num-classes too large");
     return given;
 }
 
@@ -846,7 +845,7 @@ static void ldm_apply_preset(LDMTrainArgs* a, int given) {
     if (!(given & LGIVEN_PRESET)) {
         const char* name = g_device == DEVICE_CUDA ? "fast" : "tiny";
         a->cfg = unet_preset_find(name)->cfg;
-        printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
+        if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
     }
     a->cfg.num_classes = num_classes;
     const UNetPreset* p = unet_preset_find(a->cfg.preset);

@@ -565,7 +565,7 @@ static void vae_apply_preset(VAETrainArgs* a, int given) {
     if (!(given & GIVEN_PRESET)) {
         const char* name = g_device == DEVICE_CUDA ? "fast" : "tiny";
         a->cfg = vae_preset_find(name)->cfg;
-        printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
+        if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
     }
     const VAEPreset* p = vae_preset_find(a->cfg.preset);
     if (a->batch_size < 0) a->batch_size = p->batch_size;
