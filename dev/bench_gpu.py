@@ -36,7 +36,6 @@ import gc
 import inspect
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import unet_twin  # noqa: E402
 import vae_twin  # noqa: E402
-from bench_vae import cpu_name  # noqa: E402
+from benchlib import BENCH_LINE, cpu_name  # noqa: E402
 
 WARMUP = 3
 KL_WEIGHT = 0.001
@@ -56,7 +55,6 @@ NUM_CLASSES = 10
 CFG_DROPOUT = 0.1
 MAX_GRAD_NORM = 1.0
 EMA_DECAY = 0.9999
-BENCH_LINE = re.compile(r"^bench:\s*([0-9.eE+-]+)\s*img/s", re.MULTILINE)
 
 # mode -> (TF32 on, bf16 autocast, torch.compile, description)
 MODES = {

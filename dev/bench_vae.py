@@ -13,50 +13,20 @@ same 2 warm-up steps, then the median of per-step wall times. The two sides run 
 table shows every round and the medians, and ours/twin > 1 means ours is faster.
 """
 
-import argparse
 import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+from benchlib import WARMUP  # noqa: E402
 from vae_twin import PRESETS, VAE  # noqa: E402
 
 BATCH = 64
-WARMUP = 2
 KL_WEIGHT = 0.001
 MAX_GRAD_NORM = 1.0
-BENCH_LINE = re.compile(r"^bench:\s*([0-9.eE+-]+)\s*img/s", re.MULTILINE)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def run_ours(binary, preset, steps, threads):
-    """images/s from one run of our program; exits with its output when it fails."""
-    cmd = [binary, "--preset", preset, "--batch-size", str(BATCH), "--bench", str(steps), "--device", "cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    found = BENCH_LINE.search(proc.stdout)
-    if proc.returncode != 0 or not found:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        sys.exit("error: `%s` %s; its output ends with:\n%s"
-                 % (" ".join(cmd), "exited with status %d" % proc.returncode if proc.returncode
-                    else "printed no 'bench: <N> img/s' line", tail))
-    return float(found.group(1))
 
 
 def run_twin(preset, steps):
@@ -83,50 +53,7 @@ def run_twin(preset, steps):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="tiny,small", help="comma-separated VAE presets (default tiny,small)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per preset (default 5)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per run, after 2 warm-up steps (default 10)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads for both sides (default 2)")
-    ap.add_argument("--binary", default="./train_vae", help="our trainer (default ./train_vae)")
-    ap.add_argument("--twin-only", action="store_true", help="time only the PyTorch twin (no binary needed)")
-    args = ap.parse_args()
-
-    presets = [s for s in args.presets.split(",") if s]
-    unknown = [s for s in presets if s not in PRESETS]
-    if not presets or unknown:
-        ap.error("unknown preset(s) %s; choose from %s" % (", ".join(unknown) or "(none given)", ", ".join(PRESETS)))
-    if args.rounds < 1 or args.steps < 1 or args.threads < 1:
-        ap.error("--rounds, --steps and --threads must be at least 1")
-    if not args.twin_only and not (os.path.isfile(args.binary) and os.access(args.binary, os.X_OK)):
-        ap.error("%s is not an executable: build it with `make train_vae`, point --binary at it, "
-                 "or pass --twin-only to time only the PyTorch twin" % args.binary)
-
-    torch.set_num_threads(args.threads)
-    print("CPU: %s (%d logical cores)" % (cpu_name(), os.cpu_count()))
-    print("torch %s, oneDNN (mkldnn) available: %s, enabled: %s; torch threads: %d"
-          % (torch.__version__, torch.backends.mkldnn.is_available(), torch.backends.mkldnn.enabled,
-             torch.get_num_threads()))
-    if not args.twin_only:
-        print("ours: %s with OMP_NUM_THREADS=%d" % (args.binary, args.threads))
-    print("batch %d, %d warm-up + %d timed steps per run, %d interleaved rounds\n"
-          % (BATCH, WARMUP, args.steps, args.rounds))
-
-    print("%-8s %6s %14s %14s" % ("preset", "round", "ours img/s", "twin img/s"))
-    summary = []
-    for preset in presets:
-        ours, twin = [], []
-        for r in range(args.rounds):
-            if not args.twin_only:
-                ours.append(run_ours(args.binary, preset, args.steps, args.threads))
-            twin.append(run_twin(preset, args.steps))
-            print("%-8s %6d %14s %14.1f" % (preset, r + 1, "%.1f" % ours[-1] if ours else "-", twin[-1]))
-            sys.stdout.flush()
-        summary.append((preset, statistics.median(ours) if ours else None, statistics.median(twin)))
-
-    print("\n%-8s %14s %14s %10s" % ("preset", "ours (median)", "twin (median)", "ours/twin"))
-    for preset, o, t in summary:
-        print("%-8s %14s %14.1f %10s" % (preset, "%.1f" % o if o else "-", t, "%.2fx" % (o / t) if o else "-"))
+    benchlib.main(__doc__, PRESETS, "VAE", "train_vae", BATCH, run_twin, default_presets="tiny,small")
 
 
 if __name__ == "__main__":
