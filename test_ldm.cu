@@ -136,13 +136,8 @@ static void test_vae_model(void) {
     params_allocate(&m.ps);
     vae_alloc_activations(&m, B);
     size_t n = m.ps.total;
-    float* init = (float*)mallocCheck(n * sizeof(float));
-    char err[512];
-    if (params_load_named(&m.ps, &ref, "param.", init, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: %s: %s\n", path, err);
-        exit(EXIT_FAILURE);
-    }
-    host_to_dev(m.ps.params, init, n * sizeof(float));
+    float* init = (float*)mallocCheck(n * sizeof(float));  // the initial weights, kept for the update checks
+    params_upload_named(&m.ps, &ref, "param.", init, path, "reference model");
     int Z = cfg.z_channels, LR = vae_latent_res(&cfg);
     size_t nx = (size_t)B * IMG_C * IMG_RES * IMG_RES, nz = (size_t)B * Z * LR * LR;
     float* x = test_upload(safetensors_get_f32(&ref, "x", nx), nx);
@@ -261,13 +256,8 @@ static void test_unet_model(const char* path) {
     params_allocate(&m.ps);
     unet_alloc_activations(&m, B);
     size_t n = m.ps.total;
-    float* init = (float*)mallocCheck(n * sizeof(float));
-    char err[512];
-    if (params_load_named(&m.ps, &ref, "param.", init, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: %s: %s\n", path, err);
-        exit(EXIT_FAILURE);
-    }
-    host_to_dev(m.ps.params, init, n * sizeof(float));
+    float* init = (float*)mallocCheck(n * sizeof(float));  // the initial weights, kept for the update checks
+    params_upload_named(&m.ps, &ref, "param.", init, path, "reference model");
     host_to_dev(m.zt, zt_h, B * dim * sizeof(float));
     host_to_dev(m.t, t, B * sizeof(int));
     host_to_dev(m.labels, labels, B * sizeof(int));

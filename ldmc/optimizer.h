@@ -3,7 +3,7 @@
 //   optimizer_step       global grad-norm clipping at 1, AdamW and the EMA in one pass
 //   train_state_write / train_state_restore   the training state file that --resume reads
 //                        (weights, moments, EMA, step) — the caller adds its own metadata
-//   params_upload_checkpoint  a checkpoint's named weights onto the device, strict about shapes
+//   params_upload_named / params_upload_checkpoint  named weights onto the device, strict about shapes
 #pragma once
 
 #include "common.cuh"
@@ -78,15 +78,22 @@ static void train_state_restore(ParamStore* ps, OptState* o, const SafeTensors* 
     o->step = (long)safetensors_get_i64(st, "step", 1)[0];
 }
 
-// the named weights of a checkpoint onto the device; a tensor missing or of another shape (a
-// checkpoint of another preset) is an error naming it
-static void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, const char* path, const char* what) {
-    float* host = (float*)mallocCheck(ps->total * sizeof(float));
+// the weights "<prefix><name>" of a safetensors file onto the device, via `host` (total floats, which
+// keeps a copy); a tensor missing or of another shape (a checkpoint of another preset) is an error
+// naming it
+static void params_upload_named(ParamStore* ps, const SafeTensors* st, const char* prefix, float* host,
+                                const char* path, const char* what) {
     char err[512];
-    if (params_load_named(ps, st, "", host, err, sizeof(err)) != 0) {
+    if (params_load_named(ps, st, prefix, host, err, sizeof(err)) != 0) {
         fprintf(stderr, "Error: '%s' does not match the %s its config describes: %s\n", path, what, err);
         exit(EXIT_FAILURE);
     }
     host_to_dev(ps->params, host, ps->total * sizeof(float));
+}
+
+// a checkpoint's weights (named as in tensor-names.txt) onto the device
+static void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, const char* path, const char* what) {
+    float* host = (float*)mallocCheck(ps->total * sizeof(float));
+    params_upload_named(ps, st, "", host, path, what);
     free(host);
 }

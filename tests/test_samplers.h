@@ -57,11 +57,7 @@ static void tsamp_load_unet(UNet* m, const SafeTensors* ref, const char* prefix,
     params_allocate(&m->ps);
     unet_alloc_activations(m, max_batch);
     float* host = (float*)mallocCheck(m->ps.total * sizeof(float));
-    char err[512];
-    if (params_load_named(&m->ps, &st, "param.", host, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: %s: %s\n", path, err);
-        exit(EXIT_FAILURE);
-    }
+    params_upload_named(&m->ps, &st, "param.", host, path, "reference U-Net");
     snprintf(key, sizeof(key), "%s.weights_sum", prefix);
     double sum = 0.0, want = tsamp_meta_number(ref, key);
     for (size_t i = 0; i < m->ps.total; i++) sum += host[i];
@@ -70,7 +66,6 @@ static void tsamp_load_unet(UNet* m, const SafeTensors* ref, const char* prefix,
                         "HINT: regenerate it with /usr/bin/python3 dev/refs_samplers.py\n", path, sum, TSAMP_REF_PATH, want);
         exit(EXIT_FAILURE);
     }
-    host_to_dev(m->ps.params, host, m->ps.total * sizeof(float));
     free(host);
     safetensors_free(&st);
 }
