@@ -329,6 +329,33 @@ static void test_unet_model(const char* path) {
 }
 
 // ----------------------------------------------------------------------------
+// both noise schedules (host code): every abar_t to 1e-6 of its own value, since the tail of the
+// cosine schedule (abar ~ 1e-9) matters as much to the samplers as its head
+
+static void test_schedules(void) {
+    const char* path = "dev/ref/schedules.safetensors";
+    SafeTensors ref;
+    safetensors_load(path, &ref);
+    const Schedule kinds[2] = {SCHEDULE_COSINE, SCHEDULE_LINEAR};
+    for (int k = 0; k < 2; k++) {
+        char name[64], detail[160];
+        snprintf(name, sizeof(name), "abar_%s", schedule_name(kinds[k]));
+        const float* want = safetensors_get_f32(&ref, name, DIFFUSION_T);
+        double abar[DIFFUSION_T], worst = 0.0;
+        int at = 0;
+        diffusion_schedule(kinds[k], abar);
+        for (int t = 0; t < DIFFUSION_T; t++) {
+            double rel = fabs((double)(float)abar[t] - want[t]) / fabs((double)want[t]);
+            if (!(rel <= worst)) { worst = rel; at = t; }
+        }
+        snprintf(detail, sizeof(detail), "max relative err %.2e (at t=%d) tol 1e-06 of each abar_t", worst, at);
+        snprintf(name, sizeof(name), "host %s schedule abar_t", schedule_name(kinds[k]));
+        check_true(name, worst <= 1e-6, detail);
+    }
+    safetensors_free(&ref);
+}
+
+// ----------------------------------------------------------------------------
 
 static void run_device_tests(Device d) {
     device_select(d);
@@ -352,6 +379,7 @@ int main(int argc, char** argv) {
     test_safetensors();
     test_data();
     test_tensorboard();
+    test_schedules();
     run_device_tests(DEVICE_CPU);
     int count = 0;
     if (strcmp(want, "--cpu-only") != 0 && cudaGetDeviceCount(&count) == cudaSuccess && count > 0) {
