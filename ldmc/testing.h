@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "safetensors.h"
 
 static int g_tests_passed = 0;
 static int g_tests_failed = 0;
@@ -62,6 +63,23 @@ static float* test_download(const float* dev, size_t n) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     dev_to_host(h, dev, n * sizeof(float));
     return h;
+}
+
+// n copies of `value` on the current device (NaN marks "must be overwritten"; free with dev_free)
+static float* test_filled(size_t n, float value) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = value;
+    float* d = test_upload(h, n);
+    free(h);
+    return d;
+}
+
+// the reference tensor "<prefix>.<name>" of n float32 values (exits with a clear error otherwise;
+// n 0 = any count)
+static const float* ref_f32(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
+    char full[128];
+    snprintf(full, sizeof(full), "%s.%s", prefix, name);
+    return safetensors_get_f32(st, full, n);
 }
 
 // prints the closing line and returns the process exit code

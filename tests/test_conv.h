@@ -32,21 +32,6 @@ static const SafeTensorInfo* conv_ref(const SafeTensors* st, const char* prefix,
     return t;
 }
 
-static const float* conv_ref_data(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
-    char full[128];
-    snprintf(full, sizeof(full), "%s.%s", prefix, name);
-    return safetensors_get_f32(st, full, n);
-}
-
-// a device buffer of n copies of `value` (NaN marks "must be overwritten")
-static float* conv_filled(size_t n, float value) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = value;
-    float* d = test_upload(h, n);
-    free(h);
-    return d;
-}
-
 // downloads n values, subtracts `start` (the value an accumulated gradient started from) and
 // compares with ref under the name "<device> <prefix> <what>"
 static void conv_check(const char* prefix, const char* what, const float* dev, const float* ref, size_t n, float start) {
@@ -77,29 +62,29 @@ static void conv_test_case(const SafeTensors* st, const char* prefix, int stride
     }
     size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * K * K, no = (size_t)B * Cout * Ho * Wo;
 
-    float* x = test_upload(conv_ref_data(st, prefix, "x", nx), nx);
-    float* weight = test_upload(conv_ref_data(st, prefix, "weight", nw), nw);
-    float* bias = test_upload(conv_ref_data(st, prefix, "bias", Cout), Cout);
-    float* dout = test_upload(conv_ref_data(st, prefix, "dout", no), no);
-    float* out = conv_filled(no, NAN);
-    float* dx = conv_filled(nx, NAN);
-    float* dweight = conv_filled(nw, 0.5f);
-    float* dbias = conv_filled(Cout, 0.5f);
+    float* x = test_upload(ref_f32(st, prefix, "x", nx), nx);
+    float* weight = test_upload(ref_f32(st, prefix, "weight", nw), nw);
+    float* bias = test_upload(ref_f32(st, prefix, "bias", Cout), Cout);
+    float* dout = test_upload(ref_f32(st, prefix, "dout", no), no);
+    float* out = test_filled(no, NAN);
+    float* dx = test_filled(nx, NAN);
+    float* dweight = test_filled(nw, 0.5f);
+    float* dbias = test_filled(Cout, 0.5f);
 
     conv2d_forward(out, x, weight, bias, B, Cin, H, W, Cout, K, stride);
-    conv_check(prefix, "forward", out, conv_ref_data(st, prefix, "out", no), no, 0.0f);
+    conv_check(prefix, "forward", out, ref_f32(st, prefix, "out", no), no, 0.0f);
 
     conv2d_backward(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
-    conv_check(prefix, "backward dx", dx, conv_ref_data(st, prefix, "dx", nx), nx, 0.0f);
-    conv_check(prefix, "backward dweight (+=)", dweight, conv_ref_data(st, prefix, "dweight", nw), nw, 0.5f);
-    conv_check(prefix, "backward dbias (+=)", dbias, conv_ref_data(st, prefix, "dbias", Cout), Cout, 0.5f);
+    conv_check(prefix, "backward dx", dx, ref_f32(st, prefix, "dx", nx), nx, 0.0f);
+    conv_check(prefix, "backward dweight (+=)", dweight, ref_f32(st, prefix, "dweight", nw), nw, 0.5f);
+    conv_check(prefix, "backward dbias (+=)", dbias, ref_f32(st, prefix, "dbias", Cout), Cout, 0.5f);
 
     if (with_null_dx) {
         dev_zero(dweight, nw * sizeof(float));
         dev_zero(dbias, Cout * sizeof(float));
         conv2d_backward(NULL, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
-        conv_check(prefix, "backward dx=NULL dweight", dweight, conv_ref_data(st, prefix, "dweight", nw), nw, 0.0f);
-        conv_check(prefix, "backward dx=NULL dbias", dbias, conv_ref_data(st, prefix, "dbias", Cout), Cout, 0.0f);
+        conv_check(prefix, "backward dx=NULL dweight", dweight, ref_f32(st, prefix, "dweight", nw), nw, 0.0f);
+        conv_check(prefix, "backward dx=NULL dbias", dbias, ref_f32(st, prefix, "dbias", Cout), Cout, 0.0f);
     }
 
     dev_free(x); dev_free(weight); dev_free(bias); dev_free(dout);
@@ -119,10 +104,10 @@ static void gemm_test_case(const SafeTensors* st, const char* prefix, int transA
     int a_rows = (int)ai->shape[0], a_cols = (int)ai->shape[1];
     int b_rows = (int)bi->shape[0], b_cols = (int)bi->shape[1];
     int lda = a_cols + pad, ldb = b_cols + pad, ldc = N + pad;
-    const float* A_ref = conv_ref_data(st, prefix, "A", (size_t)a_rows * a_cols);
-    const float* B_ref = conv_ref_data(st, prefix, "B", (size_t)b_rows * b_cols);
-    const float* C_ref = conv_ref_data(st, prefix, "C", (size_t)M * N);
-    const float* out_ref = conv_ref_data(st, prefix, "out", (size_t)M * N);
+    const float* A_ref = ref_f32(st, prefix, "A", (size_t)a_rows * a_cols);
+    const float* B_ref = ref_f32(st, prefix, "B", (size_t)b_rows * b_cols);
+    const float* C_ref = ref_f32(st, prefix, "C", (size_t)M * N);
+    const float* out_ref = ref_f32(st, prefix, "out", (size_t)M * N);
 
     // host copies with the padded row strides; padding holds NaN, which must never be read
     float* hA = (float*)mallocCheck((size_t)a_rows * lda * sizeof(float));
@@ -158,14 +143,14 @@ static void gemm_batched_test(const SafeTensors* st) {
     const SafeTensorInfo* bi = conv_ref(st, "gemm_batched", "B", 3);
     int count = (int)ai->shape[0], M = (int)ai->shape[1], K = (int)ai->shape[2], N = (int)bi->shape[1];
     size_t na = (size_t)count * M * K, nb = (size_t)count * N * K, nc = (size_t)count * M * N;
-    float* A = test_upload(conv_ref_data(st, "gemm_batched", "A", na), na);
-    float* B = test_upload(conv_ref_data(st, "gemm_batched", "B", nb), nb);
-    float* C = test_upload(conv_ref_data(st, "gemm_batched", "C", nc), nc);
+    float* A = test_upload(ref_f32(st, "gemm_batched", "A", na), na);
+    float* B = test_upload(ref_f32(st, "gemm_batched", "B", nb), nb);
+    float* C = test_upload(ref_f32(st, "gemm_batched", "C", nc), nc);
     gemm_batched(0, 1, M, N, K, 1.25f, A, K, (long)M * K, B, K, (long)N * K, 0.5f, C, N, (long)M * N, count);
     char name[128];
     snprintf(name, sizeof(name), "%s gemm_batched (%d x %dx%dx%d)", device_name(), count, M, N, K);
     float* got = test_download(C, nc);
-    check_close(name, got, conv_ref_data(st, "gemm_batched", "out", nc), nc, CONV_RTOL);
+    check_close(name, got, ref_f32(st, "gemm_batched", "out", nc), nc, CONV_RTOL);
     free(got);
     dev_free(A); dev_free(B); dev_free(C);
 }

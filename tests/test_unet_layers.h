@@ -21,15 +21,9 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-// the reference tensor "<prefix>.<name>" with n float32 values (host memory inside st)
-static const float* tul_ref(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
-    char full[128];
-    snprintf(full, sizeof(full), "%s.%s", prefix, name);
-    return safetensors_get_f32(st, full, n);
-}
-
+// the reference tensor "<prefix>.<name>" (n floats) copied to the current device (free with dev_free)
 static float* tul_upload(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
-    return test_upload(tul_ref(st, prefix, name, n), n);
+    return test_upload(ref_f32(st, prefix, name, n), n);
 }
 
 // the int64 reference tensor "<prefix>.<name>" as n ints on the current device (free with dev_free)
@@ -41,15 +35,6 @@ static int* tul_upload_ints(const SafeTensors* st, const char* prefix, const cha
     for (size_t i = 0; i < n; i++) host[i] = (int)src[i];
     int* dev = (int*)dev_malloc(n * sizeof(int));
     host_to_dev(dev, host, n * sizeof(int));
-    free(host);
-    return dev;
-}
-
-// n values on the current device, all NaN (or all zero with zero = 1)
-static float* tul_filled(size_t n, int zero) {
-    float* host = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) host[i] = zero ? 0.0f : NAN;
-    float* dev = test_upload(host, n);
     free(host);
     return dev;
 }
@@ -76,20 +61,20 @@ static void tul_test_linear(const SafeTensors* st) {
     float* weight = tul_upload(st, p, "weight", outdim * in);  // (outdim, in)
     float* bias = tul_upload(st, p, "bias", outdim);       // (outdim)
     float* dout = tul_upload(st, p, "dout", N * outdim);   // (N, outdim)
-    float* out = tul_filled(N * outdim, 0);                // (N, outdim)
-    float* dx = tul_filled(N * in, 0);                     // (N, in)
-    float* dweight = tul_filled(outdim * in, 1);           // (outdim, in)
-    float* dbias = tul_filled(outdim, 1);                  // (outdim)
+    float* out = test_filled(N * outdim, NAN);                // (N, outdim)
+    float* dx = test_filled(N * in, NAN);                     // (N, in)
+    float* dweight = test_filled(outdim * in, 0.0f);           // (outdim, in)
+    float* dbias = test_filled(outdim, 0.0f);                  // (outdim)
 
     linear_forward(out, x, weight, bias, N, in, outdim);
-    tul_check("linear forward", out, tul_ref(st, p, "out", N * outdim), N * outdim, 1.0f);
+    tul_check("linear forward", out, ref_f32(st, p, "out", N * outdim), N * outdim, 1.0f);
     linear_backward(dx, dweight, dbias, dout, x, weight, N, in, outdim);
-    tul_check("linear backward dx", dx, tul_ref(st, p, "dx", N * in), N * in, 1.0f);
-    tul_check("linear backward dweight", dweight, tul_ref(st, p, "dweight", outdim * in), outdim * in, 1.0f);
-    tul_check("linear backward dbias", dbias, tul_ref(st, p, "dbias", outdim), outdim, 1.0f);
+    tul_check("linear backward dx", dx, ref_f32(st, p, "dx", N * in), N * in, 1.0f);
+    tul_check("linear backward dweight", dweight, ref_f32(st, p, "dweight", outdim * in), outdim * in, 1.0f);
+    tul_check("linear backward dbias", dbias, ref_f32(st, p, "dbias", outdim), outdim, 1.0f);
     linear_backward(NULL, dweight, dbias, dout, x, weight, N, in, outdim);  // no dx; accumulate again
-    tul_check("linear dweight accumulates (x2)", dweight, tul_ref(st, p, "dweight", outdim * in), outdim * in, 2.0f);
-    tul_check("linear dbias accumulates (x2)", dbias, tul_ref(st, p, "dbias", outdim), outdim, 2.0f);
+    tul_check("linear dweight accumulates (x2)", dweight, ref_f32(st, p, "dweight", outdim * in), outdim * in, 2.0f);
+    tul_check("linear dbias accumulates (x2)", dbias, ref_f32(st, p, "dbias", outdim), outdim, 2.0f);
 
     dev_free(x); dev_free(weight); dev_free(bias); dev_free(dout);
     dev_free(out); dev_free(dx); dev_free(dweight); dev_free(dbias);
@@ -98,9 +83,9 @@ static void tul_test_linear(const SafeTensors* st) {
 static void tul_test_timestep_embedding(const SafeTensors* st) {
     const int B = 7, dim = 32;
     int* t = tul_upload_ints(st, "temb", "t", B);  // (B), includes 0 and 999
-    float* out = tul_filled(B * dim, 0);           // (B, dim)
+    float* out = test_filled(B * dim, NAN);           // (B, dim)
     timestep_embedding_forward(out, t, B, dim);
-    tul_check("timestep embedding forward", out, tul_ref(st, "temb", "out", B * dim), B * dim, 1.0f);
+    tul_check("timestep embedding forward", out, ref_f32(st, "temb", "out", B * dim), B * dim, 1.0f);
     dev_free(t); dev_free(out);
 }
 
@@ -110,15 +95,15 @@ static void tul_test_embedding(const SafeTensors* st) {
     float* table = tul_upload(st, p, "table", rows * dim);  // (rows, dim)
     int* ids = tul_upload_ints(st, p, "ids", B);            // (B), with repeats
     float* dout = tul_upload(st, p, "dout", B * dim);       // (B, dim)
-    float* out = tul_filled(B * dim, 0);                    // (B, dim)
-    float* dtable = tul_filled(rows * dim, 1);              // (rows, dim)
+    float* out = test_filled(B * dim, NAN);                    // (B, dim)
+    float* dtable = test_filled(rows * dim, 0.0f);              // (rows, dim)
 
     embedding_forward(out, ids, table, B, dim);
-    tul_check("embedding forward", out, tul_ref(st, p, "out", B * dim), B * dim, 1.0f);
+    tul_check("embedding forward", out, ref_f32(st, p, "out", B * dim), B * dim, 1.0f);
     embedding_backward(dtable, dout, ids, B, dim);
-    tul_check("embedding backward dtable", dtable, tul_ref(st, p, "dtable", rows * dim), rows * dim, 1.0f);
+    tul_check("embedding backward dtable", dtable, ref_f32(st, p, "dtable", rows * dim), rows * dim, 1.0f);
     embedding_backward(dtable, dout, ids, B, dim);
-    tul_check("embedding dtable accumulates (x2)", dtable, tul_ref(st, p, "dtable", rows * dim), rows * dim, 2.0f);
+    tul_check("embedding dtable accumulates (x2)", dtable, ref_f32(st, p, "dtable", rows * dim), rows * dim, 2.0f);
 
     dev_free(table); dev_free(ids); dev_free(dout); dev_free(out); dev_free(dtable);
 }
@@ -129,12 +114,12 @@ static void tul_test_broadcast_add(const SafeTensors* st) {
     float* h = tul_upload(st, p, "h", B * C * HW);        // (B, C, HW), becomes the output
     float* v = tul_upload(st, p, "v", B * C);             // (B, C)
     float* dout = tul_upload(st, p, "dout", B * C * HW);  // (B, C, HW)
-    float* dv = tul_filled(B * C, 0);                     // (B, C)
+    float* dv = test_filled(B * C, NAN);                     // (B, C)
 
     broadcast_add_forward(h, v, B, C, HW);
-    tul_check("broadcast add forward", h, tul_ref(st, p, "out", B * C * HW), B * C * HW, 1.0f);
+    tul_check("broadcast add forward", h, ref_f32(st, p, "out", B * C * HW), B * C * HW, 1.0f);
     broadcast_add_backward(dv, dout, B, C, HW);
-    tul_check("broadcast add backward dv", dv, tul_ref(st, p, "dv", B * C), B * C, 1.0f);
+    tul_check("broadcast add backward dv", dv, ref_f32(st, p, "dv", B * C), B * C, 1.0f);
 
     dev_free(h); dev_free(v); dev_free(dout); dev_free(dv);
 }
@@ -146,15 +131,15 @@ static void tul_test_concat(const SafeTensors* st) {
     float* a = tul_upload(st, p, "a", na);           // (B, Ca, HW)
     float* b = tul_upload(st, p, "b", nb);           // (B, Cb, HW)
     float* dout = tul_upload(st, p, "dout", nout);   // (B, Ca+Cb, HW)
-    float* out = tul_filled(nout, 0);                // (B, Ca+Cb, HW)
-    float* da = tul_filled(na, 0);                   // (B, Ca, HW)
-    float* db = tul_filled(nb, 0);                   // (B, Cb, HW)
+    float* out = test_filled(nout, NAN);                // (B, Ca+Cb, HW)
+    float* da = test_filled(na, NAN);                   // (B, Ca, HW)
+    float* db = test_filled(nb, NAN);                   // (B, Cb, HW)
 
     concat_channels_forward(out, a, b, B, Ca, Cb, HW);
-    tul_check("concat channels forward", out, tul_ref(st, p, "out", nout), nout, 1.0f);
+    tul_check("concat channels forward", out, ref_f32(st, p, "out", nout), nout, 1.0f);
     concat_channels_backward(da, db, dout, B, Ca, Cb, HW);
-    tul_check("concat channels backward da", da, tul_ref(st, p, "da", na), na, 1.0f);
-    tul_check("concat channels backward db", db, tul_ref(st, p, "db", nb), nb, 1.0f);
+    tul_check("concat channels backward da", da, ref_f32(st, p, "da", na), na, 1.0f);
+    tul_check("concat channels backward db", db, ref_f32(st, p, "db", nb), nb, 1.0f);
 
     dev_free(a); dev_free(b); dev_free(dout); dev_free(out); dev_free(da); dev_free(db);
 }
@@ -163,20 +148,20 @@ static void tul_test_attention(const SafeTensors* st, const char* p, int B, int 
     size_t nqkv = (size_t)B * 3 * C * HW, nout = (size_t)B * C * HW, natt = (size_t)B * NH * HW * HW;
     float* qkv = tul_upload(st, p, "qkv", nqkv);    // (B, 3C, HW)
     float* dout = tul_upload(st, p, "dout", nout);  // (B, C, HW)
-    float* out = tul_filled(nout, 0);               // (B, C, HW)
-    float* att = tul_filled(natt, 0);               // (B, NH, HW, HW)
-    float* dqkv = tul_filled(nqkv, 0);              // (B, 3C, HW)
-    float* datt = tul_filled(natt, 0);              // (B, NH, HW, HW) scratch
+    float* out = test_filled(nout, NAN);               // (B, C, HW)
+    float* att = test_filled(natt, NAN);               // (B, NH, HW, HW)
+    float* dqkv = test_filled(nqkv, NAN);              // (B, 3C, HW)
+    float* datt = test_filled(natt, NAN);              // (B, NH, HW, HW) scratch
     char what[96];
 
     attention_forward(out, att, qkv, B, C, HW, NH);
     snprintf(what, sizeof(what), "%s forward out", p);
-    tul_check(what, out, tul_ref(st, p, "out", nout), nout, 1.0f);
+    tul_check(what, out, ref_f32(st, p, "out", nout), nout, 1.0f);
     snprintf(what, sizeof(what), "%s forward att", p);
-    tul_check(what, att, tul_ref(st, p, "att", natt), natt, 1.0f);
+    tul_check(what, att, ref_f32(st, p, "att", natt), natt, 1.0f);
     attention_backward(dqkv, datt, dout, qkv, att, B, C, HW, NH);
     snprintf(what, sizeof(what), "%s backward dqkv", p);
-    tul_check(what, dqkv, tul_ref(st, p, "dqkv", nqkv), nqkv, 1.0f);
+    tul_check(what, dqkv, ref_f32(st, p, "dqkv", nqkv), nqkv, 1.0f);
 
     dev_free(qkv); dev_free(dout); dev_free(out); dev_free(att); dev_free(dqkv); dev_free(datt);
 }

@@ -20,13 +20,6 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-// the reference tensor "<prefix>.<name>" (exits with a clear error if missing or not n values; n 0 = any)
-static const float* vl_ref(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
-    char full[128];
-    snprintf(full, sizeof(full), "%s.%s", prefix, name);
-    return safetensors_get_f32(st, full, n);
-}
-
 static const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
     char full[128];
     snprintf(full, sizeof(full), "%s.%s", prefix, name);
@@ -37,15 +30,6 @@ static const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, 
         exit(EXIT_FAILURE);
     }
     return t;
-}
-
-// a device buffer of n copies of `value` (NaN marks "must be overwritten")
-static float* vl_filled(size_t n, float value) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = value;
-    float* d = test_upload(h, n);
-    free(h);
-    return d;
 }
 
 // downloads n values and compares them with ref
@@ -92,37 +76,37 @@ static void vl_check_scalar(const char* what, float got, const float* ref, float
 static void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
     const SafeTensorInfo* xi = vl_info(st, prefix, "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], HW = (int)(xi->shape[2] * xi->shape[3]);
-    int G = (int)vl_ref(st, prefix, "G", 1)[0];
+    int G = (int)ref_f32(st, prefix, "G", 1)[0];
     size_t n = (size_t)B * C * HW;
     const float rtol = 1e-5f;
     char what[64];
 
-    float* x = test_upload(vl_ref(st, prefix, "x", n), n);
-    float* weight = test_upload(vl_ref(st, prefix, "weight", C), C);
-    float* bias = test_upload(vl_ref(st, prefix, "bias", C), C);
-    float* dout = test_upload(vl_ref(st, prefix, "dout", n), n);
-    float* out = vl_filled(n, NAN);
-    float* mean = vl_filled((size_t)B * G, NAN);
-    float* rstd = vl_filled((size_t)B * G, NAN);
-    float* dx = vl_filled(n, NAN);
-    float* dweight = vl_filled(C, 0.5f);
-    float* dbias = vl_filled(C, 0.5f);
+    float* x = test_upload(ref_f32(st, prefix, "x", n), n);
+    float* weight = test_upload(ref_f32(st, prefix, "weight", C), C);
+    float* bias = test_upload(ref_f32(st, prefix, "bias", C), C);
+    float* dout = test_upload(ref_f32(st, prefix, "dout", n), n);
+    float* out = test_filled(n, NAN);
+    float* mean = test_filled((size_t)B * G, NAN);
+    float* rstd = test_filled((size_t)B * G, NAN);
+    float* dx = test_filled(n, NAN);
+    float* dweight = test_filled(C, 0.5f);
+    float* dbias = test_filled(C, 0.5f);
 
     groupnorm_forward(out, mean, rstd, x, weight, bias, B, C, HW, G);
     snprintf(what, sizeof(what), "%s forward (G=%d)", prefix, G);
-    vl_check(what, out, vl_ref(st, prefix, "out", n), n, rtol);
+    vl_check(what, out, ref_f32(st, prefix, "out", n), n, rtol);
     snprintf(what, sizeof(what), "%s mean", prefix);
-    vl_check(what, mean, vl_ref(st, prefix, "mean", (size_t)B * G), (size_t)B * G, rtol);
+    vl_check(what, mean, ref_f32(st, prefix, "mean", (size_t)B * G), (size_t)B * G, rtol);
     snprintf(what, sizeof(what), "%s rstd", prefix);
-    vl_check(what, rstd, vl_ref(st, prefix, "rstd", (size_t)B * G), (size_t)B * G, rtol);
+    vl_check(what, rstd, ref_f32(st, prefix, "rstd", (size_t)B * G), (size_t)B * G, rtol);
 
     groupnorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, B, C, HW, G);
     snprintf(what, sizeof(what), "%s backward dx", prefix);
-    vl_check(what, dx, vl_ref(st, prefix, "dx", n), n, rtol);
+    vl_check(what, dx, ref_f32(st, prefix, "dx", n), n, rtol);
     snprintf(what, sizeof(what), "%s backward dweight (+=)", prefix);
-    vl_check_accumulated(what, dweight, vl_ref(st, prefix, "dweight", C), C, 0.5f, rtol);
+    vl_check_accumulated(what, dweight, ref_f32(st, prefix, "dweight", C), C, 0.5f, rtol);
     snprintf(what, sizeof(what), "%s backward dbias (+=)", prefix);
-    vl_check_accumulated(what, dbias, vl_ref(st, prefix, "dbias", C), C, 0.5f, rtol);
+    vl_check_accumulated(what, dbias, ref_f32(st, prefix, "dbias", C), C, 0.5f, rtol);
 
     dev_free(x); dev_free(weight); dev_free(bias); dev_free(dout); dev_free(out);
     dev_free(mean); dev_free(rstd); dev_free(dx); dev_free(dweight); dev_free(dbias);
@@ -137,20 +121,20 @@ static void test_elementwise(const SafeTensors* st) {
     // silu: 96 values (the CUDA float4 path), then the same data shifted by one float (misaligned,
     // 95 values: the scalar path), then the backward in place (dx == dout), as NormSilu calls it
     size_t n = vl_info(st, "silu", "x", 4)->numel;
-    const float* ref_x = vl_ref(st, "silu", "x", n);
-    const float* ref_out = vl_ref(st, "silu", "out", n);
-    const float* ref_dout = vl_ref(st, "silu", "dout", n);
-    const float* ref_dx = vl_ref(st, "silu", "dx", n);
+    const float* ref_x = ref_f32(st, "silu", "x", n);
+    const float* ref_out = ref_f32(st, "silu", "out", n);
+    const float* ref_dout = ref_f32(st, "silu", "dout", n);
+    const float* ref_dx = ref_f32(st, "silu", "dx", n);
     float* x = test_upload(ref_x, n);
     float* dout = test_upload(ref_dout, n);
-    float* out = vl_filled(n, NAN);
-    float* dx = vl_filled(n, NAN);
+    float* out = test_filled(n, NAN);
+    float* dx = test_filled(n, NAN);
     silu_forward(out, x, n);
     vl_check("silu forward", out, ref_out, n, rtol);
     silu_backward(dx, dout, x, n);
     vl_check("silu backward", dx, ref_dx, n, rtol);
     dev_free(out); dev_free(dx);
-    out = vl_filled(n, NAN);
+    out = test_filled(n, NAN);
     silu_forward(out + 1, x + 1, n - 1);
     vl_check("silu forward (misaligned, n-1)", out + 1, ref_out + 1, n - 1, rtol);
     silu_backward(dout, dout, x, n);
@@ -159,39 +143,39 @@ static void test_elementwise(const SafeTensors* st) {
 
     // add and scale: 150 values (not a multiple of 4: the CUDA scalar path)
     n = vl_info(st, "add", "a", 4)->numel;
-    float* a = test_upload(vl_ref(st, "add", "a", n), n);
-    float* b = test_upload(vl_ref(st, "add", "b", n), n);
-    out = vl_filled(n, NAN);
+    float* a = test_upload(ref_f32(st, "add", "a", n), n);
+    float* b = test_upload(ref_f32(st, "add", "b", n), n);
+    out = test_filled(n, NAN);
     add_forward(out, a, b, n);
-    vl_check("add forward", out, vl_ref(st, "add", "out", n), n, rtol);
+    vl_check("add forward", out, ref_f32(st, "add", "out", n), n, rtol);
     add_inplace(b, a, n);
-    vl_check("add_inplace", b, vl_ref(st, "add", "out", n), n, rtol);
-    scale_inplace(a, vl_ref(st, "scale", "s", 1)[0], n);
-    vl_check("scale_inplace", a, vl_ref(st, "scale", "out", n), n, rtol);
+    vl_check("add_inplace", b, ref_f32(st, "add", "out", n), n, rtol);
+    scale_inplace(a, ref_f32(st, "scale", "s", 1)[0], n);
+    vl_check("scale_inplace", a, ref_f32(st, "scale", "out", n), n, rtol);
     dev_free(a); dev_free(b); dev_free(out);
 
     // nearest x2 upsampling
     const SafeTensorInfo* xi = vl_info(st, "upsample", "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], H = (int)xi->shape[2], W = (int)xi->shape[3];
     n = xi->numel;
-    x = test_upload(vl_ref(st, "upsample", "x", n), n);
-    dout = test_upload(vl_ref(st, "upsample", "dout", 4 * n), 4 * n);
-    out = vl_filled(4 * n, NAN);
-    dx = vl_filled(n, NAN);
+    x = test_upload(ref_f32(st, "upsample", "x", n), n);
+    dout = test_upload(ref_f32(st, "upsample", "dout", 4 * n), 4 * n);
+    out = test_filled(4 * n, NAN);
+    dx = test_filled(n, NAN);
     upsample2x_forward(out, x, B, C, H, W);
-    vl_check("upsample2x forward", out, vl_ref(st, "upsample", "out", 4 * n), 4 * n, rtol);
+    vl_check("upsample2x forward", out, ref_f32(st, "upsample", "out", 4 * n), 4 * n, rtol);
     upsample2x_backward(dx, dout, B, C, H, W);
-    vl_check("upsample2x backward", dx, vl_ref(st, "upsample", "dx", n), n, rtol);
+    vl_check("upsample2x backward", dx, ref_f32(st, "upsample", "dx", n), n, rtol);
     dev_free(dout); dev_free(out); dev_free(dx);
     // again with the large tensor one float off alignment (the CUDA kernels' scalar fallback)
-    float* dout_buf = vl_filled(4 * n + 1, NAN);
-    float* out_buf = vl_filled(4 * n + 1, NAN);
-    dx = vl_filled(n, NAN);
-    host_to_dev(dout_buf + 1, vl_ref(st, "upsample", "dout", 4 * n), 4 * n * sizeof(float));
+    float* dout_buf = test_filled(4 * n + 1, NAN);
+    float* out_buf = test_filled(4 * n + 1, NAN);
+    dx = test_filled(n, NAN);
+    host_to_dev(dout_buf + 1, ref_f32(st, "upsample", "dout", 4 * n), 4 * n * sizeof(float));
     upsample2x_forward(out_buf + 1, x, B, C, H, W);
-    vl_check("upsample2x forward (misaligned)", out_buf + 1, vl_ref(st, "upsample", "out", 4 * n), 4 * n, rtol);
+    vl_check("upsample2x forward (misaligned)", out_buf + 1, ref_f32(st, "upsample", "out", 4 * n), 4 * n, rtol);
     upsample2x_backward(dx, dout_buf + 1, B, C, H, W);
-    vl_check("upsample2x backward (misaligned)", dx, vl_ref(st, "upsample", "dx", n), n, rtol);
+    vl_check("upsample2x backward (misaligned)", dx, ref_f32(st, "upsample", "dx", n), n, rtol);
     dev_free(x); dev_free(dout_buf); dev_free(out_buf); dev_free(dx);
 }
 
@@ -205,31 +189,31 @@ static void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
     const float rtol = 1e-5f;
     char what[64];
 
-    float* moments = test_upload(vl_ref(st, prefix, "moments", nm), nm);
-    float* eps = test_upload(vl_ref(st, prefix, "eps", nz), nz);
-    float* dz = test_upload(vl_ref(st, prefix, "dz", nz), nz);
-    float* z = vl_filled(nz, NAN);
-    float* dmoments = vl_filled(nm, NAN);
-    float kl_weight = vl_ref(st, prefix, "kl_weight", 1)[0];
+    float* moments = test_upload(ref_f32(st, prefix, "moments", nm), nm);
+    float* eps = test_upload(ref_f32(st, prefix, "eps", nz), nz);
+    float* dz = test_upload(ref_f32(st, prefix, "dz", nz), nz);
+    float* z = test_filled(nz, NAN);
+    float* dmoments = test_filled(nm, NAN);
+    float kl_weight = ref_f32(st, prefix, "kl_weight", 1)[0];
 
     vae_reparam_forward(z, moments, eps, B, Z, HW);
     snprintf(what, sizeof(what), "%s reparam z", prefix);
-    vl_check(what, z, vl_ref(st, prefix, "z", nz), nz, rtol);
+    vl_check(what, z, ref_f32(st, prefix, "z", nz), nz, rtol);
     snprintf(what, sizeof(what), "%s kl", prefix);
-    vl_check_scalar(what, vae_kl_forward(moments, B, Z, HW), vl_ref(st, prefix, "kl", 1), rtol);
+    vl_check_scalar(what, vae_kl_forward(moments, B, Z, HW), ref_f32(st, prefix, "kl", 1), rtol);
     vae_reparam_kl_backward(dmoments, dz, moments, eps, kl_weight, B, Z, HW);
     snprintf(what, sizeof(what), "%s reparam+kl backward", prefix);
-    vl_check(what, dmoments, vl_ref(st, prefix, "dmoments", nm), nm, rtol);
+    vl_check(what, dmoments, ref_f32(st, prefix, "dmoments", nm), nm, rtol);
 
     size_t n = vl_info(st, prefix, "x_rec", 4)->numel;
-    float* x_rec = test_upload(vl_ref(st, prefix, "x_rec", n), n);
-    float* target = test_upload(vl_ref(st, prefix, "target", n), n);
-    float* dx_rec = vl_filled(n, NAN);
+    float* x_rec = test_upload(ref_f32(st, prefix, "x_rec", n), n);
+    float* target = test_upload(ref_f32(st, prefix, "target", n), n);
+    float* dx_rec = test_filled(n, NAN);
     snprintf(what, sizeof(what), "%s mse", prefix);
-    vl_check_scalar(what, mse_forward(x_rec, target, n), vl_ref(st, prefix, "mse", 1), rtol);
+    vl_check_scalar(what, mse_forward(x_rec, target, n), ref_f32(st, prefix, "mse", 1), rtol);
     mse_backward(dx_rec, x_rec, target, n);
     snprintf(what, sizeof(what), "%s mse backward", prefix);
-    vl_check(what, dx_rec, vl_ref(st, prefix, "dx_rec", n), n, rtol);
+    vl_check(what, dx_rec, ref_f32(st, prefix, "dx_rec", n), n, rtol);
 
     dev_free(moments); dev_free(eps); dev_free(dz); dev_free(z); dev_free(dmoments);
     dev_free(x_rec); dev_free(target); dev_free(dx_rec);
@@ -245,23 +229,23 @@ static void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
 
 static void test_adamw_case(const SafeTensors* st, const char* prefix) {
     size_t n = vl_info(st, prefix, "params", 1)->numel;
-    const float* p0 = vl_ref(st, prefix, "params", n);
-    const float* g0 = vl_ref(st, prefix, "grads", n);
-    float lr = vl_ref(st, prefix, "lr", 1)[0];
-    float beta1 = vl_ref(st, prefix, "beta1", 1)[0], beta2 = vl_ref(st, prefix, "beta2", 1)[0];
-    float eps = vl_ref(st, prefix, "eps", 1)[0];
-    float wd = vl_ref(st, prefix, "weight_decay", 1)[0];
-    float max_norm = vl_ref(st, prefix, "max_norm", 1)[0];
+    const float* p0 = ref_f32(st, prefix, "params", n);
+    const float* g0 = ref_f32(st, prefix, "grads", n);
+    float lr = ref_f32(st, prefix, "lr", 1)[0];
+    float beta1 = ref_f32(st, prefix, "beta1", 1)[0], beta2 = ref_f32(st, prefix, "beta2", 1)[0];
+    float eps = ref_f32(st, prefix, "eps", 1)[0];
+    float wd = ref_f32(st, prefix, "weight_decay", 1)[0];
+    float max_norm = ref_f32(st, prefix, "max_norm", 1)[0];
     const float rtol_norm = 1e-5f, rtol_update = 1e-4f;
     char what[96];
     snprintf(what, sizeof(what), "%s.ema_decay", prefix);
     int with_ema = safetensors_find(st, what) != NULL;  // the case's reference has an EMA
-    float decay = with_ema ? vl_ref(st, prefix, "ema_decay", 1)[0] : 0.0f;
+    float decay = with_ema ? ref_f32(st, prefix, "ema_decay", 1)[0] : 0.0f;
 
     float* params = test_upload(p0, n);
     float* grads = test_upload(g0, n);
-    float* m = vl_filled(n, 0.0f);
-    float* v = vl_filled(n, 0.0f);
+    float* m = test_filled(n, 0.0f);
+    float* v = test_filled(n, 0.0f);
     float* ema = with_ema ? test_upload(p0, n) : NULL;
 
     for (int t = 1; t <= 5; t++) {
@@ -269,22 +253,22 @@ static void test_adamw_case(const SafeTensors* st, const char* prefix) {
         float scale = clip_scale(norm, max_norm);
         if (t == 1) {
             snprintf(what, sizeof(what), "%s grad_norm", prefix);
-            vl_check_scalar(what, norm, vl_ref(st, prefix, "grad_norm", 1), rtol_norm);
+            vl_check_scalar(what, norm, ref_f32(st, prefix, "grad_norm", 1), rtol_norm);
             // the gradient clip_grad_norm_ leaves behind, g * clip_scale, computed on the host
             float* clipped = (float*)mallocCheck(n * sizeof(float));
             for (size_t i = 0; i < n; i++) clipped[i] = g0[i] * scale;
             snprintf(what, sizeof(what), "%s %s clip_scale (g * scale)", device_name(), prefix);
-            check_close(what, clipped, vl_ref(st, prefix, "grads_clipped", n), n, rtol_norm);
+            check_close(what, clipped, ref_f32(st, prefix, "grads_clipped", n), n, rtol_norm);
             free(clipped);
         }
         adamw_update(params, grads, m, v, ema, n, lr, beta1, beta2, eps, wd, scale, t,
                      with_ema ? ema_decay_at(decay, t - 1) : 0.0f);
         if (t != 1 && t != 5) continue;
         snprintf(what, sizeof(what), "%s params after %d step%s (p - p0)", prefix, t, t > 1 ? "s" : "");
-        vl_check_delta(what, params, p0, vl_ref(st, prefix, t == 1 ? "params1" : "params5", n), n, rtol_update);
+        vl_check_delta(what, params, p0, ref_f32(st, prefix, t == 1 ? "params1" : "params5", n), n, rtol_update);
         if (with_ema) {
             snprintf(what, sizeof(what), "%s ema after %d step%s (ema - p0)", prefix, t, t > 1 ? "s" : "");
-            vl_check_delta(what, ema, p0, vl_ref(st, prefix, t == 1 ? "ema1" : "ema5", n), n, rtol_update);
+            vl_check_delta(what, ema, p0, ref_f32(st, prefix, t == 1 ? "ema1" : "ema5", n), n, rtol_update);
         }
     }
     dev_free(params); dev_free(grads); dev_free(m); dev_free(v); dev_free(ema);
