@@ -43,16 +43,14 @@ typedef struct {
 
 typedef struct {
     UNetConfig cfg;
-    int batch_size;
-    float lr;
-    int epochs;
+    TrainDefaults defaults;  // batch size, lr, epochs
 } UNetPreset;
 
 static const UNetPreset UNET_PRESETS[] = {
-    {{"tiny", 32, {1, 2}, 2, 1, 4, 0, 4, 4, 256, 8}, 128, 3e-4f, 5},
-    {{"small", 64, {1, 2}, 2, 2, 4, 0, 4, 4, 256, 8}, 128, 3e-4f, 100},
-    {{"base", 128, {1, 2, 2}, 3, 2, 4, 0, 4, 4, 256, 8}, 128, 3e-4f, 200},
-    {{"fast", 128, {1, 2, 2}, 3, 2, 4, 0, 4, 4, 256, 8}, 256, 3e-4f, 200},
+    {{"tiny", 32, {1, 2}, 2, 1, 4, 0, 4, 4, 256, 8}, {128, 3e-4f, 5}},
+    {{"small", 64, {1, 2}, 2, 2, 4, 0, 4, 4, 256, 8}, {128, 3e-4f, 100}},
+    {{"base", 128, {1, 2, 2}, 3, 2, 4, 0, 4, 4, 256, 8}, {128, 3e-4f, 200}},
+    {{"fast", 128, {1, 2, 2}, 3, 2, 4, 0, 4, 4, 256, 8}, {256, 3e-4f, 200}},
 };
 #define NUM_UNET_PRESETS ((int)(sizeof(UNET_PRESETS) / sizeof(UNET_PRESETS[0])))
 
@@ -88,122 +86,6 @@ static int unet_config_from_json(UNetConfig* c, const char* json) {
         c->num_classes < 0 || c->heads < 1 || c->tdim < 2 || c->tdim % 2 != 0 ||
         (c->in_res >> (c->levels - 1)) < 1) return -1;
     return 0;
-}
-
-// ----------------------------------------------------------------------------
-// blocks of the U-Net: Linear, the ResBlock with its time-embedding projection, attention
-
-typedef struct {
-    size_t weight, bias;   // offsets: weight (out, in), bias (out)
-    int in, out;
-} Linear;
-
-static Linear linear_register(ParamStore* ps, const char* name, int in, int out) {
-    char buf[128];
-    Linear l = {0, 0, in, out};
-    snprintf(buf, sizeof(buf), "%s.weight", name);
-    l.weight = param_register(ps, buf, INIT_FAN_IN, in, 2, out, in, 0, 0);
-    snprintf(buf, sizeof(buf), "%s.bias", name);
-    l.bias = param_register(ps, buf, INIT_FAN_IN, in, 1, out, 0, 0, 0);
-    return l;
-}
-
-static void linear_apply(const ParamStore* ps, const Linear* l, float* out, const float* x, int N) {
-    linear_forward(out, x, ps->params + l->weight, ps->params + l->bias, N, l->in, l->out);
-}
-
-static void linear_apply_backward(const ParamStore* ps, const Linear* l, float* dx, const float* dout,
-                                  const float* x, int N) {
-    linear_backward(dx, ps->grads + l->weight, ps->grads + l->bias, dout, x, ps->params + l->weight, N, l->in, l->out);
-}
-
-// ResBlock + temb: Linear(tdim -> cout) of silu(embedding), added after conv1
-typedef struct {
-    ResBlock rb;
-    Linear temb;
-    float* tproj;   // (B, cout)
-} TResBlock;
-
-static TResBlock tresblock_register(ParamStore* ps, const char* name, int cin, int cout, int R, int tdim) {
-    TResBlock t;
-    char buf[128];
-    t.rb = resblock_register(ps, name, cin, cout, R, R);
-    snprintf(buf, sizeof(buf), "%s.temb", name);
-    t.temb = linear_register(ps, buf, tdim, cout);
-    t.tproj = NULL;
-    return t;
-}
-
-static void tresblock_alloc(TResBlock* t, int B) {
-    resblock_alloc(&t->rb, B);
-    t->tproj = dev_malloc_floats((size_t)B * t->rb.cout);
-}
-
-static void tresblock_free(TResBlock* t) { resblock_free(&t->rb); dev_free(t->tproj); }
-
-// Attn(c): out = x + proj(attention(qkv(GroupNorm(1)(x))))
-typedef struct {
-    int C, HW, heads;
-    size_t norm_weight, norm_bias;
-    Conv2d qkv, proj;
-    const float* x;   // (B, C, HW) input of the last forward
-    float* xn;        // (B, C, HW) GroupNorm(1) output
-    float* mean;      // (B, 1)
-    float* rstd;      // (B, 1)
-    float* qkv_out;   // (B, 3C, HW)
-    float* att;       // (B, heads, HW, HW) softmax probabilities
-    float* attn;      // (B, C, HW) attention output before proj
-    float* out;       // (B, C, HW)
-} AttnBlock;
-
-static AttnBlock attnblock_register(ParamStore* ps, const char* name, int C, int R, int heads) {
-    AttnBlock a;
-    memset(&a, 0, sizeof(a));
-    char buf[128];
-    a.C = C; a.HW = R * R; a.heads = heads;
-    snprintf(buf, sizeof(buf), "%s.norm", name); a.norm_weight = groupnorm_register(ps, buf, C, &a.norm_bias);
-    snprintf(buf, sizeof(buf), "%s.qkv", name); a.qkv = conv2d_register(ps, buf, C, 3 * C, 1, 1);
-    snprintf(buf, sizeof(buf), "%s.proj", name); a.proj = conv2d_register(ps, buf, C, C, 1, 1);
-    return a;
-}
-
-static void attnblock_alloc(AttnBlock* a, int B) {
-    size_t n = (size_t)B * a->C * a->HW;
-    a->xn = dev_malloc_floats(n);
-    a->mean = dev_malloc_floats(B);
-    a->rstd = dev_malloc_floats(B);
-    a->qkv_out = dev_malloc_floats(3 * n);
-    a->att = dev_malloc_floats((size_t)B * a->heads * a->HW * a->HW);
-    a->attn = dev_malloc_floats(n);
-    a->out = dev_malloc_floats(n);
-}
-
-static void attnblock_free(AttnBlock* a) {
-    dev_free(a->xn); dev_free(a->mean); dev_free(a->rstd); dev_free(a->qkv_out);
-    dev_free(a->att); dev_free(a->attn); dev_free(a->out);
-}
-
-static void attnblock_forward(const ParamStore* ps, AttnBlock* a, const float* x, int B) {
-    int R = (int)lrint(sqrt((double)a->HW));
-    a->x = x;
-    groupnorm_forward(a->xn, a->mean, a->rstd, x, ps->params + a->norm_weight, ps->params + a->norm_bias,
-                      B, a->C, a->HW, 1);
-    conv2d_apply(ps, &a->qkv, a->qkv_out, a->xn, B, R, R);
-    attention_forward(a->attn, a->att, a->qkv_out, B, a->C, a->HW, a->heads);
-    conv2d_apply(ps, &a->proj, a->out, a->attn, B, R, R);
-    add_inplace(a->out, x, (size_t)B * a->C * a->HW);
-}
-
-// dx overwritten; s1 >= B*C*HW, s2 >= B*3C*HW floats, datt >= B*heads*HW*HW floats
-static void attnblock_backward(const ParamStore* ps, const AttnBlock* a, float* dx, const float* dout, int B,
-                               float* s1, float* s2, float* datt) {
-    int R = (int)lrint(sqrt((double)a->HW));
-    conv2d_apply_backward(ps, &a->proj, s1, dout, a->attn, B, R, R);                 // s1 = d attn
-    attention_backward(s2, datt, s1, a->qkv_out, a->att, B, a->C, a->HW, a->heads); // s2 = d qkv
-    conv2d_apply_backward(ps, &a->qkv, s1, s2, a->xn, B, R, R);                      // s1 = d xn
-    groupnorm_backward(dx, ps->grads + a->norm_weight, ps->grads + a->norm_bias, s1, a->x, a->mean, a->rstd,
-                       ps->params + a->norm_weight, B, a->C, a->HW, 1);
-    add_inplace(dx, dout, (size_t)B * a->C * a->HW);
 }
 
 // ----------------------------------------------------------------------------
@@ -257,8 +139,6 @@ typedef struct {
     float *grad_a, *grad_b, *scratch1, *scratch2;  // (B, max_act)
     float* datt;                 // (B, heads, HW, HW) at the attention resolution
     float* d_emb_silu;           // (B, tdim) summed over all ResBlocks
-    float* d_emb_part;           // (B, tdim) one ResBlock's share
-    float* d_tproj;              // (B, max cout)
     float* d_h1;                 // (B, 4 tdim)
     float* dout;                 // (B, 4, 8, 8) gradient of the loss wrt the prediction
 } UNet;
@@ -360,14 +240,12 @@ static void unet_alloc_activations(UNet* m, int B) {
     tresblock_alloc(&m->mid_res1, B);
     attnblock_alloc(&m->mid_attn, B);
     tresblock_alloc(&m->mid_res2, B);
-    int cmax = 0;
     for (int i = L - 1; i >= 0; i--) {
         for (int j = 0; j < cfg->nres + 1; j++) {
             TResBlock* t = &m->up_res[i][j];
             tresblock_alloc(t, B);
             m->up_cat[i][j] = dev_malloc_floats((size_t)B * t->rb.cin * R * R);
             if (m->has_attn[i]) attnblock_alloc(&m->up_attn[i][j], B);
-            if (t->rb.cout > cmax) cmax = t->rb.cout;
         }
         if (i > 0) {
             R *= 2;
@@ -388,8 +266,6 @@ static void unet_alloc_activations(UNet* m, int B) {
     int ar = cfg->attn_res;
     m->datt = dev_malloc_floats((size_t)B * cfg->heads * ar * ar * ar * ar);
     m->d_emb_silu = dev_malloc_floats((size_t)B * T);
-    m->d_emb_part = dev_malloc_floats((size_t)B * T);
-    m->d_tproj = dev_malloc_floats((size_t)B * (cmax > 4 * cfg->ch ? cmax : 4 * cfg->ch));
     m->d_h1 = dev_malloc_floats((size_t)B * 4 * T);
     m->dout = dev_malloc_floats((size_t)B * cfg->z_channels * cfg->in_res * cfg->in_res);
 }
@@ -416,19 +292,13 @@ static void unet_free(UNet* m) {
         dev_free(m->out); dev_free(m->zt);
         for (int s = 0; s < m->nskips; s++) dev_free(m->dskip[s]);
         dev_free(m->grad_a); dev_free(m->grad_b); dev_free(m->scratch1); dev_free(m->scratch2);
-        dev_free(m->datt); dev_free(m->d_emb_silu); dev_free(m->d_emb_part); dev_free(m->d_tproj);
-        dev_free(m->d_h1); dev_free(m->dout);
+        dev_free(m->datt); dev_free(m->d_emb_silu); dev_free(m->d_h1); dev_free(m->dout);
     }
     params_free(&m->ps);
 }
 
 // ----------------------------------------------------------------------------
 // forward: (z_t, t, labels) -> eps prediction in m->out
-
-static void tresblock_forward(const UNet* m, TResBlock* t, const float* x, int B) {
-    linear_apply(&m->ps, &t->temb, t->tproj, m->emb_silu, B);
-    resblock_forward(&m->ps, &t->rb, x, B, t->tproj);
-}
 
 // m->t and (conditional models) m->labels must hold the batch's timesteps and labels
 static void unet_forward(UNet* m, const float* zt, int B) {
@@ -438,9 +308,9 @@ static void unet_forward(UNet* m, const float* zt, int B) {
 
     // embedding: linear2(silu(linear1(sinusoid(t)))) + class_embed[label]
     timestep_embedding_forward(m->temb_sin, m->t, B, T);
-    linear_apply(ps, &m->lin1, m->h1, m->temb_sin, B);
+    linear_block_forward(ps, &m->lin1, m->h1, m->temb_sin, B);
     silu_forward(m->h1_act, m->h1, (size_t)B * 4 * T);
-    linear_apply(ps, &m->lin2, m->emb, m->h1_act, B);
+    linear_block_forward(ps, &m->lin2, m->emb, m->h1_act, B);
     if (cfg->num_classes > 0) {
         embedding_forward(m->class_rows, m->labels, ps->params + m->class_embed, B, T);
         add_inplace(m->emb, m->class_rows, (size_t)B * T);
@@ -449,12 +319,12 @@ static void unet_forward(UNet* m, const float* zt, int B) {
 
     // down path, pushing every output on the skip stack
     int k = 0;
-    conv2d_apply(ps, &m->conv_in, m->h_in, zt, B, R, R);
+    conv2d_block_forward(ps, &m->conv_in, m->h_in, zt, B, R, R);
     const float* h = m->h_in;
     m->skip[k++] = h;
     for (int i = 0; i < cfg->levels; i++) {
         for (int j = 0; j < cfg->nres; j++) {
-            tresblock_forward(m, &m->down_res[i][j], h, B);
+            tresblock_forward(ps, &m->down_res[i][j], h, m->emb_silu, B);
             h = m->down_res[i][j].rb.out;
             if (m->has_attn[i]) {
                 attnblock_forward(ps, &m->down_attn[i][j], h, B);
@@ -463,15 +333,15 @@ static void unet_forward(UNet* m, const float* zt, int B) {
             m->skip[k++] = h;
         }
         if (i < cfg->levels - 1) {
-            conv2d_apply(ps, &m->downsample[i], m->down_out[i], h, B, R, R);
+            conv2d_block_forward(ps, &m->downsample[i], m->down_out[i], h, B, R, R);
             h = m->down_out[i];
             R /= 2;
             m->skip[k++] = h;
         }
     }
-    tresblock_forward(m, &m->mid_res1, h, B);
+    tresblock_forward(ps, &m->mid_res1, h, m->emb_silu, B);
     attnblock_forward(ps, &m->mid_attn, m->mid_res1.rb.out, B);
-    tresblock_forward(m, &m->mid_res2, m->mid_attn.out, B);
+    tresblock_forward(ps, &m->mid_res2, m->mid_attn.out, m->emb_silu, B);
     h = m->mid_res2.rb.out;
 
     // up path: every ResBlock takes concat(h, skip.pop())
@@ -480,7 +350,7 @@ static void unet_forward(UNet* m, const float* zt, int B) {
             TResBlock* t = &m->up_res[i][j];
             k--;
             concat_channels_forward(m->up_cat[i][j], h, m->skip[k], B, t->rb.cin - m->skip_c[k], m->skip_c[k], R * R);
-            tresblock_forward(m, t, m->up_cat[i][j], B);
+            tresblock_forward(ps, t, m->up_cat[i][j], m->emb_silu, B);
             h = t->rb.out;
             if (m->has_attn[i]) {
                 attnblock_forward(ps, &m->up_attn[i][j], h, B);
@@ -490,23 +360,17 @@ static void unet_forward(UNet* m, const float* zt, int B) {
         if (i > 0) {
             upsample2x_forward(m->up_nearest[i], h, B, m->up_conv[i].cin, R, R);
             R *= 2;
-            conv2d_apply(ps, &m->up_conv[i], m->up_out[i], m->up_nearest[i], B, R, R);
+            conv2d_block_forward(ps, &m->up_conv[i], m->up_out[i], m->up_nearest[i], B, R, R);
             h = m->up_out[i];
         }
     }
     normsilu_forward(ps, &m->norm_out, h, B);
-    conv2d_apply(ps, &m->conv_out, m->out, m->norm_out.act, B, R, R);
+    conv2d_block_forward(ps, &m->conv_out, m->out, m->norm_out.act, B, R, R);
 }
 
 // ----------------------------------------------------------------------------
 // backward: the forward in reverse; skip gradients are parked in dskip[] by the up path and
 // added back when the down path reaches the tensor they belong to
-
-static void tresblock_backward(UNet* m, const TResBlock* t, float* dx, const float* dout, int B) {
-    resblock_backward(&m->ps, &t->rb, dx, dout, B, m->d_tproj, m->scratch1, m->scratch2);
-    linear_apply_backward(&m->ps, &t->temb, m->d_emb_part, m->d_tproj, m->emb_silu, B);
-    add_inplace(m->d_emb_silu, m->d_emb_part, (size_t)B * m->cfg.tdim);
-}
 
 // the last forward's output -> every parameter gradient (accumulated); dout (B, 4, 8, 8)
 static void unet_backward(UNet* m, const float* zt, const float* dout, int B) {
@@ -514,73 +378,74 @@ static void unet_backward(UNet* m, const float* zt, const float* dout, int B) {
     const UNetConfig* cfg = &m->cfg;
     int T = cfg->tdim, L = cfg->levels;
     int R = cfg->in_res;
-    float *g = m->grad_a, *o = m->grad_b;
+    float *dh = m->grad_a, *dnext = m->grad_b;
     dev_zero(m->d_emb_silu, (size_t)B * T * sizeof(float));
 
     const float* h_last = m->has_attn[0] ? m->up_attn[0][cfg->nres].out : m->up_res[0][cfg->nres].rb.out;
-    conv2d_apply_backward(ps, &m->conv_out, g, dout, m->norm_out.act, B, R, R);
-    normsilu_backward(ps, &m->norm_out, o, g, h_last, B);
-    SWAP_GRADS();
+    conv2d_block_backward(ps, &m->conv_out, dh, dout, m->norm_out.act, B, R, R);
+    normsilu_backward(ps, &m->norm_out, dnext, dh, h_last, B);
+    swap_buffers(&dh, &dnext);
 
     int k = 0;  // the skip the up path consumes, counting from the first pushed
     for (int i = 0; i < L; i++) {
         if (i > 0) {
-            conv2d_apply_backward(ps, &m->up_conv[i], o, g, m->up_nearest[i], B, R, R);
-            SWAP_GRADS();
+            conv2d_block_backward(ps, &m->up_conv[i], dnext, dh, m->up_nearest[i], B, R, R);
+            swap_buffers(&dh, &dnext);
             R /= 2;
-            upsample2x_backward(o, g, B, m->up_conv[i].cin, R, R);
-            SWAP_GRADS();
+            upsample2x_backward(dnext, dh, B, m->up_conv[i].cin, R, R);
+            swap_buffers(&dh, &dnext);
         }
         for (int j = cfg->nres; j >= 0; j--) {
             const TResBlock* t = &m->up_res[i][j];
             if (m->has_attn[i]) {
-                attnblock_backward(ps, &m->up_attn[i][j], o, g, B, m->scratch1, m->scratch2, m->datt);
-                SWAP_GRADS();
+                attnblock_backward(ps, &m->up_attn[i][j], dnext, dh, B, m->scratch1, m->scratch2, m->datt);
+                swap_buffers(&dh, &dnext);
             }
-            tresblock_backward(m, t, o, g, B);  // o = d concat(h, skip)
+            // the block's input was concat(h, skip): its gradient (in dnext) splits into dh and dskip[k]
+            tresblock_backward(ps, t, dnext, dh, m->emb_silu, m->d_emb_silu, B, m->scratch1, m->scratch2);
             int cs = m->skip_c[k];
-            concat_channels_backward(g, m->dskip[k], o, B, t->rb.cin - cs, cs, R * R);
+            concat_channels_backward(dh, m->dskip[k], dnext, B, t->rb.cin - cs, cs, R * R);
             k++;
         }
     }
-    tresblock_backward(m, &m->mid_res2, o, g, B);
-    SWAP_GRADS();
-    attnblock_backward(ps, &m->mid_attn, o, g, B, m->scratch1, m->scratch2, m->datt);
-    SWAP_GRADS();
-    tresblock_backward(m, &m->mid_res1, o, g, B);
-    SWAP_GRADS();
+    tresblock_backward(ps, &m->mid_res2, dnext, dh, m->emb_silu, m->d_emb_silu, B, m->scratch1, m->scratch2);
+    swap_buffers(&dh, &dnext);
+    attnblock_backward(ps, &m->mid_attn, dnext, dh, B, m->scratch1, m->scratch2, m->datt);
+    swap_buffers(&dh, &dnext);
+    tresblock_backward(ps, &m->mid_res1, dnext, dh, m->emb_silu, m->d_emb_silu, B, m->scratch1, m->scratch2);
+    swap_buffers(&dh, &dnext);
 
     // down path in reverse: each pushed output also receives its skip gradient
     k = m->nskips - 1;
     for (int i = L - 1; i >= 0; i--) {
         if (i < L - 1) {
-            add_inplace(g, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
+            add_inplace(dh, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
             k--;
             R *= 2;
             const float* x_in = m->has_attn[i] ? m->down_attn[i][cfg->nres - 1].out : m->down_res[i][cfg->nres - 1].rb.out;
-            conv2d_apply_backward(ps, &m->downsample[i], o, g, x_in, B, R, R);
-            SWAP_GRADS();
+            conv2d_block_backward(ps, &m->downsample[i], dnext, dh, x_in, B, R, R);
+            swap_buffers(&dh, &dnext);
         }
         for (int j = cfg->nres - 1; j >= 0; j--) {
-            add_inplace(g, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
+            add_inplace(dh, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
             k--;
             if (m->has_attn[i]) {
-                attnblock_backward(ps, &m->down_attn[i][j], o, g, B, m->scratch1, m->scratch2, m->datt);
-                SWAP_GRADS();
+                attnblock_backward(ps, &m->down_attn[i][j], dnext, dh, B, m->scratch1, m->scratch2, m->datt);
+                swap_buffers(&dh, &dnext);
             }
-            tresblock_backward(m, &m->down_res[i][j], o, g, B);
-            SWAP_GRADS();
+            tresblock_backward(ps, &m->down_res[i][j], dnext, dh, m->emb_silu, m->d_emb_silu, B, m->scratch1, m->scratch2);
+            swap_buffers(&dh, &dnext);
         }
     }
-    add_inplace(g, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
-    conv2d_apply_backward(ps, &m->conv_in, NULL, g, zt, B, R, R);
+    add_inplace(dh, m->dskip[k], (size_t)B * m->skip_c[k] * R * R);
+    conv2d_block_backward(ps, &m->conv_in, NULL, dh, zt, B, R, R);
 
     // the embedding: silu, class rows, linear2, silu, linear1
     silu_backward(m->d_emb_silu, m->d_emb_silu, m->emb, (size_t)B * T);  // now d emb
     if (cfg->num_classes > 0) embedding_backward(m->ps.grads + m->class_embed, m->d_emb_silu, m->labels, B, T);
-    linear_apply_backward(ps, &m->lin2, m->d_h1, m->d_emb_silu, m->h1_act, B);
+    linear_block_backward(ps, &m->lin2, m->d_h1, m->d_emb_silu, m->h1_act, B);
     silu_backward(m->d_h1, m->d_h1, m->h1, (size_t)B * 4 * T);
-    linear_apply_backward(ps, &m->lin1, NULL, m->d_h1, m->temb_sin, B);
+    linear_block_backward(ps, &m->lin1, NULL, m->d_h1, m->temb_sin, B);
 }
 
 // the diffusion loss for a prepared batch (zt, t, labels already on the device): mean (eps_pred - eps)^2
@@ -631,19 +496,9 @@ static void unet_save_checkpoint(const UNet* m, const float* host_weights, const
     st_writer_free(&w);
 }
 
-// reads a U-Net checkpoint's config and metadata; the file must be one of ours and a U-Net
-static void unet_checkpoint_info(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
-    const char* format = safetensors_meta(st, "format");
-    const char* model = safetensors_meta(st, "model");
-    if (format == NULL || strcmp(format, "ldm.c") != 0 || model == NULL) {
-        fprintf(stderr, "Error: '%s' is not an ldm.c checkpoint (no format/model metadata).\n", path);
-        exit(EXIT_FAILURE);
-    }
-    if (strcmp(model, "unet") != 0) {
-        fprintf(stderr, "Error: '%s' is a %s checkpoint, not a U-Net.\n"
-                        "HINT: pass the checkpoint_final.safetensors of a train_ldm run.\n", path, model);
-        exit(EXIT_FAILURE);
-    }
+// the U-Net metadata every U-Net file carries (checkpoint or training state): config, latent_scale,
+// schedule and the VAE it was trained on
+static void unet_read_meta(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
     const char* scale = safetensors_meta(st, "latent_scale");
     const char* sched = safetensors_meta(st, "schedule");
     const char* vae = safetensors_meta(st, "vae_checkpoint");
@@ -658,6 +513,22 @@ static void unet_checkpoint_info(const SafeTensors* st, const char* path, UNetCo
     meta->schedule = strcmp(sched, "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
     snprintf(meta->vae_path, sizeof(meta->vae_path), "%s", vae);
     snprintf(meta->vae_sha256, sizeof(meta->vae_sha256), "%s", sha);
+}
+
+// reads a U-Net checkpoint's config and metadata; the file must be one of ours and a U-Net
+static void unet_checkpoint_info(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
+    const char* format = safetensors_meta(st, "format");
+    const char* model = safetensors_meta(st, "model");
+    if (format == NULL || strcmp(format, "ldm.c") != 0 || model == NULL) {
+        fprintf(stderr, "Error: '%s' is not an ldm.c checkpoint (no format/model metadata).\n", path);
+        exit(EXIT_FAILURE);
+    }
+    if (strcmp(model, "unet") != 0) {
+        fprintf(stderr, "Error: '%s' is a %s checkpoint, not a U-Net.\n"
+                        "HINT: pass the checkpoint_final.safetensors of a train_ldm run.\n", path, model);
+        exit(EXIT_FAILURE);
+    }
+    unet_read_meta(st, path, cfg, meta);
 }
 
 // builds a U-Net from a checkpoint and loads its (EMA) weights onto the current device
@@ -732,7 +603,7 @@ static void ldm_sample_images(UNet* m, VAE* vae, const LDMMeta* meta, Sampler sa
                     (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
                     (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
                     (int*)mallocCheck(m->max_batch * sizeof(int)), (int*)mallocCheck(m->max_batch * sizeof(int))};
-    sample_latents(sampler, steps, eta, abar, cfg_eps, &c, z, n, dim, seed ^ 0x5A3D1EULL, NULL, NULL);
+    sample_latents(sampler, steps, eta, abar, cfg_eps, &c, z, n, dim, seed ^ STREAM_SAMPLE, NULL, NULL);
     for (size_t k = 0; k < n * dim; k++) z[k] /= meta->latent_scale;
     size_t img = IMG_C * IMG_RES * IMG_RES;
     for (int start = 0; start < n; start += vae->max_batch) {
@@ -749,26 +620,18 @@ static void ldm_sample_images(UNet* m, VAE* vae, const LDMMeta* meta, Sampler sa
 // the training program
 
 typedef struct {
-    UNetConfig cfg;
+    TrainArgs t;             // the flags both trainers share (ldmc/train.h)
+    UNetConfig cfg;          // the preset's (with --num-classes), or the resumed run's
     char vae_path[512];
-    int vae_path_given;
     float cfg_dropout;
     float guidance;          // for the preview samples
-    int guidance_given;
-    int epochs, batch_size;
-    float lr;
     long warmup_steps;
     Schedule schedule;
     float ema_decay;
-    char run_name[128];
-    const char* data_dir;
-    const char* device;
-    long max_steps;
-    uint64_t seed;
-    int resume;
-    int bench_steps;
-    int log_every, sample_every, save_every;
+    int vae_path_given, classes_given, cfg_dropout_given, guidance_given, warmup_given, schedule_given, ema_given;
 } LDMTrainArgs;
+
+static const char* const UNET_PRESET_NAMES[] = {"tiny", "small", "base", "fast"};
 
 static void ldm_usage(void) {
     printf("Usage: ./train_ldm [flags]\n"
@@ -777,89 +640,50 @@ static void ldm_usage(void) {
            "                             tiny (ch 32, mult 1-2, nres 1; batch 128, lr 3e-4, 5 epochs)\n"
            "                             small (64, 1-2, 2; 128, 3e-4, 100)   base (128, 1-2-2, 2; 128, 3e-4, 200)\n"
            "                             fast (base's network; batch 256, lr 3e-4, 200 epochs)\n"
-           "  --vae-checkpoint PATH      the frozen VAE (default runs/vae_tiny/... on a CPU, runs/vae_fast/... on a GPU)\n"
+           "  --vae-checkpoint PATH      the frozen VAE (default runs/vae_tiny/... on a CPU, runs/vae_fast/... on a GPU;\n"
+           "                             a resumed run uses the VAE it was trained with)\n"
            "  --num-classes N            0 = unconditional (default), 10 = CIFAR-10 classes with CFG\n"
            "  --cfg-dropout P            probability a label becomes \"no class\" in training (default 0.1)\n"
            "  --guidance-scale S         CFG scale of the preview samples (default 3; conditional models only)\n"
-           "  --epochs N  --batch-size N  --lr X   (preset defaults)\n"
            "  --warmup-steps N           linear learning-rate warm-up (default 0)\n"
            "  --schedule cosine|linear   noise schedule (default cosine)\n"
-           "  --ema-decay D              EMA of the weights (default 0.9999)\n"
-           "  --max-steps N              stop after N optimizer steps (overrides --epochs)\n"
-           "  --run-name NAME            run directory runs/NAME (default ldm_<preset>)\n"
-           "  --resume                   continue the run in runs/NAME from its training state\n"
-           "  --data DIR  --device auto|cpu|cuda  --seed N\n"
-           "  --log-every N  --sample-every N  --save-every N   (defaults 10, 1000, 500)\n"
-           "  --bench N                  time N training steps on random latents, print img/s, write nothing\n"
-           "  --help\n");
+           "  --ema-decay D              EMA of the weights (default 0.9999)\n");
+    train_usage_common("ldm", 1000, "DDIM-50 preview grid");
 }
 
-enum { LGIVEN_PRESET = 1, LGIVEN_CLASSES = 2 };
-
-static int ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
-    static const char* const presets[] = {"tiny", "small", "base", "fast"};
-    static const char* const devices[] = {"auto", "cpu", "cuda"};
+static void ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
     static const char* const schedules[] = {"cosine", "linear"};
     memset(a, 0, sizeof(*a));
-    int given = 0;
-    const char* preset = NULL;
+    train_args_init(&a->t, 1000);
     a->cfg_dropout = 0.1f; a->guidance = 3.0f;
-    a->epochs = -1; a->batch_size = -1; a->lr = -1.0f;
     a->schedule = SCHEDULE_COSINE; a->ema_decay = 0.9999f;
-    a->device = "auto"; a->seed = 1337;
-    a->log_every = 10; a->sample_every = 1000; a->save_every = 500;
-    int num_classes = 0;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { ldm_usage(); exit(EXIT_SUCCESS); }
-        else if (strcmp(f, "--preset") == 0) { preset = arg_choice(argc, argv, &i, presets, 4); given |= LGIVEN_PRESET; }
+        else if (train_parse_flag(argc, argv, &i, &a->t, UNET_PRESET_NAMES, NUM_UNET_PRESETS)) continue;
         else if (strcmp(f, "--vae-checkpoint") == 0) { snprintf(a->vae_path, sizeof(a->vae_path), "%s", arg_value(argc, argv, &i)); a->vae_path_given = 1; }
-        else if (strcmp(f, "--num-classes") == 0) { num_classes = (int)arg_long(argc, argv, &i, 0, 100000); given |= LGIVEN_CLASSES; }
-        else if (strcmp(f, "--cfg-dropout") == 0) a->cfg_dropout = arg_float(argc, argv, &i, 0.0, 1.0, 0);
+        else if (strcmp(f, "--num-classes") == 0) { a->cfg.num_classes = (int)arg_long(argc, argv, &i, 0, 100000); a->classes_given = 1; }
+        else if (strcmp(f, "--cfg-dropout") == 0) { a->cfg_dropout = arg_float(argc, argv, &i, 0.0, 1.0, 0); a->cfg_dropout_given = 1; }
         else if (strcmp(f, "--guidance-scale") == 0) { a->guidance = arg_float(argc, argv, &i, 0.0, 100.0, 0); a->guidance_given = 1; }
-        else if (strcmp(f, "--epochs") == 0) a->epochs = (int)arg_long(argc, argv, &i, 1, 100000);
-        else if (strcmp(f, "--batch-size") == 0) a->batch_size = (int)arg_long(argc, argv, &i, 1, 65536);
-        else if (strcmp(f, "--lr") == 0) a->lr = arg_float(argc, argv, &i, 0.0, 10.0, 1);
-        else if (strcmp(f, "--warmup-steps") == 0) a->warmup_steps = arg_long(argc, argv, &i, 0, 1000000000L);
-        else if (strcmp(f, "--schedule") == 0) a->schedule = strcmp(arg_choice(argc, argv, &i, schedules, 2), "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
-        else if (strcmp(f, "--ema-decay") == 0) a->ema_decay = arg_float(argc, argv, &i, 0.0, 1.0, 0);
-        else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, &i, 1, 1000000000L);
-        else if (strcmp(f, "--run-name") == 0) snprintf(a->run_name, sizeof(a->run_name), "%s", arg_run_name(argc, argv, &i));
-        else if (strcmp(f, "--data") == 0) a->data_dir = arg_value(argc, argv, &i);
-        else if (strcmp(f, "--device") == 0) a->device = arg_choice(argc, argv, &i, devices, 3);
-        else if (strcmp(f, "--seed") == 0) a->seed = (uint64_t)arg_long(argc, argv, &i, 0, 2147483647L);
-        else if (strcmp(f, "--resume") == 0) a->resume = 1;
-        else if (strcmp(f, "--bench") == 0) a->bench_steps = (int)arg_long(argc, argv, &i, 1, 100000);
-        else if (strcmp(f, "--log-every") == 0) a->log_every = (int)arg_long(argc, argv, &i, 1, 1000000);
-        else if (strcmp(f, "--sample-every") == 0) a->sample_every = (int)arg_long(argc, argv, &i, 1, 100000000);
-        else if (strcmp(f, "--save-every") == 0) a->save_every = (int)arg_long(argc, argv, &i, 1, 100000000);
+        else if (strcmp(f, "--warmup-steps") == 0) { a->warmup_steps = arg_long(argc, argv, &i, 0, 1000000000L); a->warmup_given = 1; }
+        else if (strcmp(f, "--schedule") == 0) { a->schedule = strcmp(arg_choice(argc, argv, &i, schedules, 2), "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR; a->schedule_given = 1; }
+        else if (strcmp(f, "--ema-decay") == 0) { a->ema_decay = arg_float(argc, argv, &i, 0.0, 1.0, 0); a->ema_given = 1; }
         else arg_unknown(argv, i);
     }
-    if (preset) a->cfg = unet_preset_find(preset)->cfg;
-    a->cfg.num_classes = num_classes;
-    return given;
 }
 
-static void ldm_apply_preset(LDMTrainArgs* a, int given) {
+// the preset (by device when not given), what the flags left open, and the default VAE
+static void ldm_apply_preset(LDMTrainArgs* a) {
+    train_pick_preset(&a->t, "fast", "ldm");
+    const UNetPreset* p = unet_preset_find(a->t.preset);
     int num_classes = a->cfg.num_classes;
-    if (!(given & LGIVEN_PRESET)) {
-        const char* name = g_device == DEVICE_CUDA ? "fast" : "tiny";
-        a->cfg = unet_preset_find(name)->cfg;
-        if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
-    }
+    a->cfg = p->cfg;
     a->cfg.num_classes = num_classes;
-    const UNetPreset* p = unet_preset_find(a->cfg.preset);
-    if (a->batch_size < 0) a->batch_size = p->batch_size;
-    if (a->lr < 0) a->lr = p->lr;
-    if (a->epochs < 0) a->epochs = p->epochs;
-    if (a->run_name[0] == '\0') snprintf(a->run_name, sizeof(a->run_name), "ldm_%s", a->cfg.preset);
-    if (!a->vae_path_given) {
+    train_apply_defaults(&a->t, &p->defaults);
+    if (!a->vae_path_given && !a->t.resume) {
         snprintf(a->vae_path, sizeof(a->vae_path), "runs/vae_%s/checkpoint_final.safetensors",
                  g_device == DEVICE_CUDA ? "fast" : "tiny");
         printf("vae checkpoint: %s (no --vae-checkpoint given)\n", a->vae_path);
-    }
-    if (a->cfg.num_classes == 0 && a->guidance_given) {
-        fprintf(stderr, "Warning: --guidance-scale has no effect on an unconditional model (--num-classes 0); ignored.\n");
     }
 }
 
@@ -922,17 +746,11 @@ static double std_of(const float* v, size_t n) {
 
 // learning rate with the optional linear warm-up
 static float ldm_lr_at(const LDMTrainArgs* a, long step) {
-    if (a->warmup_steps <= 0 || step >= a->warmup_steps) return a->lr;
-    return a->lr * (float)(step + 1) / (float)a->warmup_steps;
+    if (a->warmup_steps <= 0 || step >= a->warmup_steps) return a->t.lr;
+    return a->t.lr * (float)(step + 1) / (float)a->warmup_steps;
 }
 
 // the random choices of one training batch, all counter-based in (seed, step)
-#define LSTREAM_FLIP 0xF11FULL
-#define LSTREAM_T 0x7177ULL
-#define LSTREAM_EPS 0xE95ULL
-#define LSTREAM_DROP 0xD409ULL
-#define LSTREAM_INIT 0x1A17ULL
-
 typedef struct {
     float* z0;    // (B, dim) scaled latents
     float* eps;   // (B, dim)
@@ -946,15 +764,15 @@ static void ldm_make_batch(LDMBatch* bt, const float* latents, const Cifar10* tr
     int nc = a->cfg.num_classes;
     for (int b = 0; b < B; b++) {
         uint64_t ctr = (uint64_t)step * B + b;
-        int flip = rng_uniform(a->seed ^ LSTREAM_FLIP, ctr) < 0.5f;
+        int flip = rng_uniform(a->t.seed ^ STREAM_FLIP, ctr) < 0.5f;
         const float* mu = latents + ((size_t)idx[b] * 2 + flip) * dim;
         for (size_t k = 0; k < dim; k++) bt->z0[b * dim + k] = mu[k] * scale;
-        int t = (int)(rng_uniform(a->seed ^ LSTREAM_T, ctr) * DIFFUSION_T);
+        int t = (int)(rng_uniform(a->t.seed ^ STREAM_T, ctr) * DIFFUSION_T);
         bt->t[b] = t < DIFFUSION_T ? t : DIFFUSION_T - 1;
-        int drop = rng_uniform(a->seed ^ LSTREAM_DROP, ctr) < a->cfg_dropout;
+        int drop = rng_uniform(a->t.seed ^ STREAM_DROP, ctr) < a->cfg_dropout;
         bt->labels[b] = nc > 0 ? (drop ? nc : train->labels[idx[b]]) : 0;
     }
-    rng_fill_normal_cpu(bt->eps, B * dim, a->seed ^ LSTREAM_EPS, (uint64_t)step * B * dim);
+    rng_fill_normal_cpu(bt->eps, B * dim, a->t.seed ^ STREAM_EPS, (uint64_t)step * B * dim);
     diffusion_q_sample(bt->zt, bt->z0, bt->eps, bt->t, abar, B, dim);
 }
 
@@ -982,11 +800,19 @@ static void ldm_write_preview(UNet* m, VAE* vae, const LDMMeta* meta, float guid
     free(rgb); free(images); free(labels);
 }
 
-static void ldm_args_to_json(const LDMTrainArgs* a, long total_steps, char* out, size_t n) {
-    snprintf(out, n, "{\"batch_size\":%d,\"lr\":%.9g,\"warmup_steps\":%ld,\"cfg_dropout\":%.9g,\"ema_decay\":%.9g,"
-                     "\"total_steps\":%ld,\"seed\":%llu}",
-             a->batch_size, a->lr, a->warmup_steps, a->cfg_dropout, a->ema_decay, total_steps,
-             (unsigned long long)a->seed);
+// the settings a resumed run keeps (the train_args of its state), in the order they are stored
+#define LDM_NUM_SETTINGS 7
+static void ldm_settings(LDMTrainArgs* a, long* total_steps, Setting* s) {
+    Setting t[LDM_NUM_SETTINGS] = {
+        {"batch_size", SETTING_INT, &a->t.batch_size, (a->t.given & GIVEN_BATCH) != 0},
+        {"lr", SETTING_FLOAT, &a->t.lr, (a->t.given & GIVEN_LR) != 0},
+        {"warmup_steps", SETTING_LONG, &a->warmup_steps, a->warmup_given},
+        {"cfg_dropout", SETTING_FLOAT, &a->cfg_dropout, a->cfg_dropout_given},
+        {"ema_decay", SETTING_FLOAT, &a->ema_decay, a->ema_given},
+        {"total_steps", SETTING_LONG, total_steps, 0},
+        {"seed", SETTING_U64, &a->t.seed, (a->t.given & GIVEN_SEED) != 0},
+    };
+    memcpy(s, t, sizeof(t));
 }
 
 // state.safetensors: weights, AdamW moments, EMA, step — everything --resume needs
@@ -1000,38 +826,43 @@ static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* me
     st_writer_free(&w);
 }
 
-// reads the state of a run to resume: its config and settings replace the flags' (a preset or
-// class count that contradicts the run is an error)
-static void ldm_read_state(const char* path, LDMTrainArgs* a, int given, SafeTensors* st, long* total_steps) {
+// reads the state of a run to resume: its config, schedule, VAE and settings replace the flags' (a
+// flag that contradicts them is an error)
+static void ldm_read_state(TrainRun* run, LDMTrainArgs* a, LDMMeta* meta) {
+    const char* path = run->state_path;
+    SafeTensors* st = &run->state;
     safetensors_load(path, st);
     const char* model = safetensors_meta(st, "model");
     const char* targs = safetensors_meta(st, "train_args");
-    const char* sched = safetensors_meta(st, "schedule");
-    UNetConfig cfg;
-    if (model == NULL || strcmp(model, "unet-train-state") != 0 || targs == NULL || sched == NULL ||
-        unet_config_from_json(&cfg, safetensors_meta(st, "config")) != 0) {
+    if (model == NULL || strcmp(model, "unet-train-state") != 0 || targs == NULL) {
         fprintf(stderr, "Error: '%s' is not a train_ldm training state.\n", path);
         exit(EXIT_FAILURE);
     }
-    if (((given & LGIVEN_PRESET) && strcmp(cfg.preset, a->cfg.preset) != 0) ||
-        ((given & LGIVEN_CLASSES) && cfg.num_classes != a->cfg.num_classes)) {
+    UNetConfig cfg;
+    unet_read_meta(st, path, &cfg, meta);
+    if (((a->t.given & GIVEN_PRESET) && strcmp(cfg.preset, a->t.preset) != 0) ||
+        (a->classes_given && cfg.num_classes != a->cfg.num_classes)) {
         fprintf(stderr, "Error: the run to resume ('%s') is preset '%s' with %d classes; the flags ask for '%s' with %d.\n"
                         "HINT: drop --preset/--num-classes when resuming, or start a new --run-name.\n",
-                path, cfg.preset, cfg.num_classes, a->cfg.preset, a->cfg.num_classes);
+                path, cfg.preset, cfg.num_classes, a->t.preset, a->cfg.num_classes);
+        exit(EXIT_FAILURE);
+    }
+    if (a->schedule_given && a->schedule != meta->schedule) {
+        fprintf(stderr, "Error: --schedule %s, but the run to resume ('%s') was trained with --schedule %s; a resumed "
+                        "run keeps its settings.\nHINT: drop --schedule when resuming, or start a new run with another "
+                        "--run-name.\n", schedule_name(a->schedule), path, schedule_name(meta->schedule));
         exit(EXIT_FAILURE);
     }
     a->cfg = cfg;
-    int batch, warm, total, seed;
-    if (json_get_int(targs, "batch_size", &batch) || json_get_float(targs, "lr", &a->lr) ||
-        json_get_int(targs, "warmup_steps", &warm) || json_get_float(targs, "cfg_dropout", &a->cfg_dropout) ||
-        json_get_float(targs, "ema_decay", &a->ema_decay) || json_get_int(targs, "total_steps", &total) ||
-        json_get_int(targs, "seed", &seed)) {
-        fprintf(stderr, "Error: '%s' has unreadable train_args: %s\n", path, targs);
-        exit(EXIT_FAILURE);
+    a->t.preset = a->cfg.preset;
+    a->schedule = meta->schedule;
+    if (!a->vae_path_given) {
+        snprintf(a->vae_path, sizeof(a->vae_path), "%s", meta->vae_path);
+        printf("vae checkpoint: %s (the one this run was trained with)\n", a->vae_path);
     }
-    a->batch_size = batch; a->warmup_steps = warm; a->seed = (uint64_t)seed;
-    a->schedule = strcmp(sched, "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
-    *total_steps = total;
+    Setting s[LDM_NUM_SETTINGS];
+    ldm_settings(a, &run->resumed_total, s);
+    settings_resume(s, LDM_NUM_SETTINGS, targs, path);
 }
 
 // eval_batch.safetensors: a fixed batch of test latents (z0, t, eps, labels) and our loss with the
@@ -1052,7 +883,7 @@ static void ldm_write_eval_batch(UNet* m, const float* test_mu, const Cifar10* t
         labels[b] = m->cfg.num_classes > 0 ? test->labels[b] % (m->cfg.num_classes + 1) : 0;
         t64[b] = t[b]; l64[b] = labels[b];
     }
-    rng_fill_normal_cpu(eps, B * dim, a->seed ^ 0xE7A1ULL, 0);
+    rng_fill_normal_cpu(eps, B * dim, a->t.seed ^ STREAM_EVAL, 0);
     diffusion_q_sample(zt, z0, eps, t, abar, B, dim);
     float* d_eps = dev_malloc_floats(B * dim);
     host_to_dev(m->zt, zt, B * dim * sizeof(float));
@@ -1075,92 +906,149 @@ static void ldm_write_eval_batch(UNet* m, const float* test_mu, const Cifar10* t
     free(z0); free(eps); free(zt); free(t); free(labels);
 }
 
-static void ldm_train(LDMTrainArgs* a, int given) {
-    char run_dir[256], path[512], state_path[512];
-    run_dir_check(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
-    snprintf(state_path, sizeof(state_path), "%s/state.safetensors", run_dir);
-    SafeTensors state;
-    long total_steps = 0;
-    if (a->resume) ldm_read_state(state_path, a, given, &state, &total_steps);
+// ----------------------------------------------------------------------------
+// --bench N: training steps (forward, backward, clip, AdamW + EMA) on random latents
 
-    // the frozen VAE and the data, checked before any training work
+typedef struct {
+    const LDMTrainArgs* a;
+    UNet* m;
+    OptState opt;
+    float* eps;   // (B, 4, 8, 8) on the device
+    int* t;       // (B) host staging for timesteps and labels
+} LDMBench;
+
+static void ldm_bench_prepare(void* ctx, int s) {
+    LDMBench* b = (LDMBench*)ctx;
+    UNet* m = b->m;
+    int B = b->a->t.batch_size, nc = m->cfg.num_classes;
+    size_t n = (size_t)B * m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
+    for (int i = 0; i < B; i++) b->t[i] = (int)(rng_uniform(STREAM_BENCH ^ STREAM_T, (uint64_t)s * B + i) * DIFFUSION_T) % DIFFUSION_T;
+    host_to_dev(m->t, b->t, B * sizeof(int));
+    for (int i = 0; i < B; i++) b->t[i] = nc > 0 ? i % (nc + 1) : 0;
+    host_to_dev(m->labels, b->t, B * sizeof(int));
+    rng_fill_normal(m->zt, n, STREAM_BENCH, (uint64_t)s * n);
+    rng_fill_normal(b->eps, n, STREAM_BENCH ^ STREAM_EPS, (uint64_t)s * n);
+}
+
+static void ldm_bench_step(void* ctx, int s) {
+    LDMBench* b = (LDMBench*)ctx;
+    int B = b->a->t.batch_size;
+    dev_zero(b->m->ps.grads, b->m->ps.total * sizeof(float));
+    unet_loss_forward(b->m, b->m->zt, b->eps, B);
+    unet_loss_backward(b->m, b->m->zt, b->eps, B);
+    optimizer_step(&b->m->ps, &b->opt, ldm_lr_at(b->a, b->opt.step), b->a->ema_decay);
+}
+
+static void ldm_bench(const LDMTrainArgs* a) {
+    int B = a->t.batch_size;
+    UNet m;
+    unet_build(&m, &a->cfg);
+    params_allocate(&m.ps);
+    params_init(&m.ps, a->t.seed);
+    unet_alloc_activations(&m, B);
+    LDMBench b = {a, &m, {0}, dev_malloc_floats((size_t)B * a->cfg.z_channels * a->cfg.in_res * a->cfg.in_res),
+                  (int*)mallocCheck(B * sizeof(int))};
+    optstate_init(&b.opt, &m.ps, 1);
+    char what[64];
+    snprintf(what, sizeof(what), "preset %s, %d classes", a->t.preset, a->cfg.num_classes);
+    train_bench(a->t.bench_steps, B, ldm_bench_prepare, ldm_bench_step, &b, what);
+    free(b.t);
+    dev_free(b.eps);
+    optstate_free(&b.opt);
+    unet_free(&m);
+}
+
+// ----------------------------------------------------------------------------
+// training
+
+// the frozen VAE: it must exist, and a resumed run must use the very VAE it was trained with
+static void ldm_load_vae(VAE* vae, const LDMTrainArgs* a, LDMMeta* meta) {
     if (!path_exists(a->vae_path)) {
         fprintf(stderr, "Error: VAE checkpoint '%s' not found.\nHINT: train one first with `./train_vae%s`, or "
                         "pass --vae-checkpoint PATH.\n", a->vae_path, g_device == DEVICE_CUDA ? " --preset fast" : "");
         exit(EXIT_FAILURE);
     }
-    VAE vae;
-    vae_load_checkpoint(&vae, a->vae_path);
-    LDMMeta meta;
-    memset(&meta, 0, sizeof(meta));
-    snprintf(meta.vae_path, sizeof(meta.vae_path), "%s", a->vae_path);
-    sha256_file(a->vae_path, meta.vae_sha256);
-    meta.schedule = a->schedule;
-    char data_dir[1024];
-    cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
-    Cifar10 train, test;
-    cifar10_load(&train, data_dir, 1);
-    cifar10_load(&test, data_dir, 0);
+    char sha[65];
+    sha256_file(a->vae_path, sha);
+    if (a->t.resume && strcmp(sha, meta->vae_sha256) != 0) {
+        fprintf(stderr, "Error: VAE checkpoint '%s' (sha256 %.12s...) is not the VAE this run was trained with "
+                        "('%s', sha256 %.12s...).\nHINT: resume with --vae-checkpoint pointing at that VAE, or start a "
+                        "new run with another --run-name.\n", a->vae_path, sha, meta->vae_path, meta->vae_sha256);
+        exit(EXIT_FAILURE);
+    }
+    vae_load_checkpoint(vae, a->vae_path);
+    snprintf(meta->vae_path, sizeof(meta->vae_path), "%s", a->vae_path);
+    snprintf(meta->vae_sha256, sizeof(meta->vae_sha256), "%s", sha);
+    meta->schedule = a->schedule;
+}
+
+// the largest label of the training split must fit --num-classes
+static void ldm_check_classes(const LDMTrainArgs* a, const Cifar10* train) {
     int max_label = 0;
-    for (int i = 0; i < train.n; i++) if (train.labels[i] > max_label) max_label = train.labels[i];
+    for (int i = 0; i < train->n; i++) if (train->labels[i] > max_label) max_label = train->labels[i];
     if (a->cfg.num_classes > 0 && a->cfg.num_classes <= max_label) {
         fprintf(stderr, "Error: --num-classes %d, but the data has labels up to %d.\n"
                         "HINT: use --num-classes %d (or 0 for an unconditional model).\n",
                 a->cfg.num_classes, max_label, max_label + 1);
         exit(EXIT_FAILURE);
     }
-    int B = a->batch_size;
-    if (B > train.n) {
-        fprintf(stderr, "Error: --batch-size %d is larger than the training set (%d images).\n", B, train.n);
-        exit(EXIT_FAILURE);
+}
+
+static void ldm_train(LDMTrainArgs* a) {
+    TrainRun run;
+    train_run_check(&run, &a->t);
+    LDMMeta meta;
+    memset(&meta, 0, sizeof(meta));
+    if (a->t.resume) ldm_read_state(&run, a, &meta);
+    if (a->cfg.num_classes == 0 && a->guidance_given) {
+        fprintf(stderr, "Warning: --guidance-scale has no effect on an unconditional model (--num-classes 0); ignored.\n");
     }
-    long steps_per_epoch = train.n / B;
-    if (!a->resume) total_steps = a->max_steps > 0 ? a->max_steps : a->epochs * steps_per_epoch;
-    else if (a->max_steps > 0) total_steps = a->max_steps;
+
+    // the frozen VAE and the data, checked before any training work
+    VAE vae;
+    ldm_load_vae(&vae, a, &meta);
+    Cifar10 train, test;
+    train_load_data(&a->t, &train, &test);
+    ldm_check_classes(a, &train);
+    train_run_plan(&run, &a->t, train.n);
+    long total_steps = run.total_steps;
+    Setting settings[LDM_NUM_SETTINGS];
+    ldm_settings(a, &total_steps, settings);
     char args_json[512], config_json[512];
-    ldm_args_to_json(a, total_steps, args_json, sizeof(args_json));
+    settings_to_json(settings, LDM_NUM_SETTINGS, args_json, sizeof(args_json));
     unet_config_to_json(&a->cfg, config_json, sizeof(config_json));
 
     // encode the training split once (mu of both flips) and measure latent_scale = 1 / std(mu)
     vae_alloc_activations(&vae, 256);
-    run_dir_create(run_dir);
-    run_log_open(run_dir);
     float* train_mu = encode_split(&vae, &train, 2, "training split");
     float* test_mu = encode_split(&vae, &test, 1, "test split");
     size_t dim = (size_t)a->cfg.z_channels * a->cfg.in_res * a->cfg.in_res;
     meta.latent_scale = (float)(1.0 / std_of(train_mu, (size_t)train.n * 2 * dim));
     double test_std = std_of(test_mu, (size_t)test.n * dim) * meta.latent_scale;
-    run_log("latent_scale = %.5f (1/std of mu over %d training latents); scaled test latents have std %.4f\n",
-            meta.latent_scale, 2 * train.n, test_std);
+    char config_text[2048];
+    snprintf(config_text, sizeof(config_text), "{\"model\":\"unet\",\"config\":%s,\"train_args\":%s,\"schedule\":\"%s\","
+             "\"vae_checkpoint\":\"%s\",\"latent_scale\":%.9g}\n", config_json, args_json,
+             schedule_name(a->schedule), a->vae_path, meta.latent_scale);
 
     // the U-Net, its optimizer and EMA
+    int B = a->t.batch_size;
     UNet m;
     unet_build(&m, &a->cfg);
     params_allocate(&m.ps);
     unet_alloc_activations(&m, B);
-    params_init(&m.ps, a->seed ^ LSTREAM_INIT);
+    params_init(&m.ps, a->t.seed ^ STREAM_INIT);
     OptState opt;
     optstate_init(&opt, &m.ps, 1);
     float* spare = dev_malloc_floats(m.ps.total);
     size_t pbytes = m.ps.total * sizeof(float);
-    if (a->resume) {
-        train_state_restore(&m.ps, &opt, &state);
-        safetensors_free(&state);
-    } else {
-        char cfg_text[2048];
-        snprintf(cfg_text, sizeof(cfg_text), "{\"model\":\"unet\",\"config\":%s,\"train_args\":%s,\"schedule\":\"%s\","
-                 "\"vae_checkpoint\":\"%s\",\"latent_scale\":%.9g}\n", config_json, args_json,
-                 schedule_name(a->schedule), a->vae_path, meta.latent_scale);
-        snprintf(path, sizeof(path), "%s/config.json", run_dir);
-        write_text_file(path, cfg_text);
-    }
+    train_run_start(&run, &a->t, config_text, &m.ps, &opt);
+    run_log("latent_scale = %.5f (1/std of mu over %d training latents); scaled test latents have std %.4f\n",
+            meta.latent_scale, 2 * train.n, test_std);
     run_log("%s %s: U-Net %s, %.2fM parameters, %s, batch %d, lr %g, cfg-dropout %g, %ld steps (%.1f epochs)\n",
-            a->resume ? "resuming" : "starting", run_dir, config_json, m.ps.total / 1e6,
-            a->cfg.num_classes > 0 ? "class-conditional" : "unconditional", B, a->lr, a->cfg_dropout, total_steps,
-            (double)total_steps / steps_per_epoch);
-    if (a->resume) run_log("resumed at step %ld\n", opt.step);
-    TBWriter tb;
-    tb_open(&tb, run_dir);
+            a->t.resume ? "resuming" : "starting", run.dir, config_json, m.ps.total / 1e6,
+            a->cfg.num_classes > 0 ? "class-conditional" : "unconditional", B, a->t.lr, a->cfg_dropout, total_steps,
+            (double)total_steps / run.steps_per_epoch);
+    if (a->t.resume) run_log("resumed at step %ld\n", opt.step);
 
     double abar[DIFFUSION_T];
     diffusion_schedule(a->schedule, abar);
@@ -1168,16 +1056,13 @@ static void ldm_train(LDMTrainArgs* a, int given) {
                    (float*)mallocCheck(B * dim * sizeof(float)), (int*)mallocCheck(B * sizeof(int)),
                    (int*)mallocCheck(B * sizeof(int))};
     float* d_eps = dev_malloc_floats(B * dim);
-    int* perm = (int*)mallocCheck(train.n * sizeof(int));
-    long perm_epoch = -1;
     float guidance = a->cfg.num_classes > 0 ? a->guidance : 0.0f;
 
-    double t_start = wall_seconds(), t_log = t_start;
-    long step_log = opt.step;
+    char path[600];
+    train_run_clock_start(&run, opt.step);
     while (opt.step < total_steps) {
-        long step = opt.step, epoch = step / steps_per_epoch;
-        if (epoch != perm_epoch) { cifar10_shuffle(perm, train.n, a->seed ^ 0x5AFFULL, epoch); perm_epoch = epoch; }
-        ldm_make_batch(&bt, train_mu, &train, perm + (step % steps_per_epoch) * B, B, dim, meta.latent_scale, abar, a, step);
+        long step = opt.step;
+        ldm_make_batch(&bt, train_mu, &train, train_run_batch(&run, step), B, dim, meta.latent_scale, abar, a, step);
         host_to_dev(m.zt, bt.zt, B * dim * sizeof(float));
         host_to_dev(d_eps, bt.eps, B * dim * sizeof(float));
         host_to_dev(m.t, bt.t, B * sizeof(int));
@@ -1185,65 +1070,44 @@ static void ldm_train(LDMTrainArgs* a, int given) {
 
         dev_zero(m.ps.grads, pbytes);
         float loss = unet_loss_forward(&m, m.zt, d_eps, B);
-        if (!isfinite(loss)) {
-            run_log("Error: the loss is %f at step %ld; stopping without saving.\n"
-                    "HINT: lower --lr (now %g) or add --warmup-steps; resume from the last saved state with --resume.\n",
-                    loss, step, a->lr);
-            exit(EXIT_FAILURE);
-        }
+        train_check_loss(loss, step, "", "lower --lr or add --warmup-steps");
         unet_loss_backward(&m, m.zt, d_eps, B);
-        float norm = optimizer_step(&m.ps, &opt, ldm_lr_at(a, opt.step), a->ema_decay);
+        float lr = ldm_lr_at(a, step);
+        float norm = optimizer_step(&m.ps, &opt, lr, a->ema_decay);
 
         long done = opt.step;
-        if (done % a->log_every == 0 || done == total_steps) {
-            dev_synchronize();
-            double now = wall_seconds();
-            double ips = (done - step_log) * B / (now - t_log);
-            char extra[96], line[320];
-            float lr = ldm_lr_at(a, step);
-            snprintf(extra, sizeof(extra), "lr %.2e | norm %.3f", lr, norm);
-            format_progress(line, sizeof(line), done, total_steps, loss, extra, ips, (now - t_log) / (done - step_log));
-            run_log("%s\n", line);
-            tb_add_scalar(&tb, "train/loss", loss, done);
-            tb_add_scalar(&tb, "train/lr", lr, done);
-            tb_add_scalar(&tb, "train/grad_norm", norm, done);
-            tb_add_scalar(&tb, "train/images_per_sec", (float)ips, done);
-            tb_flush(&tb);
-            t_log = now;
-            step_log = done;
-        }
-        if (done % a->sample_every == 0 && done < total_steps) {
-            snprintf(path, sizeof(path), "%s/samples_step%06ld.png", run_dir, done);
+        char extra[96];
+        snprintf(extra, sizeof(extra), "lr %.2e | norm %.3f", lr, norm);
+        Scalar scalars[] = {{"train/lr", lr}, {"train/grad_norm", norm}};
+        train_run_log(&run, &a->t, done, loss, extra, scalars, 2);
+        if (train_due_before_end(&run, done, a->t.sample_every)) {
+            snprintf(path, sizeof(path), "%s/samples_step%06ld.png", run.dir, done);
             swap_ema(&m, &opt, spare);
-            ldm_write_preview(&m, &vae, &meta, guidance, path, &tb, done, a->seed);
+            ldm_write_preview(&m, &vae, &meta, guidance, path, &run.tb, done, a->t.seed);
             swap_ema(&m, &opt, spare);
             run_log("wrote %s\n", path);
-            t_log = wall_seconds();  // sampling time is not training time
+            run.t_log = wall_seconds();  // sampling time is not training time
         }
-        if ((done % a->save_every == 0 || done % steps_per_epoch == 0) && done < total_steps) {
-            ldm_save_state(&m, &opt, &meta, args_json, state_path);
-        }
+        if (train_save_due(&run, &a->t, done)) ldm_save_state(&m, &opt, &meta, args_json, run.state_path);
     }
 
     // the end: state, EMA checkpoint, the eval batch, a preview grid
-    ldm_save_state(&m, &opt, &meta, args_json, state_path);
+    ldm_save_state(&m, &opt, &meta, args_json, run.state_path);
     float* host = (float*)mallocCheck(pbytes);
     dev_to_host(host, opt.ema, pbytes);
-    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run_dir);
+    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run.dir);
     unet_save_checkpoint(&m, host, &meta, 1, path);
     run_log("wrote %s (EMA weights)\n", path);
     free(host);
     swap_ema(&m, &opt, spare);
-    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run_dir);
+    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run.dir);
     ldm_write_eval_batch(&m, test_mu, &test, meta.latent_scale, abar, a, path);
-    snprintf(path, sizeof(path), "%s/samples_final.png", run_dir);
-    ldm_write_preview(&m, &vae, &meta, guidance, path, &tb, opt.step, a->seed);
+    snprintf(path, sizeof(path), "%s/samples_final.png", run.dir);
+    ldm_write_preview(&m, &vae, &meta, guidance, path, &run.tb, opt.step, a->t.seed);
     run_log("wrote %s (DDIM 50 steps%s)\n", path, a->cfg.num_classes > 0 ? ", one row per class" : "");
-    run_log("done in %.1f s\n", wall_seconds() - t_start);
 
-    tb_close(&tb);
-    run_log_close();
-    free(bt.z0); free(bt.eps); free(bt.zt); free(bt.t); free(bt.labels); free(perm); free(train_mu); free(test_mu);
+    train_run_finish(&run);
+    free(bt.z0); free(bt.eps); free(bt.zt); free(bt.t); free(bt.labels); free(train_mu); free(test_mu);
     dev_free(d_eps); dev_free(spare);
     optstate_free(&opt);
     cifar10_free(&train); cifar10_free(&test);
@@ -1251,55 +1115,13 @@ static void ldm_train(LDMTrainArgs* a, int given) {
     vae_free(&vae);
 }
 
-// --bench N: training steps (forward, backward, clip, AdamW + EMA) on random latents
-static void ldm_bench(const LDMTrainArgs* a) {
-    int B = a->batch_size;
-    UNet m;
-    unet_build(&m, &a->cfg);
-    params_allocate(&m.ps);
-    params_init(&m.ps, a->seed);
-    unet_alloc_activations(&m, B);
-    size_t dim = (size_t)a->cfg.z_channels * a->cfg.in_res * a->cfg.in_res, pbytes = m.ps.total * sizeof(float);
-    OptState opt;
-    optstate_init(&opt, &m.ps, 1);
-    float* d_eps = dev_malloc_floats(B * dim);
-    int* t = (int*)mallocCheck(B * sizeof(int));
-    int steps = a->bench_steps;
-    double* times = (double*)mallocCheck(steps * sizeof(double));
-    for (int s = -2; s < steps; s++) {
-        for (int b = 0; b < B; b++) t[b] = (int)(rng_uniform(3, (uint64_t)(s + 2) * B + b) * DIFFUSION_T) % DIFFUSION_T;
-        host_to_dev(m.t, t, B * sizeof(int));
-        for (int b = 0; b < B; b++) t[b] = a->cfg.num_classes > 0 ? b % (a->cfg.num_classes + 1) : 0;
-        host_to_dev(m.labels, t, B * sizeof(int));
-        rng_fill_normal(m.zt, B * dim, 4, (uint64_t)(s + 2) * B * dim);
-        rng_fill_normal(d_eps, B * dim, 5, (uint64_t)(s + 2) * B * dim);
-        dev_synchronize();
-        double t0 = wall_seconds();
-        dev_zero(m.ps.grads, pbytes);
-        unet_loss_forward(&m, m.zt, d_eps, B);
-        unet_loss_backward(&m, m.zt, d_eps, B);
-        optimizer_step(&m.ps, &opt, ldm_lr_at(a, opt.step), a->ema_decay);
-        dev_synchronize();
-        if (s >= 0) times[s] = wall_seconds() - t0;
-    }
-    printf("bench: %.1f img/s (median of %d steps, batch %d, preset %s, %d classes)\n", B / median_of(times, steps), steps, B,
-           a->cfg.preset, a->cfg.num_classes);
-    free(times); free(t);
-    dev_free(d_eps);
-    optstate_free(&opt);
-    unet_free(&m);
-}
-
 int main(int argc, char** argv) {
     LDMTrainArgs a;
-    int given = ldm_parse_args(argc, argv, &a);
-    device_init(a.device);
-    ldm_apply_preset(&a, given);
-    if (a.bench_steps > 0) {
-        ldm_bench(&a);
-        return 0;
-    }
-    ldm_train(&a, given);
+    ldm_parse_args(argc, argv, &a);
+    device_init(a.t.device);
+    ldm_apply_preset(&a);
+    if (a.t.bench_steps > 0) ldm_bench(&a);
+    else ldm_train(&a);
     return 0;
 }
 #endif

@@ -25,6 +25,7 @@ training program. train_ldm.cu reuses the model with `#define TESTING` + `#inclu
 #include "ldmc/image.h"
 #include "ldmc/tensorboard.h"
 #include "ldmc/run.h"
+#include "ldmc/train.h"
 
 #define IMG_C 3
 #define IMG_RES 32
@@ -44,15 +45,13 @@ typedef struct {
 
 typedef struct {
     VAEConfig cfg;
-    int batch_size;
-    float lr;
-    int epochs;
+    TrainDefaults defaults;  // batch size, lr, epochs
 } VAEPreset;
 
 static const VAEPreset VAE_PRESETS[] = {
-    {{"tiny", 16, {1, 2, 4}, 3, 1, 4}, 64, 1e-3f, 1},
-    {{"small", 64, {1, 2, 4}, 3, 2, 4}, 128, 1e-3f, 50},
-    {{"fast", 128, {1, 2, 4}, 3, 2, 4}, 512, 4e-3f, 200},
+    {{"tiny", 16, {1, 2, 4}, 3, 1, 4}, {64, 1e-3f, 1}},
+    {{"small", 64, {1, 2, 4}, 3, 2, 4}, {128, 1e-3f, 50}},
+    {{"fast", 128, {1, 2, 4}, 3, 2, 4}, {512, 4e-3f, 200}},
 };
 #define NUM_VAE_PRESETS ((int)(sizeof(VAE_PRESETS) / sizeof(VAE_PRESETS[0])))
 
@@ -268,7 +267,7 @@ static void encoder_forward(VAE* m, const float* x, int B) {
     const ParamStore* ps = &m->ps;
     Encoder* e = &m->enc;
     int R = IMG_RES;
-    conv2d_apply(ps, &e->conv_in, e->h_in, x, B, R, R);
+    conv2d_block_forward(ps, &e->conv_in, e->h_in, x, B, R, R);
     const float* h = e->h_in;
     for (int i = 0; i < m->cfg.levels; i++) {
         for (int j = 0; j < m->cfg.nres; j++) {
@@ -277,7 +276,7 @@ static void encoder_forward(VAE* m, const float* x, int B) {
         }
         if (i < m->cfg.levels - 1) {
             e->down_in[i] = h;
-            conv2d_apply(ps, &e->down[i], e->down_out[i], h, B, R, R);
+            conv2d_block_forward(ps, &e->down[i], e->down_out[i], h, B, R, R);
             h = e->down_out[i];
             R /= 2;
         }
@@ -285,7 +284,7 @@ static void encoder_forward(VAE* m, const float* x, int B) {
     resblock_forward(ps, &e->mid[0], h, B, NULL);
     resblock_forward(ps, &e->mid[1], e->mid[0].out, B, NULL);
     normsilu_forward(ps, &e->norm_out, e->mid[1].out, B);
-    conv2d_apply(ps, &e->conv_out, e->moments, e->norm_out.act, B, R, R);
+    conv2d_block_forward(ps, &e->conv_out, e->moments, e->norm_out.act, B, R, R);
 }
 
 // z (B, Z, 8, 8) -> dec.out (B, 3, 32, 32)
@@ -293,7 +292,7 @@ static void decoder_forward(VAE* m, const float* z, int B) {
     const ParamStore* ps = &m->ps;
     Decoder* d = &m->dec;
     int R = vae_latent_res(&m->cfg);
-    conv2d_apply(ps, &d->conv_in, d->h_in, z, B, R, R);
+    conv2d_block_forward(ps, &d->conv_in, d->h_in, z, B, R, R);
     resblock_forward(ps, &d->mid[0], d->h_in, B, NULL);
     resblock_forward(ps, &d->mid[1], d->mid[0].out, B, NULL);
     const float* h = d->mid[1].out;
@@ -305,12 +304,12 @@ static void decoder_forward(VAE* m, const float* z, int B) {
         if (i > 0) {
             upsample2x_forward(d->up_nearest[i], h, B, d->up_conv[i].cin, R, R);
             R *= 2;
-            conv2d_apply(ps, &d->up_conv[i], d->up_out[i], d->up_nearest[i], B, R, R);
+            conv2d_block_forward(ps, &d->up_conv[i], d->up_out[i], d->up_nearest[i], B, R, R);
             h = d->up_out[i];
         }
     }
     normsilu_forward(ps, &d->norm_out, h, B);
-    conv2d_apply(ps, &d->conv_out, d->out, d->norm_out.act, B, R, R);
+    conv2d_block_forward(ps, &d->conv_out, d->out, d->norm_out.act, B, R, R);
 }
 
 typedef struct { float loss, mse, kl; } VAELoss;
@@ -329,66 +328,64 @@ static VAELoss vae_forward(VAE* m, const float* x, const float* eps, int B, floa
 }
 
 // ----------------------------------------------------------------------------
-// backward: walks the forward in reverse; `g` holds the gradient of the current activation and
-// each layer writes the gradient of its input into `o`, then the two swap
-
-#define SWAP_GRADS() do { float* t_ = g; g = o; o = t_; } while (0)
+// backward: walks the forward in reverse; `dh` holds the gradient of the current activation, each
+// layer writes the gradient of its input into `dnext`, and swap_buffers exchanges the two
 
 // dout (B, 3, 32, 32) -> dz (B, Z, 8, 8); parameter gradients accumulated
 static void decoder_backward(VAE* m, const float* dout, float* dz, int B) {
     const ParamStore* ps = &m->ps;
     Decoder* d = &m->dec;
-    float *g = m->grad_a, *o = m->grad_b;
+    float *dh = m->grad_a, *dnext = m->grad_b;
     int R = IMG_RES;
     const float* h_last = d->res[0][m->cfg.nres].out;  // norm_out's input: level 0 has no upsample
-    conv2d_apply_backward(ps, &d->conv_out, g, dout, d->norm_out.act, B, R, R);
-    normsilu_backward(ps, &d->norm_out, o, g, h_last, B);
-    SWAP_GRADS();
+    conv2d_block_backward(ps, &d->conv_out, dh, dout, d->norm_out.act, B, R, R);
+    normsilu_backward(ps, &d->norm_out, dnext, dh, h_last, B);
+    swap_buffers(&dh, &dnext);
     for (int i = 0; i < m->cfg.levels; i++) {
         if (i > 0) {
-            conv2d_apply_backward(ps, &d->up_conv[i], o, g, d->up_nearest[i], B, R, R);
-            SWAP_GRADS();
+            conv2d_block_backward(ps, &d->up_conv[i], dnext, dh, d->up_nearest[i], B, R, R);
+            swap_buffers(&dh, &dnext);
             R /= 2;
-            upsample2x_backward(o, g, B, d->up_conv[i].cin, R, R);
-            SWAP_GRADS();
+            upsample2x_backward(dnext, dh, B, d->up_conv[i].cin, R, R);
+            swap_buffers(&dh, &dnext);
         }
         for (int j = m->cfg.nres; j >= 0; j--) {
-            resblock_backward(ps, &d->res[i][j], o, g, B, NULL, m->scratch1, m->scratch2);
-            SWAP_GRADS();
+            resblock_backward(ps, &d->res[i][j], dnext, dh, B, NULL, m->scratch1, m->scratch2);
+            swap_buffers(&dh, &dnext);
         }
     }
-    resblock_backward(ps, &d->mid[1], o, g, B, NULL, m->scratch1, m->scratch2);
-    SWAP_GRADS();
-    resblock_backward(ps, &d->mid[0], o, g, B, NULL, m->scratch1, m->scratch2);
-    SWAP_GRADS();
-    conv2d_apply_backward(ps, &d->conv_in, dz, g, m->z, B, R, R);
+    resblock_backward(ps, &d->mid[1], dnext, dh, B, NULL, m->scratch1, m->scratch2);
+    swap_buffers(&dh, &dnext);
+    resblock_backward(ps, &d->mid[0], dnext, dh, B, NULL, m->scratch1, m->scratch2);
+    swap_buffers(&dh, &dnext);
+    conv2d_block_backward(ps, &d->conv_in, dz, dh, m->z, B, R, R);
 }
 
 // dmoments (B, 2Z, 8, 8) -> parameter gradients (the image gradient is not needed)
 static void encoder_backward(VAE* m, const float* dmoments, const float* x, int B) {
     const ParamStore* ps = &m->ps;
     Encoder* e = &m->enc;
-    float *g = m->grad_a, *o = m->grad_b;
+    float *dh = m->grad_a, *dnext = m->grad_b;
     int R = vae_latent_res(&m->cfg);
-    conv2d_apply_backward(ps, &e->conv_out, g, dmoments, e->norm_out.act, B, R, R);
-    normsilu_backward(ps, &e->norm_out, o, g, e->mid[1].out, B);
-    SWAP_GRADS();
-    resblock_backward(ps, &e->mid[1], o, g, B, NULL, m->scratch1, m->scratch2);
-    SWAP_GRADS();
-    resblock_backward(ps, &e->mid[0], o, g, B, NULL, m->scratch1, m->scratch2);
-    SWAP_GRADS();
+    conv2d_block_backward(ps, &e->conv_out, dh, dmoments, e->norm_out.act, B, R, R);
+    normsilu_backward(ps, &e->norm_out, dnext, dh, e->mid[1].out, B);
+    swap_buffers(&dh, &dnext);
+    resblock_backward(ps, &e->mid[1], dnext, dh, B, NULL, m->scratch1, m->scratch2);
+    swap_buffers(&dh, &dnext);
+    resblock_backward(ps, &e->mid[0], dnext, dh, B, NULL, m->scratch1, m->scratch2);
+    swap_buffers(&dh, &dnext);
     for (int i = m->cfg.levels - 1; i >= 0; i--) {
         if (i < m->cfg.levels - 1) {
             R *= 2;
-            conv2d_apply_backward(ps, &e->down[i], o, g, e->down_in[i], B, R, R);
-            SWAP_GRADS();
+            conv2d_block_backward(ps, &e->down[i], dnext, dh, e->down_in[i], B, R, R);
+            swap_buffers(&dh, &dnext);
         }
         for (int j = m->cfg.nres - 1; j >= 0; j--) {
-            resblock_backward(ps, &e->res[i][j], o, g, B, NULL, m->scratch1, m->scratch2);
-            SWAP_GRADS();
+            resblock_backward(ps, &e->res[i][j], dnext, dh, B, NULL, m->scratch1, m->scratch2);
+            swap_buffers(&dh, &dnext);
         }
     }
-    conv2d_apply_backward(ps, &e->conv_in, NULL, g, x, B, R, R);
+    conv2d_block_backward(ps, &e->conv_in, NULL, dh, x, B, R, R);
 }
 
 // gradients of the loss of the last vae_forward with respect to every parameter (accumulated)
@@ -474,28 +471,14 @@ static void vae_load_checkpoint(VAE* m, const char* path) {
 // the training program
 
 typedef struct {
-    VAEConfig cfg;
-    int batch_size;
-    float lr;
-    int epochs;
-    long max_steps;          // > 0: stop after this many steps (overrides --epochs)
+    TrainArgs t;             // the flags both trainers share (ldmc/train.h)
+    VAEConfig cfg;           // the preset's, or the resumed run's
     float kl_weight;
     long kl_warmup_steps;    // < 0: the default (10 epochs, at most a quarter of the run)
-    char run_name[128];
-    const char* data_dir;
-    const char* device;
-    uint64_t seed;
-    int resume;
-    int bench_steps;         // > 0: time this many training steps on random data and exit
-    int log_every, sample_every, save_every;
+    int kl_weight_given, kl_warmup_given;
 } VAETrainArgs;
 
-// the settings a resumed run must keep, stored in the training state's metadata
-static void vae_args_to_json(const VAETrainArgs* a, long total_steps, long kl_warmup, char* out, size_t n) {
-    snprintf(out, n, "{\"batch_size\":%d,\"lr\":%.9g,\"kl_weight\":%.9g,\"kl_warmup_steps\":%ld,"
-                     "\"total_steps\":%ld,\"seed\":%llu}",
-             a->batch_size, a->lr, a->kl_weight, kl_warmup, total_steps, (unsigned long long)a->seed);
-}
+static const char* const VAE_PRESET_NAMES[] = {"tiny", "small", "fast"};
 
 static void vae_usage(void) {
     printf("Usage: ./train_vae [flags]\n"
@@ -504,80 +487,43 @@ static void vae_usage(void) {
            "                             tiny (ch 16, mult 1-2-4, nres 1; batch 64, lr 1e-3, 1 epoch)\n"
            "                             small (ch 64, 1-2-4, 2; batch 128, lr 1e-3, 50 epochs)\n"
            "                             fast (ch 128, 1-2-4, 2; batch 512, lr 4e-3, 200 epochs)\n"
-           "  --epochs N                 training epochs (preset default)\n"
-           "  --max-steps N              stop after N optimizer steps (overrides --epochs)\n"
-           "  --batch-size N             (preset default)\n"
-           "  --lr X                     AdamW learning rate (preset default)\n"
            "  --kl-weight X              weight of the KL term (default 0.001)\n"
-           "  --kl-warmup-steps N        linear KL warm-up (default: 10 epochs, at most a quarter of the run)\n"
-           "  --run-name NAME            run directory runs/NAME (default vae_<preset>)\n"
-           "  --resume                   continue the run in runs/NAME from its training state\n"
-           "  --data DIR                 CIFAR-10 binary directory (default $CIFAR10_DIR, then data/cifar-10-batches-bin)\n"
-           "  --device auto|cpu|cuda     (default auto)\n"
-           "  --seed N                   (default 1337)\n"
-           "  --log-every N              progress line every N steps (default 10)\n"
-           "  --sample-every N           reconstruction grid every N steps (default 500; and at the end)\n"
-           "  --save-every N             training state every N steps (default 500; and every epoch end)\n"
-           "  --bench N                  time N training steps on random data, print img/s, write nothing\n"
-           "  --help\n");
+           "  --kl-warmup-steps N        linear KL warm-up (default: 10 epochs, at most a quarter of the run)\n");
+    train_usage_common("vae", 500, "reconstruction grid");
 }
 
-// flags given on the command line (so a resumed run can tell a new value from a default)
-enum { GIVEN_PRESET = 1, GIVEN_BATCH = 2, GIVEN_LR = 4, GIVEN_KLW = 8, GIVEN_KLWARM = 16, GIVEN_SEED = 32 };
-
-static int vae_parse_args(int argc, char** argv, VAETrainArgs* a) {
-    static const char* const presets[] = {"tiny", "small", "fast"};
-    static const char* const devices[] = {"auto", "cpu", "cuda"};
-    int given = 0;
-    const char* preset = NULL;
+static void vae_parse_args(int argc, char** argv, VAETrainArgs* a) {
     memset(a, 0, sizeof(*a));
-    a->epochs = -1; a->batch_size = -1; a->lr = -1.0f;
+    train_args_init(&a->t, 500);
     a->kl_weight = 0.001f; a->kl_warmup_steps = -1;
-    a->device = "auto"; a->seed = 1337;
-    a->log_every = 10; a->sample_every = 500; a->save_every = 500;
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { vae_usage(); exit(EXIT_SUCCESS); }
-        else if (strcmp(f, "--preset") == 0) { preset = arg_choice(argc, argv, &i, presets, 3); given |= GIVEN_PRESET; }
-        else if (strcmp(f, "--epochs") == 0) a->epochs = (int)arg_long(argc, argv, &i, 1, 100000);
-        else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, &i, 1, 1000000000L);
-        else if (strcmp(f, "--batch-size") == 0) { a->batch_size = (int)arg_long(argc, argv, &i, 1, 65536); given |= GIVEN_BATCH; }
-        else if (strcmp(f, "--lr") == 0) { a->lr = arg_float(argc, argv, &i, 0.0, 10.0, 1); given |= GIVEN_LR; }
-        else if (strcmp(f, "--kl-weight") == 0) { a->kl_weight = arg_float(argc, argv, &i, 0.0, 1e6, 0); given |= GIVEN_KLW; }
-        else if (strcmp(f, "--kl-warmup-steps") == 0) { a->kl_warmup_steps = arg_long(argc, argv, &i, 0, 1000000000L); given |= GIVEN_KLWARM; }
-        else if (strcmp(f, "--run-name") == 0) snprintf(a->run_name, sizeof(a->run_name), "%s", arg_run_name(argc, argv, &i));
-        else if (strcmp(f, "--data") == 0) a->data_dir = arg_value(argc, argv, &i);
-        else if (strcmp(f, "--device") == 0) a->device = arg_choice(argc, argv, &i, devices, 3);
-        else if (strcmp(f, "--seed") == 0) { a->seed = (uint64_t)arg_long(argc, argv, &i, 0, 2147483647L); given |= GIVEN_SEED; }
-        else if (strcmp(f, "--resume") == 0) a->resume = 1;
-        else if (strcmp(f, "--bench") == 0) a->bench_steps = (int)arg_long(argc, argv, &i, 1, 100000);
-        else if (strcmp(f, "--log-every") == 0) a->log_every = (int)arg_long(argc, argv, &i, 1, 1000000);
-        else if (strcmp(f, "--sample-every") == 0) a->sample_every = (int)arg_long(argc, argv, &i, 1, 100000000);
-        else if (strcmp(f, "--save-every") == 0) a->save_every = (int)arg_long(argc, argv, &i, 1, 100000000);
+        else if (train_parse_flag(argc, argv, &i, &a->t, VAE_PRESET_NAMES, NUM_VAE_PRESETS)) continue;
+        else if (strcmp(f, "--kl-weight") == 0) { a->kl_weight = arg_float(argc, argv, &i, 0.0, 1e6, 0); a->kl_weight_given = 1; }
+        else if (strcmp(f, "--kl-warmup-steps") == 0) { a->kl_warmup_steps = arg_long(argc, argv, &i, 0, 1000000000L); a->kl_warmup_given = 1; }
         else arg_unknown(argv, i);
     }
-    if (preset) a->cfg = vae_preset_find(preset)->cfg;
-    return given;
-}
-
-// fills what the flags left open from the preset (picked by device when not given)
-static void vae_apply_preset(VAETrainArgs* a, int given) {
-    if (!(given & GIVEN_PRESET)) {
-        const char* name = g_device == DEVICE_CUDA ? "fast" : "tiny";
-        a->cfg = vae_preset_find(name)->cfg;
-        if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", name, name, g_device == DEVICE_CUDA ? "GPU" : "CPU");
-    }
-    const VAEPreset* p = vae_preset_find(a->cfg.preset);
-    if (a->batch_size < 0) a->batch_size = p->batch_size;
-    if (a->lr < 0) a->lr = p->lr;
-    if (a->epochs < 0) a->epochs = p->epochs;
-    if (a->run_name[0] == '\0') snprintf(a->run_name, sizeof(a->run_name), "vae_%s", a->cfg.preset);
 }
 
 // the KL weight at a step: linear ramp from 0 over the warm-up
 static float kl_weight_at(float kl_weight, long step, long warmup) {
     if (warmup <= 0 || step >= warmup) return kl_weight;
     return kl_weight * (float)step / (float)warmup;
+}
+
+// the settings a resumed run keeps (the train_args of its state), in the order they are stored
+#define VAE_NUM_SETTINGS 6
+static void vae_settings(VAETrainArgs* a, long* total_steps, Setting* s) {
+    Setting t[VAE_NUM_SETTINGS] = {
+        {"batch_size", SETTING_INT, &a->t.batch_size, (a->t.given & GIVEN_BATCH) != 0},
+        {"lr", SETTING_FLOAT, &a->t.lr, (a->t.given & GIVEN_LR) != 0},
+        {"kl_weight", SETTING_FLOAT, &a->kl_weight, a->kl_weight_given},
+        {"kl_warmup_steps", SETTING_LONG, &a->kl_warmup_steps, a->kl_warmup_given},
+        {"total_steps", SETTING_LONG, total_steps, 0},
+        {"seed", SETTING_U64, &a->t.seed, (a->t.given & GIVEN_SEED) != 0},
+    };
+    memcpy(s, t, sizeof(t));
 }
 
 // state.safetensors: everything --resume needs (weights, AdamW moments, step, settings)
@@ -590,8 +536,11 @@ static void vae_save_state(const VAE* m, const OptState* opt, const char* args_j
     st_writer_free(&w);
 }
 
-// reads the state of a run to resume; the preset and settings must match what the flags ask for
-static void vae_read_state(const char* path, VAETrainArgs* a, int given, SafeTensors* st, long* total_steps) {
+// reads the state of a run to resume: its config and settings replace the flags' (a flag that
+// contradicts them is an error)
+static void vae_read_state(TrainRun* run, VAETrainArgs* a) {
+    const char* path = run->state_path;
+    SafeTensors* st = &run->state;
     safetensors_load(path, st);
     const char* model = safetensors_meta(st, "model");
     const char* config = safetensors_meta(st, "config");
@@ -602,35 +551,18 @@ static void vae_read_state(const char* path, VAETrainArgs* a, int given, SafeTen
         fprintf(stderr, "Error: '%s' is not a train_vae training state.\n", path);
         exit(EXIT_FAILURE);
     }
-    if ((given & GIVEN_PRESET) && strcmp(cfg.preset, a->cfg.preset) != 0) {
+    if ((a->t.given & GIVEN_PRESET) && strcmp(cfg.preset, a->t.preset) != 0) {
         fprintf(stderr, "Error: --preset %s, but the run to resume ('%s') is a '%s' VAE.\n"
                         "HINT: drop --preset when resuming, or start a new run with another --run-name.\n",
-                a->cfg.preset, path, cfg.preset);
+                a->t.preset, path, cfg.preset);
         exit(EXIT_FAILURE);
     }
     a->cfg = cfg;
-    int batch; float lr, klw; int seed; int warm, total;
-    if (json_get_int(targs, "batch_size", &batch) || json_get_float(targs, "lr", &lr) ||
-        json_get_float(targs, "kl_weight", &klw) || json_get_int(targs, "kl_warmup_steps", &warm) ||
-        json_get_int(targs, "total_steps", &total) || json_get_int(targs, "seed", &seed)) {
-        fprintf(stderr, "Error: '%s' has unreadable train_args: %s\n", path, targs);
-        exit(EXIT_FAILURE);
-    }
-    if (((given & GIVEN_BATCH) && a->batch_size != batch) || ((given & GIVEN_LR) && a->lr != lr) ||
-        ((given & GIVEN_KLW) && a->kl_weight != klw) || ((given & GIVEN_KLWARM) && a->kl_warmup_steps != warm) ||
-        ((given & GIVEN_SEED) && a->seed != (uint64_t)seed)) {
-        fprintf(stderr, "Error: a resumed run keeps its settings (%s); drop the conflicting flags.\n", targs);
-        exit(EXIT_FAILURE);
-    }
-    a->batch_size = batch; a->lr = lr; a->kl_weight = klw; a->kl_warmup_steps = warm; a->seed = (uint64_t)seed;
-    *total_steps = total;
+    a->t.preset = a->cfg.preset;
+    Setting s[VAE_NUM_SETTINGS];
+    vae_settings(a, &run->resumed_total, s);
+    settings_resume(s, VAE_NUM_SETTINGS, targs, path);
 }
-
-// random streams: each is a separate seed, indexed by a counter that depends only on the step
-#define STREAM_INIT 0x1A17ULL
-#define STREAM_EPS 0xE95ULL
-#define STREAM_FLIP 0xF11FULL
-#define STREAM_SHUFFLE 0x5AFFULL
 
 // writes test images beside their reconstructions (pairs in columns: image, reconstruction, ...)
 // d_x: a (B, 3, 32, 32) device buffer to stage the images in
@@ -687,7 +619,7 @@ static void vae_write_eval_batch(VAE* m, const Cifar10* test, float kl_weight, u
     int* idx = (int*)mallocCheck(B * sizeof(int));
     for (int i = 0; i < B; i++) idx[i] = i;
     cifar10_get_batch(test, idx, B, x, NULL, 0, 0);
-    rng_fill_normal_cpu(eps, B * lat, seed ^ 0xE7A1ULL, 0);
+    rng_fill_normal_cpu(eps, B * lat, seed ^ STREAM_EVAL, 0);
     float* d_x = dev_malloc_floats(B * img);
     float* d_eps = dev_malloc_floats(B * lat);
     host_to_dev(d_x, x, B * img * sizeof(float));
@@ -709,173 +641,153 @@ static void vae_write_eval_batch(VAE* m, const Cifar10* test, float kl_weight, u
     free(x); free(eps); free(idx);
 }
 
-// --bench N: training steps on random data, median images/s; nothing is written
-static void vae_bench(VAE* m, int B, int steps, float lr) {
-    size_t img = IMG_C * IMG_RES * IMG_RES, lat = (size_t)m->cfg.z_channels * 64;
-    float* x = dev_malloc_floats(B * img);
-    float* eps = dev_malloc_floats(B * lat);
+// ----------------------------------------------------------------------------
+// --bench N: training steps on random images
+
+typedef struct {
+    VAE* m;
     OptState opt;
-    optstate_init(&opt, &m->ps, 0);
-    double* times = (double*)mallocCheck(steps * sizeof(double));
-    for (int s = -2; s < steps; s++) {  // two warm-up steps
-        rng_fill_uniform(x, B * img, 7, (uint64_t)(s + 2) * B * img);
-        rng_fill_normal(eps, B * lat, 8, (uint64_t)(s + 2) * B * lat);
-        dev_synchronize();
-        double t0 = wall_seconds();
-        dev_zero(m->ps.grads, m->ps.total * sizeof(float));
-        vae_forward(m, x, eps, B, 0.001f);
-        vae_backward(m, x, eps, B, 0.001f);
-        optimizer_step(&m->ps, &opt, lr, 0.0f);
-        dev_synchronize();
-        if (s >= 0) times[s] = wall_seconds() - t0;
-    }
-    printf("bench: %.1f img/s (median of %d steps, batch %d, preset %s)\n", B / median_of(times, steps), steps, B,
-           m->cfg.preset);
-    free(times);
-    dev_free(x); dev_free(eps);
-    optstate_free(&opt);
+    float *x, *eps;   // (B, 3, 32, 32), (B, Z, 8, 8) on the device
+    int B;
+    float lr;
+} VAEBench;
+
+static void vae_bench_prepare(void* ctx, int s) {
+    VAEBench* b = (VAEBench*)ctx;
+    size_t img = (size_t)b->B * IMG_C * IMG_RES * IMG_RES, lat = (size_t)b->B * b->m->cfg.z_channels * 64;
+    rng_fill_uniform(b->x, img, STREAM_BENCH, (uint64_t)s * img);
+    rng_fill_normal(b->eps, lat, STREAM_BENCH ^ STREAM_EPS, (uint64_t)s * lat);
 }
 
-static void vae_train(VAETrainArgs* a, int given) {
-    // the run directory: a new name for a new run, an existing one for --resume
-    char run_dir[256], path[512], state_path[512];
-    run_dir_check(run_dir, sizeof(run_dir), a->run_name, a->resume, "state.safetensors");
-    snprintf(state_path, sizeof(state_path), "%s/state.safetensors", run_dir);
-    SafeTensors state;
-    long total_steps = 0;
-    if (a->resume) vae_read_state(state_path, a, given, &state, &total_steps);
+static void vae_bench_step(void* ctx, int s) {
+    VAEBench* b = (VAEBench*)ctx;
+    dev_zero(b->m->ps.grads, b->m->ps.total * sizeof(float));
+    vae_forward(b->m, b->x, b->eps, b->B, 0.001f);
+    vae_backward(b->m, b->x, b->eps, b->B, 0.001f);
+    optimizer_step(&b->m->ps, &b->opt, b->lr, 0.0f);
+}
 
-    // data (validated before any training work)
-    char data_dir[1024];
-    cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
-    Cifar10 train, test;
-    cifar10_load(&train, data_dir, 1);
-    cifar10_load(&test, data_dir, 0);
-    int B = a->batch_size;
-    if (B > train.n) {
-        fprintf(stderr, "Error: --batch-size %d is larger than the training set (%d images).\n", B, train.n);
-        exit(EXIT_FAILURE);
-    }
-    long steps_per_epoch = train.n / B;
-    if (!a->resume) total_steps = a->max_steps > 0 ? a->max_steps : a->epochs * steps_per_epoch;
-    else if (a->max_steps > 0) total_steps = a->max_steps;  // a resumed run may be extended
-    long kl_warmup = a->kl_warmup_steps;
-    if (kl_warmup < 0) {
-        kl_warmup = 10 * steps_per_epoch;
-        if (kl_warmup > total_steps / 4) kl_warmup = total_steps / 4;
-    }
-    char args_json[512], config_json[256];
-    vae_args_to_json(a, total_steps, kl_warmup, args_json, sizeof(args_json));
-    vae_config_to_json(&a->cfg, config_json, sizeof(config_json));
-
-    // the model and optimizer
+static void vae_bench(const VAETrainArgs* a) {
+    int B = a->t.batch_size;
     VAE m;
     vae_build(&m, &a->cfg);
     params_allocate(&m.ps);
+    params_init(&m.ps, a->t.seed);
     vae_alloc_activations(&m, B);
-    params_init(&m.ps, a->seed ^ STREAM_INIT);
+    VAEBench b = {&m, {0}, dev_malloc_floats((size_t)B * IMG_C * IMG_RES * IMG_RES),
+                  dev_malloc_floats((size_t)B * m.cfg.z_channels * 64), B, a->t.lr};
+    optstate_init(&b.opt, &m.ps, 0);
+    char what[64];
+    snprintf(what, sizeof(what), "preset %s", a->t.preset);
+    train_bench(a->t.bench_steps, B, vae_bench_prepare, vae_bench_step, &b, what);
+    dev_free(b.x); dev_free(b.eps);
+    optstate_free(&b.opt);
+    vae_free(&m);
+}
+
+// ----------------------------------------------------------------------------
+// training
+
+// the preset (by device when not given) and what the flags left open
+static void vae_apply_preset(VAETrainArgs* a) {
+    train_pick_preset(&a->t, "fast", "vae");
+    const VAEPreset* p = vae_preset_find(a->t.preset);
+    a->cfg = p->cfg;
+    train_apply_defaults(&a->t, &p->defaults);
+}
+
+static void vae_train(VAETrainArgs* a) {
+    TrainRun run;
+    train_run_check(&run, &a->t);
+    if (a->t.resume) vae_read_state(&run, a);
+    const VAEConfig cfg = a->cfg;
+
+    // data (validated before any training work)
+    Cifar10 train, test;
+    train_load_data(&a->t, &train, &test);
+    train_run_plan(&run, &a->t, train.n);
+    long total_steps = run.total_steps;
+    if (a->kl_warmup_steps < 0) {
+        a->kl_warmup_steps = 10 * run.steps_per_epoch;
+        if (a->kl_warmup_steps > total_steps / 4) a->kl_warmup_steps = total_steps / 4;
+    }
+    Setting settings[VAE_NUM_SETTINGS];
+    vae_settings(a, &total_steps, settings);
+    char args_json[512], config_json[256], config_text[1024];
+    settings_to_json(settings, VAE_NUM_SETTINGS, args_json, sizeof(args_json));
+    vae_config_to_json(&cfg, config_json, sizeof(config_json));
+    snprintf(config_text, sizeof(config_text), "{\"model\":\"vae\",\"config\":%s,\"train_args\":%s}\n", config_json, args_json);
+
+    // the model and optimizer
+    int B = a->t.batch_size;
+    VAE m;
+    vae_build(&m, &cfg);
+    params_allocate(&m.ps);
+    vae_alloc_activations(&m, B);
+    params_init(&m.ps, a->t.seed ^ STREAM_INIT);
     OptState opt;
     optstate_init(&opt, &m.ps, 0);
-    run_dir_create(run_dir);
-    if (a->resume) {
-        train_state_restore(&m.ps, &opt, &state);
-        safetensors_free(&state);
-    } else {
-        char cfg_text[1024];
-        snprintf(cfg_text, sizeof(cfg_text), "{\"model\":\"vae\",\"config\":%s,\"train_args\":%s}\n", config_json, args_json);
-        snprintf(path, sizeof(path), "%s/config.json", run_dir);
-        write_text_file(path, cfg_text);
-    }
-    run_log_open(run_dir);
+    train_run_start(&run, &a->t, config_text, &m.ps, &opt);
     run_log("%s %s: VAE %s, %.2fM parameters, batch %d, lr %g, kl_weight %g (warm-up %ld steps), %ld steps (%.1f epochs)\n",
-            a->resume ? "resuming" : "starting", run_dir, config_json, m.ps.total / 1e6, B, a->lr, a->kl_weight,
-            kl_warmup, total_steps, (double)total_steps / steps_per_epoch);
-    if (a->resume) run_log("resumed at step %ld\n", opt.step);
-    TBWriter tb;
-    tb_open(&tb, run_dir);
+            a->t.resume ? "resuming" : "starting", run.dir, config_json, m.ps.total / 1e6, B, a->t.lr, a->kl_weight,
+            a->kl_warmup_steps, total_steps, (double)total_steps / run.steps_per_epoch);
+    if (a->t.resume) run_log("resumed at step %ld\n", opt.step);
 
     // device buffers for a batch
-    int Z = a->cfg.z_channels, LR = vae_latent_res(&a->cfg);
+    int Z = cfg.z_channels, LR = vae_latent_res(&cfg);
     size_t img = IMG_C * IMG_RES * IMG_RES, lat = (size_t)Z * LR * LR;
     float* x_host = (float*)mallocCheck(B * img * sizeof(float));
-    float* d_x = dev_malloc_floats(B * img);
-    float* d_eps = dev_malloc_floats(B * lat);
-    float* d_zero = dev_malloc_floats(B * lat);
+    float* d_x = dev_malloc_floats(B * img);            // (B, 3, 32, 32)
+    float* d_eps = dev_malloc_floats(B * lat);          // (B, Z, 8, 8)
+    float* d_zero = dev_malloc_floats(B * lat);         // (B, Z, 8, 8) eps = 0: z = mu
     dev_zero(d_zero, B * lat * sizeof(float));
-    int* perm = (int*)mallocCheck(train.n * sizeof(int));
-    long perm_epoch = -1;
 
-    double t_start = wall_seconds(), t_log = t_start;
-    long step_log = opt.step;
-    VAELoss l = {0, 0, 0};
+    char path[600];
+    train_run_clock_start(&run, opt.step);
     while (opt.step < total_steps) {
         long step = opt.step;
-        long epoch = step / steps_per_epoch;
-        if (epoch != perm_epoch) { cifar10_shuffle(perm, train.n, a->seed ^ STREAM_SHUFFLE, epoch); perm_epoch = epoch; }
-        const int* idx = perm + (step % steps_per_epoch) * B;
-        cifar10_get_batch(&train, idx, B, x_host, NULL, a->seed ^ STREAM_FLIP, (uint64_t)step * B);
+        cifar10_get_batch(&train, train_run_batch(&run, step), B, x_host, NULL, a->t.seed ^ STREAM_FLIP, (uint64_t)step * B);
         host_to_dev(d_x, x_host, B * img * sizeof(float));
-        rng_fill_normal(d_eps, B * lat, a->seed ^ STREAM_EPS, (uint64_t)step * B * lat);
-        float klw = kl_weight_at(a->kl_weight, step, kl_warmup);
+        rng_fill_normal(d_eps, B * lat, a->t.seed ^ STREAM_EPS, (uint64_t)step * B * lat);
+        float klw = kl_weight_at(a->kl_weight, step, a->kl_warmup_steps);
 
         dev_zero(m.ps.grads, m.ps.total * sizeof(float));
-        l = vae_forward(&m, d_x, d_eps, B, klw);
-        if (!isfinite(l.loss)) {
-            run_log("Error: the loss is %f at step %ld (mse %g, kl %g); stopping without saving.\n"
-                    "HINT: lower --lr (now %g) or --kl-weight; resume from the last saved state with --resume.\n",
-                    l.loss, step, l.mse, l.kl, a->lr);
-            exit(EXIT_FAILURE);
-        }
+        VAELoss l = vae_forward(&m, d_x, d_eps, B, klw);
+        char detail[96];
+        snprintf(detail, sizeof(detail), " (mse %g, kl %g)", l.mse, l.kl);
+        train_check_loss(l.loss, step, detail, "lower --lr or --kl-weight");
         vae_backward(&m, d_x, d_eps, B, klw);
-        float norm = optimizer_step(&m.ps, &opt, a->lr, 0.0f);
+        float norm = optimizer_step(&m.ps, &opt, a->t.lr, 0.0f);
 
         long done = opt.step;
-        if (done % a->log_every == 0 || done == total_steps) {
-            dev_synchronize();
-            double now = wall_seconds();
-            double ips = (done - step_log) * B / (now - t_log);
-            char extra[160], line[320];
-            snprintf(extra, sizeof(extra), "mse %.5f | kl %.2f | kl_w %.2e | norm %.3f", l.mse, l.kl, klw, norm);
-            format_progress(line, sizeof(line), done, total_steps, l.loss, extra, ips, (now - t_log) / (done - step_log));
-            run_log("%s\n", line);
-            tb_add_scalar(&tb, "train/loss", l.loss, done);
-            tb_add_scalar(&tb, "train/mse", l.mse, done);
-            tb_add_scalar(&tb, "train/kl", l.kl, done);
-            tb_add_scalar(&tb, "train/kl_weight", klw, done);
-            tb_add_scalar(&tb, "train/lr", a->lr, done);
-            tb_add_scalar(&tb, "train/grad_norm", norm, done);
-            tb_add_scalar(&tb, "train/images_per_sec", (float)ips, done);
-            tb_flush(&tb);
-            t_log = now;
-            step_log = done;
+        char extra[160];
+        snprintf(extra, sizeof(extra), "mse %.5f | kl %.2f | kl_w %.2e | norm %.3f", l.mse, l.kl, klw, norm);
+        Scalar scalars[] = {{"train/mse", l.mse}, {"train/kl", l.kl}, {"train/kl_weight", klw},
+                            {"train/lr", a->t.lr}, {"train/grad_norm", norm}};
+        train_run_log(&run, &a->t, done, l.loss, extra, scalars, 5);
+        if (train_due_before_end(&run, done, a->t.sample_every)) {
+            snprintf(path, sizeof(path), "%s/recon_step%06ld.png", run.dir, done);
+            vae_write_recon_grid(&m, &test, d_x, d_zero, 64, path, &run.tb, done);
         }
-        if (done % a->sample_every == 0 && done < total_steps) {
-            snprintf(path, sizeof(path), "%s/recon_step%06ld.png", run_dir, done);
-            vae_write_recon_grid(&m, &test, d_x, d_zero, 64, path, &tb, done);
-        }
-        if ((done % a->save_every == 0 || done % steps_per_epoch == 0) && done < total_steps) {
-            vae_save_state(&m, &opt, args_json, state_path);
-        }
+        if (train_save_due(&run, &a->t, done)) vae_save_state(&m, &opt, args_json, run.state_path);
     }
 
     // the end of the run: weights, state, grid, test MSE, the eval batch for the PyTorch check
-    vae_save_state(&m, &opt, args_json, state_path);
-    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run_dir);
+    vae_save_state(&m, &opt, args_json, run.state_path);
+    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run.dir);
     vae_save_checkpoint(&m, path);
     run_log("wrote %s\n", path);
-    snprintf(path, sizeof(path), "%s/recon_final.png", run_dir);
-    vae_write_recon_grid(&m, &test, d_x, d_zero, 64, path, &tb, opt.step);
+    snprintf(path, sizeof(path), "%s/recon_final.png", run.dir);
+    vae_write_recon_grid(&m, &test, d_x, d_zero, 64, path, &run.tb, opt.step);
     run_log("wrote %s (test images beside their reconstructions)\n", path);
-    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run_dir);
-    vae_write_eval_batch(&m, &test, a->kl_weight, a->seed, path);
+    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run.dir);
+    vae_write_eval_batch(&m, &test, a->kl_weight, a->t.seed, path);
     double mse = vae_eval_mse(&m, &test, d_x, d_zero);
-    tb_add_scalar(&tb, "test/recon_mse", (float)mse, opt.step);
+    tb_add_scalar(&run.tb, "test/recon_mse", (float)mse, opt.step);
     run_log("test reconstruction MSE (decoding mu, %d images, pixels in [-1, 1]): %.5f\n", test.n, mse);
-    run_log("done in %.1f s\n", wall_seconds() - t_start);
 
-    tb_close(&tb);
-    run_log_close();
-    free(x_host); free(perm);
+    train_run_finish(&run);
+    free(x_host);
     dev_free(d_x); dev_free(d_eps); dev_free(d_zero);
     optstate_free(&opt);
     cifar10_free(&train); cifar10_free(&test);
@@ -884,20 +796,11 @@ static void vae_train(VAETrainArgs* a, int given) {
 
 int main(int argc, char** argv) {
     VAETrainArgs a;
-    int given = vae_parse_args(argc, argv, &a);
-    device_init(a.device);
-    vae_apply_preset(&a, given);
-    if (a.bench_steps > 0) {
-        VAE m;
-        vae_build(&m, &a.cfg);
-        params_allocate(&m.ps);
-        params_init(&m.ps, a.seed);
-        vae_alloc_activations(&m, a.batch_size);
-        vae_bench(&m, a.batch_size, a.bench_steps, a.lr);
-        vae_free(&m);
-        return 0;
-    }
-    vae_train(&a, given);
+    vae_parse_args(argc, argv, &a);
+    device_init(a.t.device);
+    vae_apply_preset(&a);
+    if (a.t.bench_steps > 0) vae_bench(&a);
+    else vae_train(&a);
     return 0;
 }
 #endif

@@ -1,7 +1,12 @@
 // ldmc/blocks.cuh — the building blocks both models are made of, on top of the layer kernels:
-//   Conv2d     a registered conv (weight + bias offsets in the ParamStore) and its forward/backward
+//   Conv2d     a registered K x K conv (weight + bias offsets in the ParamStore)
+//   Linear     a registered fully connected layer
 //   NormSilu   GroupNorm followed by SiLU, keeping both outputs for the backward pass
-//   ResBlock   h = conv1(silu(norm1(x))) [+ temb], h = conv2(silu(norm2(h))), out = skip(x) + h
+//   ResBlock   h = conv1(silu(norm1(x))), h = conv2(silu(norm2(h))), out = skip(x) + h
+//   TResBlock  the U-Net's ResBlock: + Linear(tdim -> cout)(silu(embedding)) added after conv1
+//   AttnBlock  out = x + proj(attention(qkv(GroupNorm(1)(x))))
+// Every block has one verb pair: <block>_forward (keeps what backward needs) and <block>_backward
+// (parameter gradients accumulated in the ParamStore, the input gradient written to dx).
 // A block owns the activations it saves for backward, sized for the largest batch at build time;
 // forward and backward take the actual batch B (<= that size), so evaluation can run a short
 // final batch. Backward needs two scratch buffers of at least B * max(C) * H * W floats.
@@ -13,8 +18,18 @@
 #include "groupnorm.cuh"
 #include "elementwise.cuh"
 #include "embedding.cuh"
+#include "linear.cuh"
+#include "attention.cuh"
 
 #define GN_GROUPS 8
+
+// backward passes walk a model in reverse with two gradient buffers: `dh` holds the gradient of the
+// current activation, each layer writes the gradient of its input into `dnext`, and the caller swaps them
+static inline void swap_buffers(float** dh, float** dnext) {
+    float* t = *dh;
+    *dh = *dnext;
+    *dnext = t;
+}
 
 // ----------------------------------------------------------------------------
 // Conv2d: K x K convolution with bias, pad K/2
@@ -36,15 +51,42 @@ static Conv2d conv2d_register(ParamStore* ps, const char* name, int cin, int cou
 }
 
 // x (B, cin, H, W) -> out (B, cout, H/stride, W/stride)
-static void conv2d_apply(const ParamStore* ps, const Conv2d* c, float* out, const float* x, int B, int H, int W) {
+static void conv2d_block_forward(const ParamStore* ps, const Conv2d* c, float* out, const float* x, int B, int H, int W) {
     conv2d_forward(out, x, ps->params + c->weight, ps->params + c->bias, B, c->cin, H, W, c->cout, c->k, c->stride);
 }
 
 // dx (B, cin, H, W) overwritten (NULL: not needed); weight and bias gradients accumulated
-static void conv2d_apply_backward(const ParamStore* ps, const Conv2d* c, float* dx, const float* dout,
+static void conv2d_block_backward(const ParamStore* ps, const Conv2d* c, float* dx, const float* dout,
                                   const float* x, int B, int H, int W) {
     conv2d_backward(dx, ps->grads + c->weight, ps->grads + c->bias, dout, x, ps->params + c->weight,
                     B, c->cin, H, W, c->cout, c->k, c->stride);
+}
+
+// ----------------------------------------------------------------------------
+// Linear: out (N, out) = x (N, in) @ weight^T + bias
+
+typedef struct {
+    size_t weight, bias;   // offsets: weight (out, in), bias (out)
+    int in, out;
+} Linear;
+
+static Linear linear_register(ParamStore* ps, const char* name, int in, int out) {
+    char buf[128];
+    Linear l = {0, 0, in, out};
+    snprintf(buf, sizeof(buf), "%s.weight", name);
+    l.weight = param_register(ps, buf, INIT_FAN_IN, in, 2, out, in, 0, 0);
+    snprintf(buf, sizeof(buf), "%s.bias", name);
+    l.bias = param_register(ps, buf, INIT_FAN_IN, in, 1, out, 0, 0, 0);
+    return l;
+}
+
+static void linear_block_forward(const ParamStore* ps, const Linear* l, float* out, const float* x, int N) {
+    linear_forward(out, x, ps->params + l->weight, ps->params + l->bias, N, l->in, l->out);
+}
+
+static void linear_block_backward(const ParamStore* ps, const Linear* l, float* dx, const float* dout,
+                                  const float* x, int N) {
+    linear_backward(dx, ps->grads + l->weight, ps->grads + l->bias, dout, x, ps->params + l->weight, N, l->in, l->out);
 }
 
 // ----------------------------------------------------------------------------
@@ -150,12 +192,12 @@ static void resblock_forward(const ParamStore* ps, ResBlock* rb, const float* x,
     size_t n = (size_t)B * rb->cout * H * W;
     rb->x = x;
     normsilu_forward(ps, &rb->ns1, x, B);
-    conv2d_apply(ps, &rb->conv1, rb->h1, rb->ns1.act, B, H, W);
+    conv2d_block_forward(ps, &rb->conv1, rb->h1, rb->ns1.act, B, H, W);
     if (temb_proj) broadcast_add_forward(rb->h1, temb_proj, B, rb->cout, H * W);
     normsilu_forward(ps, &rb->ns2, rb->h1, B);
-    conv2d_apply(ps, &rb->conv2, rb->out, rb->ns2.act, B, H, W);
+    conv2d_block_forward(ps, &rb->conv2, rb->out, rb->ns2.act, B, H, W);
     if (rb->has_skip) {
-        conv2d_apply(ps, &rb->skip, rb->skip_out, x, B, H, W);
+        conv2d_block_forward(ps, &rb->skip, rb->skip_out, x, B, H, W);
         add_inplace(rb->out, rb->skip_out, n);
     } else {
         add_inplace(rb->out, x, n);
@@ -168,16 +210,130 @@ static void resblock_forward(const ParamStore* ps, ResBlock* rb, const float* x,
 static void resblock_backward(const ParamStore* ps, const ResBlock* rb, float* dx, const float* dout,
                               int B, float* dtemb_proj, float* s1, float* s2) {
     int H = rb->H, W = rb->W;
-    conv2d_apply_backward(ps, &rb->conv2, s1, dout, rb->ns2.act, B, H, W);   // s1 = d act2
+    conv2d_block_backward(ps, &rb->conv2, s1, dout, rb->ns2.act, B, H, W);   // s1 = d act2
     normsilu_backward(ps, &rb->ns2, s2, s1, rb->h1, B);                         // s2 = d h1
     if (dtemb_proj) broadcast_add_backward(dtemb_proj, s2, B, rb->cout, H * W);
-    conv2d_apply_backward(ps, &rb->conv1, s1, s2, rb->ns1.act, B, H, W);     // s1 = d act1
+    conv2d_block_backward(ps, &rb->conv1, s1, s2, rb->ns1.act, B, H, W);     // s1 = d act1
     normsilu_backward(ps, &rb->ns1, dx, s1, rb->x, B);                          // dx = main path
     size_t n = (size_t)B * rb->cin * H * W;
     if (rb->has_skip) {
-        conv2d_apply_backward(ps, &rb->skip, s2, dout, rb->x, B, H, W);
+        conv2d_block_backward(ps, &rb->skip, s2, dout, rb->x, B, H, W);
         add_inplace(dx, s2, n);
     } else {
         add_inplace(dx, dout, n);
     }
+}
+
+// ----------------------------------------------------------------------------
+// TResBlock: the U-Net's ResBlock, with Linear(tdim -> cout) of silu(embedding) added after conv1
+
+typedef struct {
+    ResBlock rb;
+    Linear temb;
+    float* tproj;     // (B, cout) the projected embedding
+    float* d_tproj;   // (B, cout) its gradient
+    float* d_emb;     // (B, tdim) this block's share of the gradient of silu(embedding)
+} TResBlock;
+
+static TResBlock tresblock_register(ParamStore* ps, const char* name, int cin, int cout, int R, int tdim) {
+    TResBlock t;
+    memset(&t, 0, sizeof(t));
+    char buf[128];
+    t.rb = resblock_register(ps, name, cin, cout, R, R);
+    snprintf(buf, sizeof(buf), "%s.temb", name);
+    t.temb = linear_register(ps, buf, tdim, cout);
+    return t;
+}
+
+static void tresblock_alloc(TResBlock* t, int B) {
+    resblock_alloc(&t->rb, B);
+    t->tproj = dev_malloc_floats((size_t)B * t->rb.cout);
+    t->d_tproj = dev_malloc_floats((size_t)B * t->rb.cout);
+    t->d_emb = dev_malloc_floats((size_t)B * t->temb.in);
+}
+
+static void tresblock_free(TResBlock* t) {
+    resblock_free(&t->rb);
+    dev_free(t->tproj); dev_free(t->d_tproj); dev_free(t->d_emb);
+}
+
+// emb_silu (B, tdim): silu of the time (+ class) embedding, shared by every block
+static void tresblock_forward(const ParamStore* ps, TResBlock* t, const float* x, const float* emb_silu, int B) {
+    linear_block_forward(ps, &t->temb, t->tproj, emb_silu, B);
+    resblock_forward(ps, &t->rb, x, B, t->tproj);
+}
+
+// as resblock_backward; this block's share of the embedding gradient is added to d_emb_silu (B, tdim)
+static void tresblock_backward(const ParamStore* ps, const TResBlock* t, float* dx, const float* dout,
+                               const float* emb_silu, float* d_emb_silu, int B, float* s1, float* s2) {
+    resblock_backward(ps, &t->rb, dx, dout, B, t->d_tproj, s1, s2);
+    linear_block_backward(ps, &t->temb, t->d_emb, t->d_tproj, emb_silu, B);
+    add_inplace(d_emb_silu, t->d_emb, (size_t)B * t->temb.in);
+}
+
+// ----------------------------------------------------------------------------
+// AttnBlock(C) at resolution R x R: out = x + proj(attention(qkv(GroupNorm(1)(x)))), heads of C/heads
+
+typedef struct {
+    int C, R, HW, heads;
+    size_t norm_weight, norm_bias;
+    Conv2d qkv, proj;
+    const float* x;   // (B, C, HW) input of the last forward
+    float* xn;        // (B, C, HW) GroupNorm(1) output
+    float* mean;      // (B, 1)
+    float* rstd;      // (B, 1)
+    float* qkv_out;   // (B, 3C, HW)
+    float* att;       // (B, heads, HW, HW) softmax probabilities
+    float* attn;      // (B, C, HW) attention output before proj
+    float* out;       // (B, C, HW)
+} AttnBlock;
+
+static AttnBlock attnblock_register(ParamStore* ps, const char* name, int C, int R, int heads) {
+    AttnBlock a;
+    memset(&a, 0, sizeof(a));
+    char buf[128];
+    a.C = C; a.R = R; a.HW = R * R; a.heads = heads;
+    snprintf(buf, sizeof(buf), "%s.norm", name); a.norm_weight = groupnorm_register(ps, buf, C, &a.norm_bias);
+    snprintf(buf, sizeof(buf), "%s.qkv", name); a.qkv = conv2d_register(ps, buf, C, 3 * C, 1, 1);
+    snprintf(buf, sizeof(buf), "%s.proj", name); a.proj = conv2d_register(ps, buf, C, C, 1, 1);
+    return a;
+}
+
+static void attnblock_alloc(AttnBlock* a, int B) {
+    size_t n = (size_t)B * a->C * a->HW;
+    a->xn = dev_malloc_floats(n);
+    a->mean = dev_malloc_floats(B);
+    a->rstd = dev_malloc_floats(B);
+    a->qkv_out = dev_malloc_floats(3 * n);
+    a->att = dev_malloc_floats((size_t)B * a->heads * a->HW * a->HW);
+    a->attn = dev_malloc_floats(n);
+    a->out = dev_malloc_floats(n);
+}
+
+static void attnblock_free(AttnBlock* a) {
+    dev_free(a->xn); dev_free(a->mean); dev_free(a->rstd); dev_free(a->qkv_out);
+    dev_free(a->att); dev_free(a->attn); dev_free(a->out);
+}
+
+static void attnblock_forward(const ParamStore* ps, AttnBlock* a, const float* x, int B) {
+    int R = a->R;
+    a->x = x;
+    groupnorm_forward(a->xn, a->mean, a->rstd, x, ps->params + a->norm_weight, ps->params + a->norm_bias,
+                      B, a->C, a->HW, 1);
+    conv2d_block_forward(ps, &a->qkv, a->qkv_out, a->xn, B, R, R);
+    attention_forward(a->attn, a->att, a->qkv_out, B, a->C, a->HW, a->heads);
+    conv2d_block_forward(ps, &a->proj, a->out, a->attn, B, R, R);
+    add_inplace(a->out, x, (size_t)B * a->C * a->HW);
+}
+
+// dx overwritten; s1 >= B*C*HW, s2 >= B*3C*HW floats, datt >= B*heads*HW*HW floats
+static void attnblock_backward(const ParamStore* ps, const AttnBlock* a, float* dx, const float* dout, int B,
+                               float* s1, float* s2, float* datt) {
+    int R = a->R;
+    conv2d_block_backward(ps, &a->proj, s1, dout, a->attn, B, R, R);                 // s1 = d attn
+    attention_backward(s2, datt, s1, a->qkv_out, a->att, B, a->C, a->HW, a->heads); // s2 = d qkv
+    conv2d_block_backward(ps, &a->qkv, s1, s2, a->xn, B, R, R);                      // s1 = d xn
+    groupnorm_backward(dx, ps->grads + a->norm_weight, ps->grads + a->norm_bias, s1, a->x, a->mean, a->rstd,
+                       ps->params + a->norm_weight, B, a->C, a->HW, 1);
+    add_inplace(dx, dout, (size_t)B * a->C * a->HW);
 }

@@ -1,0 +1,355 @@
+// ldmc/train.h — the training skeleton both trainers share, so that train_vae.cu and train_ldm.cu keep
+// only what is their own (the model, its loss, how a batch is made):
+//   RngStream      the one list of random streams (seed ^ stream, indexed by a counter)
+//   TrainArgs      the common flags (preset, batch, lr, epochs, steps, run name, data, device, seed,
+//                  resume, bench, log/sample/save intervals), their parsing and usage text
+//   Setting        a setting a resumed run keeps: stored as JSON in the training state, refused when a
+//                  flag contradicts it (the one resume rule of both trainers)
+//   TrainRun       the run directory, the step plan, the shuffled epoch each batch is drawn from, the
+//                  progress line and its TensorBoard scalars, and when to sample and save
+//   train_bench    --bench N: median images/s of N training steps on random data
+#pragma once
+
+#include "common.cuh"
+#include "args.h"
+#include "cifar10.h"
+#include "tensorboard.h"
+#include "run.h"
+#include "optimizer.h"
+
+// ----------------------------------------------------------------------------
+// random streams: every random number is rng(seed ^ stream, counter), the counter depending only on
+// the step and the position in the batch, so a resumed run draws exactly what the uninterrupted run drew
+
+enum RngStream {
+    STREAM_INIT = 0x1A17,       // parameter initialisation
+    STREAM_SHUFFLE = 0x5AFF,    // the permutation of each epoch
+    STREAM_FLIP = 0xF11F,       // horizontal flips of training images
+    STREAM_EPS = 0xE95,         // VAE reparameterisation noise / diffusion noise
+    STREAM_T = 0x7177,          // diffusion timesteps
+    STREAM_DROP = 0xD409,       // classifier-free-guidance label dropout
+    STREAM_EVAL = 0xE7A1,       // the noise of eval_batch.safetensors
+    STREAM_SAMPLE = 0x5A3D1E,   // the per-step noise of the samplers
+    STREAM_BENCH = 0xBE4C,      // --bench's random inputs
+};
+
+// ----------------------------------------------------------------------------
+// the common flags
+
+enum {  // which common flags were given on the command line
+    GIVEN_PRESET = 1 << 0, GIVEN_BATCH = 1 << 1, GIVEN_LR = 1 << 2, GIVEN_SEED = 1 << 3,
+};
+
+typedef struct {
+    const char* preset;      // NULL until given or picked by device
+    int batch_size;          // < 0: the preset's
+    float lr;                // < 0: the preset's
+    int epochs;              // < 0: the preset's
+    long max_steps;          // > 0: stop after this many steps (overrides --epochs; extends a resumed run)
+    char run_name[128];      // "": <prefix>_<preset>
+    const char* data_dir;
+    const char* device;
+    uint64_t seed;
+    int resume;
+    int bench_steps;         // > 0: time this many training steps on random data and exit
+    int log_every, sample_every, save_every;
+    unsigned given;          // GIVEN_* bits
+} TrainArgs;
+
+// a preset's training defaults (its model config lives in the trainer's own table)
+typedef struct { int batch_size; float lr; int epochs; } TrainDefaults;
+
+static void train_args_init(TrainArgs* a, int sample_every) {
+    memset(a, 0, sizeof(*a));
+    a->batch_size = -1; a->lr = -1.0f; a->epochs = -1;
+    a->device = "auto"; a->seed = 1337;
+    a->log_every = 10; a->sample_every = sample_every; a->save_every = 500;
+}
+
+// consumes argv[*i] when it is a common flag; returns 0 when it is not
+static int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const char* const* presets, int npresets) {
+    static const char* const devices[] = {"auto", "cpu", "cuda"};
+    const char* f = argv[*i];
+    if (strcmp(f, "--preset") == 0) { a->preset = arg_choice(argc, argv, i, presets, npresets); a->given |= GIVEN_PRESET; }
+    else if (strcmp(f, "--epochs") == 0) a->epochs = (int)arg_long(argc, argv, i, 1, 100000);
+    else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, i, 1, 1000000000L);
+    else if (strcmp(f, "--batch-size") == 0) { a->batch_size = (int)arg_long(argc, argv, i, 1, 65536); a->given |= GIVEN_BATCH; }
+    else if (strcmp(f, "--lr") == 0) { a->lr = arg_float(argc, argv, i, 0.0, 10.0, 1); a->given |= GIVEN_LR; }
+    else if (strcmp(f, "--run-name") == 0) snprintf(a->run_name, sizeof(a->run_name), "%s", arg_run_name(argc, argv, i));
+    else if (strcmp(f, "--data") == 0) a->data_dir = arg_value(argc, argv, i);
+    else if (strcmp(f, "--device") == 0) a->device = arg_choice(argc, argv, i, devices, 3);
+    else if (strcmp(f, "--seed") == 0) { a->seed = (uint64_t)arg_long(argc, argv, i, 0, 2147483647L); a->given |= GIVEN_SEED; }
+    else if (strcmp(f, "--resume") == 0) a->resume = 1;
+    else if (strcmp(f, "--bench") == 0) a->bench_steps = (int)arg_long(argc, argv, i, 1, 100000);
+    else if (strcmp(f, "--log-every") == 0) a->log_every = (int)arg_long(argc, argv, i, 1, 1000000);
+    else if (strcmp(f, "--sample-every") == 0) a->sample_every = (int)arg_long(argc, argv, i, 1, 100000000);
+    else if (strcmp(f, "--save-every") == 0) a->save_every = (int)arg_long(argc, argv, i, 1, 100000000);
+    else return 0;
+    return 1;
+}
+
+static void train_usage_common(const char* prefix, int sample_every, const char* sample_what) {
+    printf("  --epochs N  --batch-size N  --lr X   (preset defaults)\n"
+           "  --max-steps N              stop after N optimizer steps (overrides --epochs; extends a resumed run)\n"
+           "  --run-name NAME            run directory runs/NAME (default %s_<preset>)\n"
+           "  --resume                   continue the run in runs/NAME from its training state\n"
+           "  --data DIR                 CIFAR-10 binary directory (default $CIFAR10_DIR, then data/cifar-10-batches-bin)\n"
+           "  --device auto|cpu|cuda     (default auto)\n"
+           "  --seed N                   (default 1337)\n"
+           "  --log-every N              progress line every N steps (default 10)\n"
+           "  --sample-every N           %s every N steps (default %d; and at the end)\n"
+           "  --save-every N             training state every N steps (default 500; and every epoch end)\n"
+           "  --bench N                  time N training steps on random data, print img/s, write nothing\n"
+           "  --help\n", prefix, sample_what, sample_every);
+}
+
+// the preset (given, or tiny on a CPU and `gpu_preset` on a GPU) and what the flags left open
+static void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* run_prefix) {
+    if (a->preset == NULL) {
+        a->preset = g_device == DEVICE_CUDA ? gpu_preset : "tiny";
+        if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", a->preset, a->preset,
+                               g_device == DEVICE_CUDA ? "GPU" : "CPU");
+    }
+    if (a->run_name[0] == '\0') snprintf(a->run_name, sizeof(a->run_name), "%s_%s", run_prefix, a->preset);
+}
+
+static void train_apply_defaults(TrainArgs* a, const TrainDefaults* d) {
+    if (a->batch_size < 0) a->batch_size = d->batch_size;
+    if (a->lr < 0) a->lr = d->lr;
+    if (a->epochs < 0) a->epochs = d->epochs;
+}
+
+// ----------------------------------------------------------------------------
+// settings a resumed run keeps: written as the train_args JSON of the training state, read back on
+// --resume; a flag given on the command line that contradicts the stored value is refused (the run
+// would otherwise silently train with something else than what was asked for)
+
+typedef enum { SETTING_INT, SETTING_LONG, SETTING_FLOAT, SETTING_U64 } SettingType;
+
+typedef struct {
+    const char* key;    // JSON key; the flag is "--" + key with '_' -> '-'
+    SettingType type;
+    void* value;        // int*, long*, float* or uint64_t*
+    int given;          // the flag was on the command line
+} Setting;
+
+// {"batch_size":64,"lr":0.001,...} in table order
+static void settings_to_json(const Setting* s, int n, char* out, size_t len) {
+    size_t k = (size_t)snprintf(out, len, "{");
+    for (int i = 0; i < n && k < len; i++) {
+        k += snprintf(out + k, len - k, "%s\"%s\":", i ? "," : "", s[i].key);
+        if (k >= len) break;
+        switch (s[i].type) {
+            case SETTING_INT: k += snprintf(out + k, len - k, "%d", *(int*)s[i].value); break;
+            case SETTING_LONG: k += snprintf(out + k, len - k, "%ld", *(long*)s[i].value); break;
+            case SETTING_FLOAT: k += snprintf(out + k, len - k, "%.9g", *(float*)s[i].value); break;
+            case SETTING_U64: k += snprintf(out + k, len - k, "%llu", (unsigned long long)*(uint64_t*)s[i].value); break;
+        }
+    }
+    if (k < len) snprintf(out + k, len - k, "}");
+}
+
+static void setting_format(const Setting* s, double v, char* out, size_t n) {
+    if (s->type == SETTING_FLOAT) snprintf(out, n, "%.9g", v);
+    else snprintf(out, n, "%.0f", v);
+}
+
+static double setting_get(const Setting* s) {
+    switch (s->type) {
+        case SETTING_INT: return *(int*)s->value;
+        case SETTING_LONG: return (double)*(long*)s->value;
+        case SETTING_FLOAT: return *(float*)s->value;
+        default: return (double)*(uint64_t*)s->value;
+    }
+}
+
+static void setting_set(const Setting* s, double v) {
+    switch (s->type) {
+        case SETTING_INT: *(int*)s->value = (int)v; break;
+        case SETTING_LONG: *(long*)s->value = (long)v; break;
+        case SETTING_FLOAT: *(float*)s->value = (float)v; break;
+        default: *(uint64_t*)s->value = (uint64_t)v; break;
+    }
+}
+
+// reads every setting from the state's train_args; a given flag must equal the stored value
+static void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
+    for (int i = 0; i < n; i++) {
+        float f;
+        double stored;
+        if (s[i].type == SETTING_FLOAT) {
+            if (json_get_float(targs, s[i].key, &f) != 0) stored = NAN; else stored = f;
+        } else {
+            int v;
+            if (json_get_int(targs, s[i].key, &v) != 0) stored = NAN; else stored = v;
+        }
+        if (isnan(stored)) {
+            fprintf(stderr, "Error: '%s' has no readable '%s' in its train_args: %s\n", state_path, s[i].key, targs);
+            exit(EXIT_FAILURE);
+        }
+        if (s[i].given && setting_get(&s[i]) != stored) {
+            char flag[64], want[32], have[32];
+            snprintf(flag, sizeof(flag), "--%s", s[i].key);
+            for (char* c = flag; *c; c++) if (*c == '_') *c = '-';
+            setting_format(&s[i], setting_get(&s[i]), want, sizeof(want));
+            setting_format(&s[i], stored, have, sizeof(have));
+            fprintf(stderr, "Error: %s %s, but the run to resume ('%s') was trained with %s %s; a resumed run keeps "
+                            "its settings.\nHINT: drop %s when resuming, or start a new run with another --run-name.\n",
+                    flag, want, state_path, flag, have, flag);
+            exit(EXIT_FAILURE);
+        }
+        setting_set(&s[i], stored);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the run: directory, step plan, batches, progress, TensorBoard
+
+typedef struct {
+    char dir[256];           // runs/<run-name>
+    char state_path[512];    // runs/<run-name>/state.safetensors
+    SafeTensors state;       // the training state read for --resume (until train_run_start restores it)
+    long resumed_total;      // the total steps the resumed run had planned
+    int batch_size;
+    long steps_per_epoch;
+    long total_steps;
+    int* perm;               // (n_train) the current epoch's permutation
+    long perm_epoch;
+    int n_train;
+    uint64_t seed;
+    TBWriter tb;
+    double t_start, t_log;   // wall clock at the start and at the last progress line
+    long step_log;           // the step of the last progress line
+} TrainRun;
+
+// runs/<name> must be new for a new run and hold a training state for --resume. Nothing is created
+// yet: the directory appears only once every input has been checked (train_run_start).
+static void train_run_check(TrainRun* r, const TrainArgs* a) {
+    memset(r, 0, sizeof(*r));
+    run_dir_check(r->dir, sizeof(r->dir), a->run_name, a->resume, "state.safetensors");
+    snprintf(r->state_path, sizeof(r->state_path), "%s/state.safetensors", r->dir);
+}
+
+// the training and test splits from --data, $CIFAR10_DIR or data/cifar-10-batches-bin
+static void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
+    char data_dir[1024];
+    cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
+    cifar10_load(train, data_dir, 1);
+    cifar10_load(test, data_dir, 0);
+}
+
+// steps per epoch and the total: --max-steps, else epochs x steps per epoch (a resumed run keeps its
+// total unless --max-steps extends it)
+static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
+    int B = a->batch_size;
+    if (B > n_train) {
+        fprintf(stderr, "Error: --batch-size %d is larger than the training set (%d images).\n", B, n_train);
+        exit(EXIT_FAILURE);
+    }
+    r->batch_size = B;
+    r->n_train = n_train;
+    r->seed = a->seed;
+    r->steps_per_epoch = n_train / B;
+    if (a->max_steps > 0) r->total_steps = a->max_steps;
+    else if (a->resume) r->total_steps = r->resumed_total;
+    else r->total_steps = (long)a->epochs * r->steps_per_epoch;
+}
+
+// creates the directory, writes config.json for a new run, opens log.txt and the TensorBoard file;
+// a resumed run gets its weights, moments, EMA and step back from the state
+static void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_text, ParamStore* ps, OptState* opt) {
+    run_dir_create(r->dir);
+    if (a->resume) {
+        train_state_restore(ps, opt, &r->state);
+        safetensors_free(&r->state);
+    } else {
+        char path[600];
+        snprintf(path, sizeof(path), "%s/config.json", r->dir);
+        write_text_file(path, config_text);
+    }
+    run_log_open(r->dir);
+    tb_open(&r->tb, r->dir);
+    r->perm = (int*)mallocCheck((size_t)r->n_train * sizeof(int));
+    r->perm_epoch = -1;
+}
+
+// the dataset indices of the batch at `step`: a slice of that epoch's permutation
+static const int* train_run_batch(TrainRun* r, long step) {
+    long epoch = step / r->steps_per_epoch;
+    if (epoch != r->perm_epoch) {
+        cifar10_shuffle(r->perm, r->n_train, r->seed ^ STREAM_SHUFFLE, epoch);
+        r->perm_epoch = epoch;
+    }
+    return r->perm + (step % r->steps_per_epoch) * r->batch_size;
+}
+
+static void train_run_clock_start(TrainRun* r, long step) {
+    r->t_start = r->t_log = wall_seconds();
+    r->step_log = step;
+}
+
+// the step count `done` is a multiple of `every` and not the last step (the end has its own output)
+static int train_due_before_end(const TrainRun* r, long done, int every) {
+    return done % every == 0 && done < r->total_steps;
+}
+
+// a state save is due every --save-every steps and at every epoch end
+static int train_save_due(const TrainRun* r, const TrainArgs* a, long done) {
+    return (done % a->save_every == 0 || done % r->steps_per_epoch == 0) && done < r->total_steps;
+}
+
+typedef struct { const char* tag; float value; } Scalar;
+
+// every --log-every steps and at the end: the progress line (step, loss, `extra`, images/s, ETA) in
+// the terminal and log.txt, and train/loss, the given scalars and train/images_per_sec in TensorBoard
+static void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss, const char* extra,
+                          const Scalar* scalars, int n) {
+    if (done % a->log_every != 0 && done != r->total_steps) return;
+    dev_synchronize();
+    double now = wall_seconds();
+    double ips = (done - r->step_log) * r->batch_size / (now - r->t_log);
+    char line[320];
+    format_progress(line, sizeof(line), done, r->total_steps, loss, extra, ips, (now - r->t_log) / (done - r->step_log));
+    run_log("%s\n", line);
+    tb_add_scalar(&r->tb, "train/loss", loss, done);
+    for (int i = 0; i < n; i++) tb_add_scalar(&r->tb, scalars[i].tag, scalars[i].value, done);
+    tb_add_scalar(&r->tb, "train/images_per_sec", (float)ips, done);
+    tb_flush(&r->tb);
+    r->t_log = now;
+    r->step_log = done;
+}
+
+// a non-finite loss stops the run; the last saved state stays as it was
+static void train_check_loss(float loss, long step, const char* detail, const char* hint) {
+    if (isfinite(loss)) return;
+    run_log("Error: the loss is %f at step %ld%s; stopping without saving.\nHINT: %s; resume from the last saved "
+            "state with --resume.\n", loss, step, detail, hint);
+    exit(EXIT_FAILURE);
+}
+
+static void train_run_finish(TrainRun* r) {
+    run_log("done in %.1f s\n", wall_seconds() - r->t_start);
+    tb_close(&r->tb);
+    run_log_close();
+    free(r->perm);
+}
+
+// ----------------------------------------------------------------------------
+// --bench N: `prepare` makes step s's random inputs (not timed), `step` runs one training step; two
+// warm-up steps, then the median images/s of N
+
+typedef void (*BenchFn)(void* ctx, int s);
+
+static void train_bench(int steps, int B, BenchFn prepare, BenchFn step, void* ctx, const char* what) {
+    double* times = (double*)mallocCheck(steps * sizeof(double));
+    for (int s = -2; s < steps; s++) {
+        prepare(ctx, s + 2);
+        dev_synchronize();
+        double t0 = wall_seconds();
+        step(ctx, s + 2);
+        dev_synchronize();
+        if (s >= 0) times[s] = wall_seconds() - t0;
+    }
+    printf("bench: %.1f img/s (median of %d steps, batch %d, %s)\n", B / median_of(times, steps), steps, B, what);
+    free(times);
+}
