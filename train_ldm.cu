@@ -54,12 +54,8 @@ static const UNetPreset UNET_PRESETS[] = {
 };
 #define NUM_UNET_PRESETS ((int)(sizeof(UNET_PRESETS) / sizeof(UNET_PRESETS[0])))
 
-static const UNetPreset* unet_preset_find(const char* name) {
-    for (int i = 0; i < NUM_UNET_PRESETS; i++) {
-        if (strcmp(UNET_PRESETS[i].cfg.preset, name) == 0) return &UNET_PRESETS[i];
-    }
-    return NULL;
-}
+// the --preset choices, in the order of the table
+static const char* const UNET_PRESET_NAMES[] = {"tiny", "small", "base", "fast"};
 
 static void unet_config_to_json(const UNetConfig* c, char* out, size_t n) {
     int len = snprintf(out, n, "{\"preset\":\"%s\",\"ch\":%d,\"mult\":[", c->preset, c->ch);
@@ -517,17 +513,7 @@ static void unet_read_meta(const SafeTensors* st, const char* path, UNetConfig* 
 
 // reads a U-Net checkpoint's config and metadata; the file must be one of ours and a U-Net
 static void unet_checkpoint_info(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
-    const char* format = safetensors_meta(st, "format");
-    const char* model = safetensors_meta(st, "model");
-    if (format == NULL || strcmp(format, "ldm.c") != 0 || model == NULL) {
-        fprintf(stderr, "Error: '%s' is not an ldm.c checkpoint (no format/model metadata).\n", path);
-        exit(EXIT_FAILURE);
-    }
-    if (strcmp(model, "unet") != 0) {
-        fprintf(stderr, "Error: '%s' is a %s checkpoint, not a U-Net.\n"
-                        "HINT: pass the checkpoint_final.safetensors of a train_ldm run.\n", path, model);
-        exit(EXIT_FAILURE);
-    }
+    file_expect_model(st, path, "unet", "a U-Net checkpoint", "pass the checkpoint_final.safetensors of a train_ldm run.");
     unet_read_meta(st, path, cfg, meta);
 }
 
@@ -631,8 +617,6 @@ typedef struct {
     int vae_path_given, classes_given, cfg_dropout_given, guidance_given, warmup_given, schedule_given, ema_given;
 } LDMTrainArgs;
 
-static const char* const UNET_PRESET_NAMES[] = {"tiny", "small", "base", "fast"};
-
 static void ldm_usage(void) {
     printf("Usage: ./train_ldm [flags]\n"
            "Trains the latent U-Net (SPEC §4-§6) on CIFAR-10 latents of a frozen VAE; writes runs/<run-name>/.\n\n"
@@ -675,7 +659,7 @@ static void ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
 // the preset (by device when not given), what the flags left open, and the default VAE
 static void ldm_apply_preset(LDMTrainArgs* a) {
     train_pick_preset(&a->t, "fast", "ldm");
-    const UNetPreset* p = unet_preset_find(a->t.preset);
+    const UNetPreset* p = &UNET_PRESETS[train_preset_index(&a->t, UNET_PRESET_NAMES, NUM_UNET_PRESETS)];
     int num_classes = a->cfg.num_classes;
     a->cfg = p->cfg;
     a->cfg.num_classes = num_classes;
@@ -829,17 +813,10 @@ static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* me
 // reads the state of a run to resume: its config, schedule, VAE and settings replace the flags' (a
 // flag that contradicts them is an error)
 static void ldm_read_state(TrainRun* run, LDMTrainArgs* a, LDMMeta* meta) {
+    const char* targs = train_read_state(run, "unet-train-state", "a train_ldm training state");
     const char* path = run->state_path;
-    SafeTensors* st = &run->state;
-    safetensors_load(path, st);
-    const char* model = safetensors_meta(st, "model");
-    const char* targs = safetensors_meta(st, "train_args");
-    if (model == NULL || strcmp(model, "unet-train-state") != 0 || targs == NULL) {
-        fprintf(stderr, "Error: '%s' is not a train_ldm training state.\n", path);
-        exit(EXIT_FAILURE);
-    }
     UNetConfig cfg;
-    unet_read_meta(st, path, &cfg, meta);
+    unet_read_meta(&run->state, path, &cfg, meta);
     if (((a->t.given & GIVEN_PRESET) && strcmp(cfg.preset, a->t.preset) != 0) ||
         (a->classes_given && cfg.num_classes != a->cfg.num_classes)) {
         fprintf(stderr, "Error: the run to resume ('%s') is preset '%s' with %d classes; the flags ask for '%s' with %d.\n"

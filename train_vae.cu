@@ -55,12 +55,8 @@ static const VAEPreset VAE_PRESETS[] = {
 };
 #define NUM_VAE_PRESETS ((int)(sizeof(VAE_PRESETS) / sizeof(VAE_PRESETS[0])))
 
-static const VAEPreset* vae_preset_find(const char* name) {
-    for (int i = 0; i < NUM_VAE_PRESETS; i++) {
-        if (strcmp(VAE_PRESETS[i].cfg.preset, name) == 0) return &VAE_PRESETS[i];
-    }
-    return NULL;
-}
+// the --preset choices, in the order of the table
+static const char* const VAE_PRESET_NAMES[] = {"tiny", "small", "fast"};
 
 // the latent grid side: one halving per level below the first
 static int vae_latent_res(const VAEConfig* c) { return IMG_RES >> (c->levels - 1); }
@@ -434,24 +430,19 @@ static void vae_save_checkpoint(const VAE* m, const char* path) {
     free(host);
 }
 
+// the VAE config every VAE file carries (checkpoint or training state)
+static void vae_read_config(const SafeTensors* st, const char* path, VAEConfig* cfg) {
+    const char* config = safetensors_meta(st, "config");
+    if (config == NULL || vae_config_from_json(cfg, config) != 0) {
+        fprintf(stderr, "Error: '%s' has no readable VAE config: %s\n", path, config ? config : "(none)");
+        exit(EXIT_FAILURE);
+    }
+}
+
 // reads a VAE checkpoint's config: the file must be one of ours and a VAE
 static void vae_checkpoint_config(const SafeTensors* st, const char* path, VAEConfig* cfg) {
-    const char* format = safetensors_meta(st, "format");
-    const char* model = safetensors_meta(st, "model");
-    const char* config = safetensors_meta(st, "config");
-    if (format == NULL || strcmp(format, "ldm.c") != 0 || model == NULL || config == NULL) {
-        fprintf(stderr, "Error: '%s' is not an ldm.c checkpoint (no format/model/config metadata).\n", path);
-        exit(EXIT_FAILURE);
-    }
-    if (strcmp(model, "vae") != 0) {
-        fprintf(stderr, "Error: '%s' is a %s checkpoint, not a VAE.\n"
-                        "HINT: pass the checkpoint_final.safetensors of a train_vae run.\n", path, model);
-        exit(EXIT_FAILURE);
-    }
-    if (vae_config_from_json(cfg, config) != 0) {
-        fprintf(stderr, "Error: '%s' has an unreadable VAE config: %s\n", path, config);
-        exit(EXIT_FAILURE);
-    }
+    file_expect_model(st, path, "vae", "a VAE checkpoint", "pass the checkpoint_final.safetensors of a train_vae run.");
+    vae_read_config(st, path, cfg);
 }
 
 // builds a VAE from a checkpoint and loads its weights (on the current device)
@@ -477,8 +468,6 @@ typedef struct {
     long kl_warmup_steps;    // < 0: the default (10 epochs, at most a quarter of the run)
     int kl_weight_given, kl_warmup_given;
 } VAETrainArgs;
-
-static const char* const VAE_PRESET_NAMES[] = {"tiny", "small", "fast"};
 
 static void vae_usage(void) {
     printf("Usage: ./train_vae [flags]\n"
@@ -539,29 +528,20 @@ static void vae_save_state(const VAE* m, const OptState* opt, const char* args_j
 // reads the state of a run to resume: its config and settings replace the flags' (a flag that
 // contradicts them is an error)
 static void vae_read_state(TrainRun* run, VAETrainArgs* a) {
-    const char* path = run->state_path;
-    SafeTensors* st = &run->state;
-    safetensors_load(path, st);
-    const char* model = safetensors_meta(st, "model");
-    const char* config = safetensors_meta(st, "config");
-    const char* targs = safetensors_meta(st, "train_args");
+    const char* targs = train_read_state(run, "vae-train-state", "a train_vae training state");
     VAEConfig cfg;
-    if (model == NULL || strcmp(model, "vae-train-state") != 0 || config == NULL || targs == NULL ||
-        vae_config_from_json(&cfg, config) != 0) {
-        fprintf(stderr, "Error: '%s' is not a train_vae training state.\n", path);
-        exit(EXIT_FAILURE);
-    }
+    vae_read_config(&run->state, run->state_path, &cfg);
     if ((a->t.given & GIVEN_PRESET) && strcmp(cfg.preset, a->t.preset) != 0) {
         fprintf(stderr, "Error: --preset %s, but the run to resume ('%s') is a '%s' VAE.\n"
                         "HINT: drop --preset when resuming, or start a new run with another --run-name.\n",
-                a->t.preset, path, cfg.preset);
+                a->t.preset, run->state_path, cfg.preset);
         exit(EXIT_FAILURE);
     }
     a->cfg = cfg;
     a->t.preset = a->cfg.preset;
     Setting s[VAE_NUM_SETTINGS];
     vae_settings(a, &run->resumed_total, s);
-    settings_resume(s, VAE_NUM_SETTINGS, targs, path);
+    settings_resume(s, VAE_NUM_SETTINGS, targs, run->state_path);
 }
 
 // writes test images beside their reconstructions (pairs in columns: image, reconstruction, ...)
@@ -691,7 +671,7 @@ static void vae_bench(const VAETrainArgs* a) {
 // the preset (by device when not given) and what the flags left open
 static void vae_apply_preset(VAETrainArgs* a) {
     train_pick_preset(&a->t, "fast", "vae");
-    const VAEPreset* p = vae_preset_find(a->t.preset);
+    const VAEPreset* p = &VAE_PRESETS[train_preset_index(&a->t, VAE_PRESET_NAMES, NUM_VAE_PRESETS)];
     a->cfg = p->cfg;
     train_apply_defaults(&a->t, &p->defaults);
 }

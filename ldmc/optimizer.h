@@ -4,6 +4,7 @@
 //   train_state_write / train_state_restore   the training state file that --resume reads
 //                        (weights, moments, EMA, step) — the caller adds its own metadata
 //   params_upload_named / params_upload_checkpoint  named weights onto the device, strict about shapes
+//   file_expect_model    a checkpoint or state must be an ldm.c file of the expected model
 #pragma once
 
 #include "common.cuh"
@@ -96,4 +97,20 @@ static void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, cons
     float* host = (float*)mallocCheck(ps->total * sizeof(float));
     params_upload_named(ps, st, "", host, path, what);
     free(host);
+}
+
+// the file must be one of ours (metadata format "ldm.c") and hold `model` ("vae", "unet",
+// "vae-train-state", ...); `what` and `hint` make the refusal say what was expected and how to fix it
+static void file_expect_model(const SafeTensors* st, const char* path, const char* model, const char* what,
+                              const char* hint) {
+    const char* format = safetensors_meta(st, "format");
+    const char* got = safetensors_meta(st, "model");
+    if (format == NULL || strcmp(format, "ldm.c") != 0 || got == NULL) {
+        fprintf(stderr, "Error: '%s' is not an ldm.c file (no format/model metadata).\nHINT: %s\n", path, hint);
+        exit(EXIT_FAILURE);
+    }
+    if (strcmp(got, model) != 0) {
+        fprintf(stderr, "Error: '%s' is a %s file, not %s.\nHINT: %s\n", path, got, what, hint);
+        exit(EXIT_FAILURE);
+    }
 }

@@ -113,6 +113,13 @@ static void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* 
     if (a->run_name[0] == '\0') snprintf(a->run_name, sizeof(a->run_name), "%s_%s", run_prefix, a->preset);
 }
 
+// where the chosen preset stands in the --preset choices (and so in the trainer's preset table)
+static int train_preset_index(const TrainArgs* a, const char* const* names, int n) {
+    for (int i = 0; i < n; i++) if (strcmp(names[i], a->preset) == 0) return i;
+    fprintf(stderr, "Error: unknown preset '%s'.\n", a->preset);
+    exit(EXIT_FAILURE);
+}
+
 static void train_apply_defaults(TrainArgs* a, const TrainDefaults* d) {
     if (a->batch_size < 0) a->batch_size = d->batch_size;
     if (a->lr < 0) a->lr = d->lr;
@@ -236,6 +243,20 @@ static void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
     cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
     cifar10_load(train, data_dir, 1);
     cifar10_load(test, data_dir, 0);
+}
+
+// --resume: reads runs/<name>/state.safetensors, which must be a training state of `model`; returns
+// its train_args (the settings the run keeps)
+static const char* train_read_state(TrainRun* r, const char* model, const char* what) {
+    safetensors_load(r->state_path, &r->state);
+    file_expect_model(&r->state, r->state_path, model, what, "resume a run of this program, or start a new run.");
+    const char* targs = safetensors_meta(&r->state, "train_args");
+    if (targs == NULL) {
+        fprintf(stderr, "Error: '%s' has no train_args metadata.\nHINT: start a new run with another --run-name.\n",
+                r->state_path);
+        exit(EXIT_FAILURE);
+    }
+    return targs;
 }
 
 // steps per epoch and the total: --max-steps, else epochs x steps per epoch (a resumed run keeps its
