@@ -1,22 +1,20 @@
 // ldmc/safetensors.h — reading and writing safetensors files, ldm.c's checkpoint and reference format:
 //   an 8-byte little-endian header length N, N bytes of JSON header, then the raw little-endian data.
 //   The header maps each tensor name to {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}
-//   (offsets into the data section) plus an optional "__metadata__" object of strings (ldm.c's
-//   `config` is itself a small JSON object stored in one of those strings).
+//   (offsets into the data section) plus an optional "__metadata__" object of strings.
 // Defines:
-//   SafeTensors, safetensors_read / safetensors_load / safetensors_free: a strict reader that keeps the
-//     whole file in host memory; any inconsistency is an error naming the file and the problem.
+//   SafeTensors, safetensors_load / safetensors_free: a strict reader that keeps the whole file in host
+//     memory; any inconsistency ends the program with one message naming the file and the problem.
 //   safetensors_find / safetensors_get_f32 / safetensors_get_i64 / safetensors_meta: lookups.
 //   SafeTensorsWriter, st_writer_*: collects tensors (host pointers, not copied) and metadata and writes
 //     them atomically (files.h) in the same bytes as Python's `safetensors`.
-//   json_get_int / json_get_float / json_get_string / json_get_int_array: values of a flat JSON object
-//     of numbers, strings and integer arrays, e.g. {"preset":"tiny","ch":16,"mult":[1,2,4]}.
-// The JSON read here is exactly what those files hold: the header's fixed two levels (so no recursion,
-// and no nesting depth to bound) and flat config objects. Strings are UTF-8 with the escapes
-// \" \\ \/ \b \f \n \r \t and \u0001-\u007f. Python's safetensors (serde_json) and our writer store
-// every other character as raw UTF-8; \u escapes of non-ASCII characters come only from ensure_ascii
-// JSON writers and are refused with a message saying so.
-// Host only: tensors are read to and written from host memory; callers move them to the device.
+//   json_get_int / json_get_float / json_get_string / json_get_int_array: values of the flat JSON objects
+//     the programs store in metadata, e.g. `config` = {"preset":"tiny","ch":16,"mult":[1,2,4]}.
+// The JSON read is only what those hold: the header's two fixed levels (no recursion, so no nesting to
+// bound) and flat objects of numbers, strings and integer arrays. Strings are UTF-8 with the escapes
+// \" \\ \/ \b \f \n \r \t \u0001-\u007f: Python's safetensors (serde_json) and our writer store every
+// other character as raw UTF-8, so \u escapes of non-ASCII characters (from ensure_ascii JSON writers)
+// are refused with a message saying so. Host only: callers move tensors to and from the device.
 #pragma once
 
 #include <stdarg.h>
@@ -28,7 +26,7 @@
 // data types
 
 typedef struct {
-    const char* name;     // first member: st_by_name sorts tensors and metadata by it
+    const char* name;     // first member, as in SafeTensorsMeta: st_by_name sorts both by it
     const char* dtype;    // "F32", "I64", ...
     int ndim;
     int64_t shape[8];
@@ -43,10 +41,9 @@ typedef struct { const char* key; const char* value; } SafeTensorsMeta;
 typedef struct {
     char path[1024];
     int num_tensors;
-    SafeTensorInfo* tensors;    // (num_tensors,) in file order
-    SafeTensorInfo** by_name;   // (num_tensors,) sorted by name, for safetensors_find
+    SafeTensorInfo* tensors;    // (num_tensors,) sorted by name, for safetensors_find
     int num_meta;
-    SafeTensorsMeta* meta;      // (num_meta,) in file order
+    SafeTensorsMeta* meta;      // (num_meta,) sorted by key
     uint8_t* buffer;            // the whole file
 } SafeTensors;
 
@@ -82,17 +79,18 @@ static void st_grow(void** array, int* cap, int count, size_t elem) {
     if (*array == NULL) { fprintf(stderr, "Error: out of memory in safetensors.h\n"); exit(EXIT_FAILURE); }
 }
 
-// qsort/bsearch order of pointers to SafeTensorInfo or SafeTensorsMeta: by their first member, the name
+// qsort/bsearch order of SafeTensorInfo or SafeTensorsMeta (or of a bare name, as a key): by the name
 static int st_by_name(const void* a, const void* b) {
-    return strcmp(**(const char** const*)a, **(const char** const*)b);
+    return strcmp(*(const char* const*)a, *(const char* const*)b);
 }
 
-// sorts `items` (n pointers to structs whose first member is their name) by name and returns a name
-// that appears twice, or NULL: O(n log n), so a header of 100,000 tensors is checked in milliseconds
-static const char* st_sort_find_duplicate(void** items, int n) {
-    qsort(items, (size_t)n, sizeof(void*), st_by_name);
+// sorts n structs of `size` bytes that begin with their name by name; returns a name that appears twice,
+// or NULL. O(n log n): 100,000 names take milliseconds (comparing each with those before took minutes)
+static const char* st_sort_by_name(void* items, int n, size_t size) {
+    qsort(items, (size_t)n, size, st_by_name);
     for (int i = 1; i < n; i++) {
-        if (st_by_name(&items[i - 1], &items[i]) == 0) return *(const char**)items[i];
+        const char* prev = (const char*)items + (size_t)(i - 1) * size;
+        if (st_by_name(prev, prev + size) == 0) return *(const char* const*)prev;
     }
     return NULL;
 }
@@ -242,91 +240,82 @@ static int json_int_array(JsonCursor* c, int64_t* out, int max, int* count) {
 }
 
 // ----------------------------------------------------------------------------
-// reader
+// reader: any problem is one message naming the file and what is wrong, then exit
 
-static int st_error(char* err, size_t errlen, const char* path, const char* fmt, ...) {
-    if (err != NULL && errlen > 0) {
-        int n = snprintf(err, errlen, "%s: ", path);
-        if (n >= 0 && (size_t)n < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return -1;
+static void st_fail(const char* path, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "Error: %s: ", path);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nHINT: the file must be a safetensors file written by ldm.c or Python's safetensors (save_file); "
+                    "check the path, and if a run was killed mid-write, the last complete checkpoint is still under "
+                    "its final name.\n");
+    exit(EXIT_FAILURE);
 }
 
-static int st_bad_json(char* err, size_t errlen, const char* path, const JsonCursor* c) {
-    return st_error(err, errlen, path, "the header is not valid safetensors JSON: %s of the header", c->error);
+// a step of the header's JSON that failed (rc != 0) ends the program, saying where
+static void st_json(int rc, const JsonCursor* c, const char* path) {
+    if (rc != 0) st_fail(path, "the header is not valid safetensors JSON: %s of the header", c->error);
 }
 
-// a string of the header, unescaped in place and NUL-terminated there; NULL if malformed
-static const char* st_string(JsonCursor* c) {
+// a string of the header, unescaped in place and NUL-terminated there
+static const char* st_string(JsonCursor* c, const char* path) {
     json_peek(c);
     char* s = (char*)c->p;
-    return json_string(c, s, (size_t)(c->end - c->p)) ? NULL : s;
+    st_json(json_string(c, s, (size_t)(c->end - c->p)), c, path);
+    return s;
 }
 
 // {"key": "value", ...}
-static int st_parse_metadata(JsonCursor* c, SafeTensors* st, char* err, size_t errlen) {
+static void st_parse_metadata(JsonCursor* c, SafeTensors* st) {
     int cap = 0;
-    if (json_peek(c) != '{') return st_error(err, errlen, st->path, "\"__metadata__\" is not a JSON object of strings");
+    if (json_peek(c) != '{') st_fail(st->path, "\"__metadata__\" is not a JSON object of strings");
     int more = json_open(c, '{', '}');
     while (more > 0) {
         st_grow((void**)&st->meta, &cap, st->num_meta, sizeof(SafeTensorsMeta));
         SafeTensorsMeta* m = &st->meta[st->num_meta++];
-        m->value = NULL;
-        if ((m->key = st_string(c)) == NULL || json_expect(c, ':')) return st_bad_json(err, errlen, st->path, c);
-        if (json_peek(c) != '"') {
-            return st_error(err, errlen, st->path, "metadata '%s' is not a string (safetensors metadata values "
-                            "must be strings)", m->key);
-        }
-        if ((m->value = st_string(c)) == NULL) return st_bad_json(err, errlen, st->path, c);
+        m->key = st_string(c, st->path);
+        st_json(json_expect(c, ':'), c, st->path);
+        if (json_peek(c) != '"') st_fail(st->path, "metadata '%s' is not a string (safetensors metadata values must "
+                                         "be strings)", m->key);
+        m->value = st_string(c, st->path);
         more = json_more(c, '}');
     }
-    return more < 0 ? st_bad_json(err, errlen, st->path, c) : 0;
+    st_json(more, c, st->path);
 }
 
 // {"dtype": .., "shape": [..], "data_offsets": [begin, end]}, each once, checked against the data section
-static int st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data, size_t data_size,
-                           const char* path, char* err, size_t errlen) {
+static void st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data, size_t data_size, const char* path) {
     int64_t shape[8], offsets[2];
     int ndim = -1, noffsets = -1;
-    if (json_peek(c) != '{') return st_error(err, errlen, path, "tensor '%s' is not a JSON object {\"dtype\", \"shape\", "
-                                             "\"data_offsets\"}", t->name);
+    if (json_peek(c) != '{') st_fail(path, "tensor '%s' is not a JSON object {\"dtype\", \"shape\", \"data_offsets\"}", t->name);
     int more = json_open(c, '{', '}');
     while (more > 0) {
-        const char* key = st_string(c);
-        if (key == NULL || json_expect(c, ':')) return st_bad_json(err, errlen, path, c);
-        int bad;
-        if (strcmp(key, "dtype") == 0 && t->dtype == NULL) bad = (t->dtype = st_string(c)) == NULL;
-        else if (strcmp(key, "shape") == 0 && ndim < 0) bad = json_int_array(c, shape, 8, &ndim);
-        else if (strcmp(key, "data_offsets") == 0 && noffsets < 0) bad = json_int_array(c, offsets, 2, &noffsets);
-        else return st_error(err, errlen, path, "tensor '%s' has an unexpected or repeated field \"%s\" (expected "
-                             "\"dtype\", \"shape\" and \"data_offsets\", once each)", t->name, key);
-        if (bad) return st_bad_json(err, errlen, path, c);
+        const char* key = st_string(c, path);
+        st_json(json_expect(c, ':'), c, path);
+        if (strcmp(key, "dtype") == 0 && t->dtype == NULL) t->dtype = st_string(c, path);
+        else if (strcmp(key, "shape") == 0 && ndim < 0) st_json(json_int_array(c, shape, 8, &ndim), c, path);
+        else if (strcmp(key, "data_offsets") == 0 && noffsets < 0) st_json(json_int_array(c, offsets, 2, &noffsets), c, path);
+        else st_fail(path, "tensor '%s' has an unexpected or repeated field \"%s\" (expected \"dtype\", \"shape\" and "
+                     "\"data_offsets\", once each)", t->name, key);
         more = json_more(c, '}');
     }
-    if (more < 0) return st_bad_json(err, errlen, path, c);
+    st_json(more, c, path);
     if (t->dtype == NULL || ndim < 0 || noffsets < 0) {
-        return st_error(err, errlen, path, "tensor '%s' has no \"%s\"", t->name,
-                        t->dtype == NULL ? "dtype" : ndim < 0 ? "shape" : "data_offsets");
+        st_fail(path, "tensor '%s' has no \"%s\"", t->name, t->dtype == NULL ? "dtype" : ndim < 0 ? "shape" : "data_offsets");
     }
     size_t esize = st_dtype_size(t->dtype);
-    if (esize == 0) {
-        return st_error(err, errlen, path, "tensor '%s' has dtype '%s'; ldm.c reads only F32 and I64 tensors",
-                        t->name, t->dtype);
-    }
-    if (ndim > 8) return st_error(err, errlen, path, "tensor '%s' has %d dimensions, at most 8 are supported", t->name, ndim);
-    if (noffsets != 2) return st_error(err, errlen, path, "tensor '%s' data_offsets has %d numbers, expected [begin, end]", t->name, noffsets);
+    if (esize == 0) st_fail(path, "tensor '%s' has dtype '%s'; ldm.c reads only F32 and I64 tensors", t->name, t->dtype);
+    if (ndim > 8) st_fail(path, "tensor '%s' has %d dimensions, at most 8 are supported", t->name, ndim);
+    if (noffsets != 2) st_fail(path, "tensor '%s' data_offsets has %d numbers, expected [begin, end]", t->name, noffsets);
     // element count and byte size, refusing negative dimensions and sizes that overflow
     t->ndim = ndim;
     t->numel = 1;
     for (int d = 0; d < ndim; d++) {
-        if (shape[d] < 0) return st_error(err, errlen, path, "tensor '%s' has a negative dimension %lld", t->name, (long long)shape[d]);
+        if (shape[d] < 0) st_fail(path, "tensor '%s' has a negative dimension %lld", t->name, (long long)shape[d]);
         if (shape[d] != 0 && t->numel > SIZE_MAX / esize / (uint64_t)shape[d]) {
-            return st_error(err, errlen, path, "tensor '%s' has a shape too large for memory", t->name);
+            st_fail(path, "tensor '%s' has a shape too large for memory", t->name);
         }
         t->shape[d] = shape[d];
         t->numel *= (size_t)shape[d];
@@ -334,181 +323,131 @@ static int st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data
     t->nbytes = t->numel * esize;
     long long begin = offsets[0], end = offsets[1];
     if (begin < 0 || begin > end) {
-        return st_error(err, errlen, path, "tensor '%s' data_offsets [%lld, %lld) end before they begin: the file is "
-                        "corrupt", t->name, begin, end);
+        st_fail(path, "tensor '%s' data_offsets [%lld, %lld) end before they begin: the file is corrupt", t->name, begin, end);
     }
     if ((uint64_t)end > data_size) {
-        return st_error(err, errlen, path, "tensor '%s' data_offsets [%lld, %lld) exceed the data section (%zu bytes): "
-                        "the file is truncated or corrupt", t->name, begin, end, data_size);
+        st_fail(path, "tensor '%s' data_offsets [%lld, %lld) exceed the data section (%zu bytes): the file is truncated "
+                "or corrupt", t->name, begin, end, data_size);
     }
     if ((uint64_t)(end - begin) != t->nbytes) {
         char s[160];
         st_shape_str(t, s, sizeof(s));
-        return st_error(err, errlen, path, "tensor '%s' is %s of shape %s = %zu bytes but its data_offsets [%lld, %lld) "
-                        "span %lld bytes", t->name, t->dtype, s, t->nbytes, begin, end, end - begin);
+        st_fail(path, "tensor '%s' is %s of shape %s = %zu bytes but its data_offsets [%lld, %lld) span %lld bytes",
+                t->name, t->dtype, s, t->nbytes, begin, end, end - begin);
     }
     t->data = data + begin;
-    return 0;
 }
 
-// qsort order of pointers to SafeTensorInfo: by where their data begins, empty tensors first
+// qsort order of SafeTensorInfo: by where their data begins, empty tensors first
 static int st_by_offset(const void* a, const void* b) {
-    const SafeTensorInfo* x = *(const SafeTensorInfo* const*)a;
-    const SafeTensorInfo* y = *(const SafeTensorInfo* const*)b;
+    const SafeTensorInfo* x = (const SafeTensorInfo*)a;
+    const SafeTensorInfo* y = (const SafeTensorInfo*)b;
     if (x->data != y->data) return (const uint8_t*)x->data < (const uint8_t*)y->data ? -1 : 1;
     return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
 }
 
 // the tensors' byte ranges, in order of where they begin, must tile the data section exactly
-// (sorts by_name by offset)
-static int st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_size, char* err, size_t errlen) {
-    qsort(st->by_name, (size_t)st->num_tensors, sizeof(SafeTensorInfo*), st_by_offset);
+static void st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_size) {
+    qsort(st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_offset);
     size_t expected = 0;   // where the next tensor must begin
-    const char* prev = NULL;
     for (int i = 0; i < st->num_tensors; i++) {
-        const SafeTensorInfo* t = st->by_name[i];
+        const SafeTensorInfo* t = &st->tensors[i];
         size_t begin = (size_t)((const uint8_t*)t->data - data);
         if (begin < expected) {
-            return st_error(err, errlen, st->path, "tensor '%s' (bytes [%zu, %zu)) overlaps tensor '%s' (which ends at "
-                            "%zu): the file is corrupt", t->name, begin, begin + t->nbytes, prev, expected);
+            st_fail(st->path, "tensor '%s' (bytes [%zu, %zu)) overlaps tensor '%s' (which ends at %zu): the file is "
+                    "corrupt", t->name, begin, begin + t->nbytes, st->tensors[i - 1].name, expected);
         }
         if (begin > expected) {
-            return st_error(err, errlen, st->path, "gap of %zu unused bytes before tensor '%s' (bytes [%zu, %zu) are not "
-                            "part of any tensor): the file is corrupt", begin - expected, t->name, expected, begin);
+            st_fail(st->path, "gap of %zu unused bytes before tensor '%s' (bytes [%zu, %zu) are not part of any tensor): "
+                    "the file is corrupt", begin - expected, t->name, expected, begin);
         }
         expected = begin + t->nbytes;
-        prev = t->name;
     }
     if (expected != data_size) {
-        return st_error(err, errlen, st->path, "%zu trailing bytes after the last tensor's data (the tensors end at byte "
-                        "%zu of a %zu-byte data section): the file is corrupt", data_size - expected, expected, data_size);
+        st_fail(st->path, "%zu trailing bytes after the last tensor's data (the tensors end at byte %zu of a %zu-byte data "
+                "section): the file is corrupt", data_size - expected, expected, data_size);
     }
-    return 0;
 }
 
-// every tensor name and every metadata key once: sorted, so equal names are neighbours
-static int st_check_names(SafeTensors* st, char* err, size_t errlen) {
-    const char* dup = st_sort_find_duplicate((void**)st->by_name, st->num_tensors);
-    if (dup != NULL) return st_error(err, errlen, st->path, "tensor '%s' appears twice in the header", dup);
-    void** keys = (void**)mallocCheck((size_t)st->num_meta * sizeof(void*) + 1);
-    for (int i = 0; i < st->num_meta; i++) keys[i] = &st->meta[i];
-    dup = st_sort_find_duplicate(keys, st->num_meta);
-    free(keys);
-    if (dup != NULL) return st_error(err, errlen, st->path, "metadata key '%s' appears twice in the header", dup);
-    return 0;
-}
-
-static int st_parse_header(SafeTensors* st, const char* header, size_t header_len, const uint8_t* data,
-                           size_t data_size, char* err, size_t errlen) {
+static void st_parse_header(SafeTensors* st, const char* header, size_t header_len, const uint8_t* data, size_t data_size) {
     const char* path = st->path;
-    if (!st_utf8_valid(header, header_len)) return st_error(err, errlen, path, "the header is not valid UTF-8");
+    if (!st_utf8_valid(header, header_len)) st_fail(path, "the header is not valid UTF-8");
     JsonCursor c;
     json_init(&c, header, header_len);
     int cap = 0, seen_meta = 0;
     int more = json_open(&c, '{', '}');
     while (more > 0) {
-        const char* name = st_string(&c);
-        if (name == NULL || json_expect(&c, ':')) return st_bad_json(err, errlen, path, &c);
+        const char* name = st_string(&c, path);
+        st_json(json_expect(&c, ':'), &c, path);
         if (strcmp(name, "__metadata__") == 0) {
-            if (seen_meta++) return st_error(err, errlen, path, "\"__metadata__\" appears twice in the header");
-            if (st_parse_metadata(&c, st, err, errlen)) return -1;
+            if (seen_meta++) st_fail(path, "\"__metadata__\" appears twice in the header");
+            st_parse_metadata(&c, st);
         } else {
             st_grow((void**)&st->tensors, &cap, st->num_tensors, sizeof(SafeTensorInfo));
             SafeTensorInfo* t = &st->tensors[st->num_tensors++];
             memset(t, 0, sizeof(*t));
             t->name = name;
-            if (st_parse_tensor(&c, t, data, data_size, path, err, errlen)) return -1;
+            st_parse_tensor(&c, t, data, data_size, path);
         }
         more = json_more(&c, '}');
     }
-    if (more < 0) return st_bad_json(err, errlen, path, &c);
+    st_json(more, &c, path);
     // only blanks may follow the object: Python's writer pads the header with spaces
-    if (json_peek(&c) >= 0) {
-        json_fail(&c, "unexpected text after the closing '}'");
-        return st_bad_json(err, errlen, path, &c);
+    if (json_peek(&c) >= 0) st_json(json_fail(&c, "unexpected text after the closing '}'"), &c, path);
+    st_check_layout(st, data, data_size);
+    // sorted by name for the lookups, which also puts any name that appears twice next to itself
+    const char* dup = st_sort_by_name(st->tensors, st->num_tensors, sizeof(SafeTensorInfo));
+    if (dup != NULL) st_fail(path, "tensor '%s' appears twice in the header", dup);
+    dup = st_sort_by_name(st->meta, st->num_meta, sizeof(SafeTensorsMeta));
+    if (dup != NULL) st_fail(path, "metadata key '%s' appears twice in the header", dup);
+}
+
+// reads the whole file `path` into st (free with safetensors_free); a file that is not a regular file
+// or not a valid safetensors file ends the program with one message naming the problem
+static void safetensors_load(const char* path, SafeTensors* st) {
+    memset(st, 0, sizeof(*st));
+    snprintf(st->path, sizeof(st->path), "%s", path);
+    const char* problem = regular_file_problem(path);
+    if (problem != NULL) st_fail(path, "%s", problem);
+    FILE* fp = fopen(path, "rb");
+    struct stat sb;
+    if (fp == NULL || fstat(fileno(fp), &sb) != 0) st_fail(path, "cannot open: %s", strerror(errno));
+    size_t size = (size_t)sb.st_size;
+    st->buffer = (uint8_t*)malloc(size + 1);
+    if (st->buffer == NULL) st_fail(path, "out of memory reading its %zu bytes", size);
+    size_t got = fread(st->buffer, 1, size, fp);
+    fclose(fp);
+    if (got != size) st_fail(path, "read only %zu of its %zu bytes", got, size);
+    if (size < 8) st_fail(path, "the file is %zu bytes, too short for a safetensors file (which starts with an 8-byte "
+                          "header length)", size);
+    uint64_t header_len = 0;   // little-endian, whatever the host's byte order
+    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | st->buffer[i];
+    if (header_len > size - 8) {
+        st_fail(path, "header length %llu exceeds the %zu bytes after the 8-byte length field: the file is truncated "
+                "or not a safetensors file", (unsigned long long)header_len, size - 8);
     }
-    st->by_name = (SafeTensorInfo**)mallocCheck((size_t)st->num_tensors * sizeof(SafeTensorInfo*) + 1);
-    for (int i = 0; i < st->num_tensors; i++) st->by_name[i] = &st->tensors[i];
-    if (st_check_names(st, err, errlen) || st_check_layout(st, data, data_size, err, errlen)) return -1;
-    qsort(st->by_name, (size_t)st->num_tensors, sizeof(SafeTensorInfo*), st_by_name);   // for safetensors_find
-    return 0;
+    st_parse_header(st, (const char*)st->buffer + 8, (size_t)header_len, st->buffer + 8 + header_len,
+                    size - 8 - (size_t)header_len);
 }
 
 static void safetensors_free(SafeTensors* st) {
     free(st->tensors);
-    free(st->by_name);
     free(st->meta);
     free(st->buffer);
     memset(st, 0, sizeof(*st));
-}
-
-static int st_read(const char* path, SafeTensors* st, char* err, size_t errlen) {
-    snprintf(st->path, sizeof(st->path), "%s", path);
-    const char* problem = regular_file_problem(path);
-    if (problem != NULL) return st_error(err, errlen, path, "%s", problem);
-    FILE* fp = fopen(path, "rb");
-    struct stat sb;
-    if (fp == NULL || fstat(fileno(fp), &sb) != 0) {
-        int saved = errno;
-        if (fp != NULL) fclose(fp);
-        return st_error(err, errlen, path, "cannot open: %s", strerror(saved));
-    }
-    size_t size = (size_t)sb.st_size;
-    st->buffer = (uint8_t*)malloc(size + 1);
-    if (st->buffer == NULL) { fclose(fp); return st_error(err, errlen, path, "out of memory reading %zu bytes", size); }
-    size_t got = fread(st->buffer, 1, size, fp);
-    fclose(fp);
-    if (got != size) return st_error(err, errlen, path, "read only %zu of its %zu bytes", got, size);
-    if (size < 8) {
-        return st_error(err, errlen, path, "the file is %zu bytes, too short for a safetensors file (which starts with "
-                        "an 8-byte header length)", size);
-    }
-    uint64_t header_len = 0;   // little-endian, whatever the host's byte order
-    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | st->buffer[i];
-    if (header_len > size - 8) {
-        return st_error(err, errlen, path, "header length %llu exceeds the %zu bytes after the 8-byte length field: the "
-                        "file is truncated or not a safetensors file", (unsigned long long)header_len, size - 8);
-    }
-    return st_parse_header(st, (const char*)st->buffer + 8, (size_t)header_len, st->buffer + 8 + header_len,
-                           size - 8 - (size_t)header_len, err, errlen);
-}
-
-// 0 on success; otherwise err holds "<path>: <what is wrong>" and st is empty (nothing to free)
-static int safetensors_read(const char* path, SafeTensors* st, char* err, size_t errlen) {
-    memset(st, 0, sizeof(*st));
-    if (err != NULL && errlen > 0) err[0] = '\0';
-    int rc = st_read(path, st, err, errlen);
-    if (rc != 0) safetensors_free(st);
-    return rc;
-}
-
-static void safetensors_load(const char* path, SafeTensors* st) {
-    char err[1024 + 512];
-    if (safetensors_read(path, st, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: %s\nHINT: the file must be a safetensors file written by ldm.c or Python's "
-                        "safetensors (save_file); check the path, and if a run was killed mid-write, the last "
-                        "complete checkpoint is still under its final name.\n", err);
-        exit(EXIT_FAILURE);
-    }
 }
 
 // ----------------------------------------------------------------------------
 // lookups
 
 static const SafeTensorInfo* safetensors_find(const SafeTensors* st, const char* name) {
-    SafeTensorInfo key;
-    key.name = name;
-    const SafeTensorInfo* kp = &key;
-    SafeTensorInfo** hit = (SafeTensorInfo**)bsearch(&kp, st->by_name, (size_t)st->num_tensors,
-                                                     sizeof(SafeTensorInfo*), st_by_name);
-    return hit != NULL ? *hit : NULL;
+    return (const SafeTensorInfo*)bsearch(&name, st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_name);
 }
 
 static const char* safetensors_meta(const SafeTensors* st, const char* key) {
-    for (int i = 0; i < st->num_meta; i++) {
-        if (strcmp(st->meta[i].key, key) == 0) return st->meta[i].value;
-    }
-    return NULL;
+    const SafeTensorsMeta* m = (const SafeTensorsMeta*)bsearch(&key, st->meta, (size_t)st->num_meta,
+                                                               sizeof(SafeTensorsMeta), st_by_name);
+    return m != NULL ? m->value : NULL;
 }
 
 // the tensor `name` of dtype `dtype` and (unless expected_numel == 0) that many elements, or exit
@@ -625,7 +564,7 @@ static int json_get_int_array(const char* json, const char* key, int* out, int m
 
 // ----------------------------------------------------------------------------
 // writer: the same bytes as Python's safetensors.torch.save_file for the same tensors and a single
-// metadata entry (Python orders several metadata entries arbitrarily; ours keep the order they were added).
+// metadata entry (Python orders several metadata entries arbitrarily; ours are sorted by key).
 // Layout as Python's: "__metadata__" first, then tensors by dtype alignment (I64 before F32) and then by
 // name, so every tensor is aligned to its element size; the header is padded with spaces to a multiple
 // of 8 bytes; strings are escaped as serde_json does (\" \\ \b \f \n \r \t, other control bytes \u00XX).
@@ -712,27 +651,15 @@ static int st_writer_order(const void* a, const void* b) {
     return strcmp(x->name, y->name);
 }
 
-// a name added twice is a bug in the caller; found by sorting, as in the reader
-static void st_writer_check_names(const SafeTensorsWriter* w, const char* path) {
-    int n = w->num_tensors > w->num_meta ? w->num_tensors : w->num_meta;
-    void** items = (void**)mallocCheck((size_t)n * sizeof(void*) + 1);
-    for (int i = 0; i < w->num_tensors; i++) items[i] = &w->tensors[i];
-    const char* dup = st_sort_find_duplicate(items, w->num_tensors);
-    const char* what = "tensor";
-    if (dup == NULL) {
-        for (int i = 0; i < w->num_meta; i++) items[i] = &w->meta[i];
-        dup = st_sort_find_duplicate(items, w->num_meta);
-        what = "metadata key";
-    }
-    free(items);
-    if (dup != NULL) {
-        fprintf(stderr, "Error: st_writer_write('%s'): %s '%s' was added twice\n", path, what, dup);
+static void st_writer_write(SafeTensorsWriter* w, const char* path) {
+    // a name added twice is a bug in the caller, found by sorting as in the reader
+    const char* dup = st_sort_by_name(w->tensors, w->num_tensors, sizeof(SafeTensorInfo));
+    const char* dup_key = st_sort_by_name(w->meta, w->num_meta, sizeof(SafeTensorsMeta));
+    if (dup != NULL || dup_key != NULL) {
+        fprintf(stderr, "Error: st_writer_write('%s'): %s '%s' was added twice\n", path, dup ? "tensor" : "metadata key",
+                dup ? dup : dup_key);
         exit(EXIT_FAILURE);
     }
-}
-
-static void st_writer_write(SafeTensorsWriter* w, const char* path) {
-    st_writer_check_names(w, path);
     qsort(w->tensors, (size_t)w->num_tensors, sizeof(SafeTensorInfo), st_writer_order);
     char* header = NULL;
     size_t header_len = 0;
