@@ -661,10 +661,11 @@ static void st_writer_write(SafeTensorsWriter* w, const char* path) {
         exit(EXIT_FAILURE);
     }
     qsort(w->tensors, (size_t)w->num_tensors, sizeof(SafeTensorInfo), st_writer_order);
-    char* header = NULL;
-    size_t header_len = 0;
-    FILE* h = open_memstream(&header, &header_len);   // a FILE* that grows a malloc'd buffer
+    char* header = NULL;   // the 8-byte length, then the JSON
+    size_t size = 0;
+    FILE* h = open_memstream(&header, &size);   // a FILE* that grows a malloc'd buffer
     if (h == NULL) { fprintf(stderr, "Error: out of memory building a safetensors header\n"); exit(EXIT_FAILURE); }
+    fwrite("\0\0\0\0\0\0\0", 1, 8, h);   // the length, filled in below
     fputc('{', h);
     if (w->num_meta > 0) {
         fputs("\"__metadata__\":{", h);
@@ -688,21 +689,18 @@ static void st_writer_write(SafeTensorsWriter* w, const char* path) {
     }
     fputc('}', h);
     fflush(h);
-    fprintf(h, "%*s", (int)((8 - header_len % 8) % 8), "");   // so the data section starts 8-byte aligned
+    fprintf(h, "%*s", (int)((8 - size % 8) % 8), "");   // so the data section starts 8-byte aligned
     if (fclose(h) != 0) { fprintf(stderr, "Error: out of memory building a safetensors header\n"); exit(EXIT_FAILURE); }
+    for (int i = 0; i < 8; i++) header[i] = (char)((uint64_t)(size - 8) >> (8 * i));   // little-endian
 
-    uint8_t len_bytes[8];   // little-endian
-    for (int i = 0; i < 8; i++) len_bytes[i] = (uint8_t)((uint64_t)header_len >> (8 * i));
-    FileChunk* chunks = (FileChunk*)mallocCheck((size_t)(w->num_tensors + 2) * sizeof(FileChunk));
-    chunks[0].data = len_bytes;
-    chunks[0].size = 8;
-    chunks[1].data = header;
-    chunks[1].size = header_len;
+    FileChunk* chunks = (FileChunk*)mallocCheck((size_t)(w->num_tensors + 1) * sizeof(FileChunk));
+    chunks[0].data = header;
+    chunks[0].size = size;
     for (int i = 0; i < w->num_tensors; i++) {
-        chunks[2 + i].data = w->tensors[i].data;
-        chunks[2 + i].size = w->tensors[i].nbytes;
+        chunks[1 + i].data = w->tensors[i].data;
+        chunks[1 + i].size = w->tensors[i].nbytes;
     }
-    file_write_atomic(path, chunks, w->num_tensors + 2);
+    file_write_atomic(path, chunks, w->num_tensors + 1);
     free(chunks);
     free(header);
 }
