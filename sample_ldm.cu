@@ -10,6 +10,7 @@ computed in one batched forward of the conditional and "no class" rows.
 */
 #define TESTING
 #include "train_ldm.cu"
+#include "ldmc/sha256.h"
 
 typedef struct {
     char checkpoint[512];

@@ -21,6 +21,7 @@ training program. sample_ldm.cu and test_ldm.cu reuse the model with `#define TE
 #include "ldmc/linear.cuh"
 #include "ldmc/attention.cuh"
 #include "ldmc/diffusion.h"
+#include "ldmc/sha256.h"
 
 #define MAX_SKIPS 32
 

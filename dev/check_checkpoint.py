@@ -4,9 +4,11 @@ dev/check_checkpoint.py - checks a checkpoint written by our programs against th
     /usr/bin/python3 dev/check_checkpoint.py runs/<run-name>
     /usr/bin/python3 dev/check_checkpoint.py path/to/checkpoint_final.safetensors
 
-1. Parses the safetensors file with Python's own code (no safetensors package, so a bug shared by
-   our writer and that package cannot hide): header length, JSON header, strictly contiguous
-   offsets, dtype and shape consistent with the byte count, np.frombuffer per tensor.
+1. Reads the safetensors file with the `safetensors` package (unet_twin.read_safetensors), as a PyTorch
+   user would: it refuses truncated files, overlapping or gapped offsets and dtype/shape that disagree
+   with the byte count. (The independent strict parse is ldm.c's own reader, ldmc/safetensors.h,
+   which test_ldm checks against files this package writes; it also refuses repeated names, which
+   the package lets pass.)
 2. Reads __metadata__ (`format`, `model`, `config`), builds the twin from the config and loads the
    weights with load_state_dict(strict=True): every name and shape must be exactly the twin's.
 3. Reads eval_batch.safetensors beside the checkpoint (train_vae writes it at the end of a run:
@@ -19,16 +21,14 @@ A U-Net checkpoint (metadata model = "unet") is handed to unet_twin.check_unet_c
 import argparse
 import json
 import os
-import struct
 import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unet_twin import read_safetensors  # noqa: E402
+
 TOLERANCE = 1e-4
-DTYPES = {  # safetensors dtype -> numpy dtype (little-endian)
-    "F64": "<f8", "F32": "<f4", "F16": "<f2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
-}
 
 
 def fail(msg):
@@ -36,85 +36,11 @@ def fail(msg):
     sys.exit(1)
 
 # -----------------------------------------------------------------------------
-# a strict safetensors reader
-
-
-def no_duplicates(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise ValueError("duplicate key %r" % k)
-        d[k] = v
-    return d
-
-
-def read_safetensors(path):
-    """(tensors, metadata): tensors maps name -> numpy array, metadata maps str -> str.
-    Any violation of the format is an error naming the file and the problem."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        fail("cannot read %s: %s" % (path, e.strerror))
-    if len(data) < 8:
-        fail("%s: %d bytes, too short for a safetensors file (8-byte header length first)" % (path, len(data)))
-    (hlen,) = struct.unpack("<Q", data[:8])
-    if hlen > len(data) - 8:
-        fail("%s: header length %d exceeds the %d bytes after it (truncated or not a safetensors file)"
-             % (path, hlen, len(data) - 8))
-    try:
-        header = json.loads(data[8:8 + hlen].decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
-        fail("%s: the header is not valid JSON: %s" % (path, e))
-    if not isinstance(header, dict):
-        fail("%s: the header is not a JSON object" % path)
-    metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        fail("%s: __metadata__ must be an object of string values" % path)
-    body = memoryview(data)[8 + hlen:]
-
-    entries = []
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            fail("%s: tensor %r needs exactly dtype, shape and data_offsets, has %s" % (path, name, info))
-        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
-            fail("%s: tensor %r has unsupported dtype %r (known: %s)" % (path, name, dtype, ", ".join(DTYPES)))
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            fail("%s: tensor %r has a bad shape %r" % (path, name, shape))
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
-                or not 0 <= offs[0] <= offs[1]):
-            fail("%s: tensor %r has bad data_offsets %r" % (path, name, offs))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dtype]).itemsize
-        if offs[1] - offs[0] != nbytes:
-            fail("%s: tensor %r is %s %s = %d bytes but its data_offsets %r span %d bytes"
-                 % (path, name, dtype, shape, nbytes, offs, offs[1] - offs[0]))
-        entries.append((offs[0], offs[1], name, dtype, shape))
-
-    # the tensors must tile the data section exactly: no gaps, no overlaps, nothing after the last
-    entries.sort()
-    pos = 0
-    for begin, end, name, _, _ in entries:
-        if begin != pos:
-            fail("%s: tensor %r starts at data offset %d, expected %d (offsets must be contiguous)"
-                 % (path, name, begin, pos))
-        pos = end
-    if pos != len(body):
-        fail("%s: the tensors cover %d bytes of data but the file holds %d after the header"
-             % (path, pos, len(body)))
-
-    tensors = {}
-    for begin, end, name, dtype, shape in entries:
-        tensors[name] = np.frombuffer(body[begin:end], dtype=DTYPES[dtype]).reshape(shape)
-    return tensors, metadata
-
-# -----------------------------------------------------------------------------
 # the VAE check
 
 
 def check_vae(ckpt_path, tensors, metadata, eval_path):
     import torch
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from vae_twin import vae_from_config
 
     try:
@@ -195,7 +121,6 @@ def main():
     if model == "vae":
         sys.exit(check_vae(ckpt, tensors, metadata, eval_path))
     if model == "unet":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from unet_twin import check_unet_checkpoint
         sys.exit(check_unet_checkpoint(ckpt, eval_path))  # its return value is the exit status
     fail("%s: __metadata__ model is %r, expected \"vae\" or \"unet\"" % (ckpt, model))

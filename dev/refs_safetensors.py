@@ -3,19 +3,23 @@ Reference files for tests/test_safetensors.h. The first and last are written by 
 package (the format's reference implementation); tests compare ldmc/safetensors.h against them.
 
   dev/ref/safetensors_python.safetensors    F32 and I64 tensors (scalar, empty, 1-4 dims, inf/nan/-0/denormal,
-                                            int64 extremes) and __metadata__ with a JSON `config` (escaped quotes
-                                            and backslashes), non-ASCII text and control characters. The C test
-                                            checks every value against the same formulas as python_set() below.
+                                            int64 extremes) and __metadata__ with a flat JSON `config` (escaped
+                                            quotes and backslashes), non-ASCII text and control characters. The C
+                                            test checks every value against the same formulas as python_set() below.
   dev/ref/safetensors_escapes.safetensors   written by hand (json + struct), then read back with `safetensors`
                                             to prove it valid: an indented header with the escapes Python's writer
-                                            never emits (\\u00E9 in both cases, a surrogate pair, \\/).
+                                            never emits but ldm.c reads (\\/, \\u001F in upper case, \\u007f),
+                                            and a non-ASCII name as raw UTF-8.
   dev/ref/safetensors_writer.safetensors    writer_set(): what the C test hands to st_writer_write, whose output
                                             must equal these bytes exactly.
 
 Notes on Python's safetensors (checked with 0.8.0): tensors are laid out by dtype (I64 before F32), then by
 name; "__metadata__" comes first but its entries come in hash order, which changes from run to run, so only
 a file with at most one metadata entry has reproducible bytes (writer_set has one); the header is padded
-with spaces to a multiple of 8 bytes.
+with spaces to a multiple of 8 bytes. Its JSON (serde_json) escapes only \\" \\\\ \\b \\f \\n \\r \\t and other
+control bytes as \\u00XX; everything else, non-ASCII included, is raw UTF-8 (see the header of
+safetensors_python). ldm.c's reader therefore refuses \\u escapes of non-ASCII characters, which only
+ensure_ascii JSON writers (Python's json.dumps by default) produce.
 
 Usage (pip install safetensors if it is missing):
   python3 dev/refs_safetensors.py               write the three files
@@ -53,7 +57,7 @@ def python_set():
         "labels": torch.tensor([i * (i - 5) for i in range(10)], dtype=torch.int64),
     }
     config = {"preset": "tiny", "ch": 16, "mult": [1, 2, 4], "nres": 1, "z_channels": 4, "kl_weight": 0.001,
-              "note": 'say "hi" \\ C:\\path\\n tab\t end', "nested": {"ch": 99, "list": [{"x": [1]}]}}
+              "note": 'say "hi" \\ C:\\path\\n tab\t end', "lr": 3e-5}
     metadata = {
         "format": "ldm.c",
         "model": "vae",
@@ -67,7 +71,7 @@ def python_set():
 
 def escapes_header():
     """The header of safetensors_escapes, as a dict (what any JSON reader must decode the file's text to)."""
-    meta = {"bmp": "é☃", "astral": "𝄞", "slash": "a/b", "ctl": "\x01\n"}
+    meta = {"slash": "a/b", "ctl": "\x01\x1f\x7f\n"}
     tensors = {'wéight "q"': {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     return meta, tensors
 
@@ -88,10 +92,10 @@ def writer_set():
 
 def write_escapes(path):
     meta, tensors = escapes_header()
-    text = json.dumps({"__metadata__": meta, **tensors}, ensure_ascii=True, indent=1)
-    text = text.replace("a/b", "a\\/b").replace("\\u00e9\\u2603", "\\u00E9\\u2603")
-    assert "\\/" in text and "\\u00E9" in text and "\\ud834\\udd1e" in text
-    header = text.encode("ascii")
+    text = json.dumps({"__metadata__": meta, **tensors}, ensure_ascii=False, indent=1)
+    text = text.replace("a/b", "a\\/b").replace("\\u001f\x7f", "\\u001F\\u007f")
+    assert "\\/" in text and "\\u001F\\u007f" in text and "é" in text
+    header = text.encode("utf-8")
     header += b" " * (-len(header) % 8)   # keep the data 8-byte aligned, as Python's writer does
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.5, -2.0))

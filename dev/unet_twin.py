@@ -12,7 +12,7 @@ Defines:
   make_schedule(name)                 abar_t, t = 0..999, float64 ("cosine" or "linear")
   diffusion_loss(model, z0, t, eps, abar, labels=None, drop_mask=None, acts=None)
   ema_update(ema, params, n, decay)   the EMA after optimizer step n (0-based)
-  read_safetensors(path)              strict reader in plain Python (json + struct + numpy)
+  read_safetensors(path)              ({name: numpy array}, metadata) through the safetensors package
   write_safetensors(path, tensors, metadata)   a writer with reproducible bytes
   check_unet_checkpoint(checkpoint_path, eval_batch_path) -> 0 ok, 1 mismatch
 
@@ -260,66 +260,23 @@ def ema_update(ema, params, n, decay):
 
 
 # --------------------------------------------------------------------------------------------------
-# safetensors, read with nothing but the standard library and numpy (an independent check of the
-# files our C code writes)
+# safetensors: read with the `safetensors` package, the format's reference implementation (dev/'s only
+# reader; ldm.c's own strict reader in ldmc/safetensors.h is the independent one, tested against files
+# this package writes), and written here with reproducible bytes
 
 DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
 
 
 def read_safetensors(path):
-    # returns ({name: numpy array}, {metadata}); any inconsistency is a SystemExit naming the problem
-    def bad(msg):
-        raise SystemExit(f"error: {path}: {msg}; the file is damaged or not a safetensors file "
-                         "(rewrite it with the program that made it)")
+    # returns ({name: numpy array}, {metadata}); the package refuses truncated files, offsets that
+    # overlap, leave gaps or run past the data, and dtype/shape that disagree with the byte count.
+    # Any problem is a SystemExit naming the file.
+    from safetensors import SafetensorError, safe_open
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise SystemExit(f"error: cannot read {path}: {e.strerror}; check the path")
-    if len(blob) < 8:
-        bad(f"only {len(blob)} bytes, shorter than the 8-byte header length")
-    (hlen,) = struct.unpack("<Q", blob[:8])
-    if hlen > len(blob) - 8:
-        bad(f"header length {hlen} runs past the end of the file ({len(blob)} bytes)")
-    try:
-        header = json.loads(blob[8:8 + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        bad(f"header is not valid JSON ({e})")
-    if not isinstance(header, dict):
-        bad("header is not a JSON object")
-    meta = header.pop("__metadata__", {})
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        bad("__metadata__ is not a map of strings")
-    data = blob[8 + hlen:]
-    entries = []
-    for name, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            bad(f"tensor '{name}' needs exactly dtype, shape and data_offsets")
-        if info["dtype"] not in DTYPES:
-            bad(f"tensor '{name}' has unsupported dtype {info['dtype']}")
-        shape, offs = info["shape"], info["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
-            bad(f"tensor '{name}' has a bad shape {shape}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
-            bad(f"tensor '{name}' has bad data_offsets {offs}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[info["dtype"]]).itemsize
-        if offs[1] - offs[0] != nbytes:
-            bad(f"tensor '{name}': {info['dtype']} {shape} needs {nbytes} bytes, offsets give "
-                f"{offs[1] - offs[0]}")
-        entries.append((offs[0], offs[1], name, info["dtype"], shape))
-    # the data section is the tensors back to back: no gaps, no overlaps, nothing left over
-    pos = 0
-    for begin, end, name, _, _ in sorted(entries):
-        if begin != pos:
-            bad(f"tensor '{name}' starts at {begin}, expected {pos} (gap or overlap in the data)")
-        pos = end
-    if pos != len(data):
-        bad(f"tensors cover {pos} data bytes but the file holds {len(data)}")
-    tensors = {}
-    for begin, end, name, dtype, shape in entries:
-        arr = np.frombuffer(data[begin:end], dtype=np.dtype(DTYPES[dtype]).newbyteorder("<"))
-        tensors[name] = arr.reshape(shape).astype(DTYPES[dtype])
-    return tensors, meta
+        with safe_open(path, framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (OSError, SafetensorError) as e:
+        raise SystemExit(f"error: {path}: {e}; check the path, or rewrite the file with the program that made it")
 
 
 def write_safetensors(path, tensors, metadata):
@@ -335,7 +292,8 @@ def write_safetensors(path, tensors, metadata):
                         "data_offsets": [pos, pos + a.nbytes]}
         chunks.append(a.tobytes())
         pos += a.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    # raw UTF-8 as the package writes it: ldm.c's reader refuses \u escapes of non-ASCII characters
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))

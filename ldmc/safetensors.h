@@ -1,72 +1,65 @@
-// ldmc/safetensors.h — reading and writing safetensors files, ldm.c's checkpoint format:
+// ldmc/safetensors.h — reading and writing safetensors files, ldm.c's checkpoint and reference format:
 //   an 8-byte little-endian header length N, N bytes of JSON header, then the raw little-endian data.
 //   The header maps each tensor name to {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}
-//   (offsets relative to the start of the data section) plus an optional "__metadata__" object
-//   whose values are all strings (ldm.c's `config` is itself a JSON string stored there).
+//   (offsets into the data section) plus an optional "__metadata__" object of strings.
 // Defines:
-//   SafeTensors, safetensors_read / safetensors_load / safetensors_free: a strict reader that keeps the
-//     whole file in host memory; any inconsistency is an error naming the file and the problem.
+//   SafeTensors, safetensors_load / safetensors_free: a strict reader that keeps the whole file in host
+//     memory; any inconsistency ends the program with one message naming the file and the problem.
 //   safetensors_find / safetensors_get_f32 / safetensors_get_i64 / safetensors_meta: lookups.
-//   SafeTensorsWriter, st_writer_*: collects tensors (host pointers, not copied) and metadata, and writes
-//     them atomically (temporary file, fsync, rename) in the same bytes Python's `safetensors` writes.
-//   json_get_int / json_get_float / json_get_string / json_get_int_array: values of a flat JSON object
-//     such as {"preset":"tiny","ch":16,"mult":[1,2,4],"nres":1,"z_channels":4}.
-// Host only: tensors are read to and written from host memory; callers move them to the device.
+//   SafeTensorsWriter, st_writer_*: collects tensors (host pointers, not copied) and metadata and writes
+//     them atomically (files.h) in the same bytes as Python's `safetensors`.
+//   json_get_int / json_get_float / json_get_string / json_get_int_array: values of the flat JSON objects
+//     the programs store in metadata, e.g. `config` = {"preset":"tiny","ch":16,"mult":[1,2,4]}.
+// The JSON read is only what those hold: the header's two fixed levels (no recursion, so no nesting to
+// bound) and flat objects of numbers, strings and integer arrays. Strings are UTF-8 with the escapes
+// \" \\ \/ \b \f \n \r \t \u0001-\u007f: Python's safetensors (serde_json) and our writer store every
+// other character as raw UTF-8, so \u escapes of non-ASCII characters (from ensure_ascii JSON writers)
+// are refused with a message saying so. Host only: callers move tensors to and from the device.
 #pragma once
 
 #include <stdarg.h>
 #include <limits.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include "common.cuh"
+#include "files.h"
 
 // ----------------------------------------------------------------------------
 // data types
 
 typedef struct {
-    char name[256];
-    char dtype[8];            // "F32", "I64", ...
+    const char* name;     // first member, as in SafeTensorsMeta: st_by_name sorts both by it
+    const char* dtype;    // "F32", "I64", ...
     int ndim;
     int64_t shape[8];
     size_t numel;
     size_t nbytes;
-    const void* data;         // points into SafeTensors.buffer (host memory)
+    const void* data;     // host memory: into SafeTensors.buffer, or the writer's caller's pointer
 } SafeTensorInfo;
 
+typedef struct { const char* key; const char* value; } SafeTensorsMeta;
+
+// names, dtypes and metadata strings point into `buffer`, where the header's strings were unescaped
 typedef struct {
     char path[1024];
     int num_tensors;
-    SafeTensorInfo* tensors;  // (num_tensors,) in file order
+    SafeTensorInfo* tensors;    // (num_tensors,) sorted by name, for safetensors_find
     int num_meta;
-    char** meta_keys;         // (num_meta,) in file order
-    char** meta_values;       // (num_meta,)
-    uint8_t* buffer;          // the whole file
+    SafeTensorsMeta* meta;      // (num_meta,) sorted by key
+    uint8_t* buffer;            // the whole file
 } SafeTensors;
 
 typedef struct {
-    int num_tensors, tensors_cap;
-    SafeTensorInfo* tensors;  // (num_tensors,) .data points at the caller's host memory
-    int num_meta, meta_cap;
-    char** meta_keys;         // (num_meta,) copies of the caller's strings
-    char** meta_values;       // (num_meta,)
+    int num_tensors, tensors_cap, num_meta, meta_cap;
+    SafeTensorInfo* tensors;    // (num_tensors,) names copied, .data the caller's host memory
+    SafeTensorsMeta* meta;      // (num_meta,) copies of the caller's strings
 } SafeTensorsWriter;
 
 // ----------------------------------------------------------------------------
-// dtypes
+// helpers: dtypes, growing arrays, sorting by name
 
-typedef struct { const char* name; size_t size; } SafeTensorsDtype;
-static const SafeTensorsDtype st_dtypes[] = {
-    {"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"F8_E5M2", 1}, {"F8_E4M3", 1},
-    {"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1},
-    {"U64", 8}, {"U32", 4}, {"U16", 2}, {"U8", 1}, {"BOOL", 1},
-};
-
-// bytes per element, 0 for a dtype this reader does not know
+// bytes per element of the two dtypes ldm.c stores (weights, activations: F32; steps, labels, RNG
+// state: I64), 0 for any other
 static size_t st_dtype_size(const char* dtype) {
-    for (size_t i = 0; i < sizeof(st_dtypes) / sizeof(st_dtypes[0]); i++) {
-        if (strcmp(dtype, st_dtypes[i].name) == 0) return st_dtypes[i].size;
-    }
-    return 0;
+    return strcmp(dtype, "F32") == 0 ? 4 : strcmp(dtype, "I64") == 0 ? 8 : 0;
 }
 
 // "[4, 3, 3, 3]"
@@ -78,8 +71,45 @@ static void st_shape_str(const SafeTensorInfo* t, char* out, size_t n) {
     if (len < n) snprintf(out + len, n - len, "]");
 }
 
+// room for one more element in a growing array (exits when out of memory)
+static void st_grow(void** array, int* cap, int count, size_t elem) {
+    if (count < *cap) return;
+    *cap = *cap ? 2 * *cap : 16;
+    *array = realloc(*array, (size_t)*cap * elem);
+    if (*array == NULL) { fprintf(stderr, "Error: out of memory in safetensors.h\n"); exit(EXIT_FAILURE); }
+}
+
+// qsort/bsearch order of SafeTensorInfo or SafeTensorsMeta (or of a bare name, as a key): by the name
+static int st_by_name(const void* a, const void* b) {
+    return strcmp(*(const char* const*)a, *(const char* const*)b);
+}
+
+// sorts n structs of `size` bytes that begin with their name by name; returns a name that appears twice,
+// or NULL. O(n log n): 100,000 names take milliseconds (comparing each with those before took minutes)
+static const char* st_sort_by_name(void* items, int n, size_t size) {
+    qsort(items, (size_t)n, size, st_by_name);
+    for (int i = 1; i < n; i++) {
+        const char* prev = (const char*)items + (size_t)(i - 1) * size;
+        if (st_by_name(prev, prev + size) == 0) return *(const char* const*)prev;
+    }
+    return NULL;
+}
+
+// the header must be UTF-8 (Python refuses the file otherwise); checks lead and continuation bytes
+static int st_utf8_valid(const char* s, size_t n) {
+    const unsigned char* p = (const unsigned char*)s;
+    for (size_t i = 0; i < n;) {
+        int extra = p[i] < 0x80 ? 0 : (p[i] >> 5) == 0x6 ? 1 : (p[i] >> 4) == 0xE ? 2 : (p[i] >> 3) == 0x1E ? 3 : -1;
+        if (extra < 0 || i + (size_t)extra >= n) return 0;
+        for (i++; extra > 0; extra--, i++) {
+            if ((p[i] & 0xC0) != 0x80) return 0;
+        }
+    }
+    return 1;
+}
+
 // ----------------------------------------------------------------------------
-// a small JSON parser over a text that need not be NUL-terminated (the header sits inside the file)
+// JSON: a cursor over a text that need not be NUL-terminated (the header sits inside the file)
 
 typedef struct {
     const char* start;   // the JSON text
@@ -95,19 +125,13 @@ static void json_init(JsonCursor* c, const char* text, size_t len) {
 }
 
 static int json_fail(JsonCursor* c, const char* what) {
-    if (c->error[0] == '\0') {
-        snprintf(c->error, sizeof(c->error), "%s at byte %ld", what, (long)(c->p - c->start));
-    }
+    if (c->error[0] == '\0') snprintf(c->error, sizeof(c->error), "%s at byte %ld", what, (long)(c->p - c->start));
     return -1;
-}
-
-static void json_skip_ws(JsonCursor* c) {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
 }
 
 // the next non-blank character, or -1 at the end of the text
 static int json_peek(JsonCursor* c) {
-    json_skip_ws(c);
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
     return c->p < c->end ? (unsigned char)*c->p : -1;
 }
 
@@ -121,494 +145,309 @@ static int json_expect(JsonCursor* c, char ch) {
     return json_fail(c, what);
 }
 
-// an upper bound (with room for the NUL) of the unescaped size of the string at the cursor, which
-// json_peek has left on its opening quote: escapes only ever shrink the text
-static size_t json_string_bound(const JsonCursor* c) {
-    const char* q = c->p + 1;
-    while (q < c->end && *q != '"') q += (*q == '\\') ? 2 : 1;
-    return (size_t)(q - c->p);
-}
-
-static int json_hex4(JsonCursor* c, uint32_t* out) {
-    if (c->end - c->p < 4) return json_fail(c, "\\u escape needs 4 hex digits");
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) {
-        char h = c->p[i];
-        int d = (h >= '0' && h <= '9') ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10 :
-                (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
-        if (d < 0) return json_fail(c, "\\u escape needs 4 hex digits");
-        v = v * 16 + (uint32_t)d;
-    }
-    c->p += 4;
-    *out = v;
+// opens an object or array: 1 if an element follows, 0 if it closes at once, -1 if `open` is not there
+static int json_open(JsonCursor* c, char open, char close) {
+    if (json_expect(c, open)) return -1;
+    if (json_peek(c) != close) return 1;
+    c->p++;
     return 0;
 }
 
-// code point -> UTF-8 bytes, returns how many
-static int utf8_encode(uint32_t cp, char* out) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xC0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F)); return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18)); out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (char)(0x80 | (cp & 0x3F)); return 4;
+// after an element: 1 if ',' (another follows), 0 if `close` (consumed), -1 for anything else
+static int json_more(JsonCursor* c, char close) {
+    if (json_peek(c) == ',') { c->p++; return 1; }
+    return json_expect(c, close) ? -1 : 0;
 }
 
-// a JSON string, unescaped into out (cap bytes with the NUL); out == NULL only skips it.
-// \uXXXX escapes become UTF-8 (surrogate pairs combined); \u0000 is refused because C strings end there.
-static int json_parse_string(JsonCursor* c, char* out, size_t cap) {
+// a string, unescaped into out (cap bytes with the NUL), or only stepped over when out is NULL.
+// out may be the string's own opening quote: unescaping only shrinks the text, so every byte is
+// written after it was read (the header's strings are unescaped in place this way).
+static int json_string(JsonCursor* c, char* out, size_t cap) {
     if (json_expect(c, '"')) return -1;
-    size_t n = 0;
-    for (;;) {
+    for (size_t n = 0;; n++) {
         if (c->p >= c->end) return json_fail(c, "unterminated string");
-        unsigned char ch = (unsigned char)*c->p++;
-        if (ch == '"') break;
-        if (ch < 0x20) { c->p--; return json_fail(c, "unescaped control character in a string"); }
-        char buf[4];
-        int k = 1;
-        buf[0] = (char)ch;
+        char ch = *c->p++;
+        if (ch == '"') {
+            if (out != NULL) out[n] = '\0';
+            return 0;
+        }
+        if ((unsigned char)ch < 0x20) return json_fail(c, "unescaped control character in a string");
         if (ch == '\\') {
-            if (c->p >= c->end) return json_fail(c, "unterminated string");
-            char e = *c->p++;
-            switch (e) {
-                case '"': case '\\': case '/': buf[0] = e; break;
-                case 'b': buf[0] = '\b'; break;
-                case 'f': buf[0] = '\f'; break;
-                case 'n': buf[0] = '\n'; break;
-                case 'r': buf[0] = '\r'; break;
-                case 't': buf[0] = '\t'; break;
-                case 'u': {
-                    uint32_t cp, lo;
-                    if (json_hex4(c, &cp)) return -1;
-                    if (cp >= 0xD800 && cp <= 0xDBFF) {   // high surrogate: its low half must follow
-                        if (c->end - c->p < 2 || c->p[0] != '\\' || c->p[1] != 'u') {
-                            return json_fail(c, "unpaired UTF-16 surrogate in a \\u escape");
-                        }
-                        c->p += 2;
-                        if (json_hex4(c, &lo)) return -1;
-                        if (lo < 0xDC00 || lo > 0xDFFF) return json_fail(c, "unpaired UTF-16 surrogate in a \\u escape");
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                        return json_fail(c, "unpaired UTF-16 surrogate in a \\u escape");
-                    }
-                    if (cp == 0) return json_fail(c, "\\u0000 (a NUL character) in a string is not supported");
-                    k = utf8_encode(cp, buf);
-                    break;
-                }
-                default:
-                    c->p--;
-                    return json_fail(c, "unknown escape sequence in a string");
+            const char* letters = "\"\\/bfnrt";
+            const char* k = c->p < c->end && *c->p != '\0' ? strchr(letters, *c->p) : NULL;
+            if (k != NULL) {
+                ch = "\"\\/\b\f\n\r\t"[k - letters];
+                c->p++;
+            } else if (c->p < c->end && *c->p == 'u') {
+                char hex[5] = {0};
+                if (c->end - c->p >= 5) memcpy(hex, c->p + 1, 4);
+                if (strspn(hex, "0123456789abcdefABCDEF") != 4) return json_fail(c, "\\u escape needs 4 hex digits");
+                long v = strtol(hex, NULL, 16);
+                if (v == 0) return json_fail(c, "\\u0000 (a NUL character) in a string is not supported");
+                if (v > 0x7f) return json_fail(c, "\\u escape of a non-ASCII character (write it as UTF-8, as safetensors does)");
+                ch = (char)v;
+                c->p += 5;
+            } else {
+                return json_fail(c, "unknown escape sequence in a string");
             }
         }
         if (out != NULL) {
-            if (n + (size_t)k >= cap) {
-                char what[64];
-                snprintf(what, sizeof(what), "string longer than %zu bytes", cap - 1);
-                return json_fail(c, what);
-            }
-            memcpy(out + n, buf, (size_t)k);
+            if (n + 1 >= cap) return json_fail(c, "string too long");
+            out[n] = ch;
         }
-        n += (size_t)k;
-    }
-    if (out != NULL) out[n] = '\0';
-    return 0;
-}
-
-// a non-negative integer without sign, fraction or exponent (shapes and offsets)
-static int json_parse_u64(JsonCursor* c, uint64_t* out) {
-    int ch = json_peek(c);
-    if (ch < '0' || ch > '9') return json_fail(c, "expected a non-negative integer");
-    if (ch == '0' && c->p + 1 < c->end && c->p[1] >= '0' && c->p[1] <= '9') {
-        return json_fail(c, "integer with a leading zero");
-    }
-    uint64_t v = 0;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
-        uint64_t d = (uint64_t)(*c->p - '0');
-        if (v > (UINT64_MAX - d) / 10) return json_fail(c, "integer too large");
-        v = v * 10 + d;
-        c->p++;
-    }
-    if (c->p < c->end && (*c->p == '.' || *c->p == 'e' || *c->p == 'E')) {
-        return json_fail(c, "expected an integer, found a fraction or exponent");
-    }
-    *out = v;
-    return 0;
-}
-
-// [n0, n1, ...] of non-negative integers; stores the first `max`, counts all of them
-static int json_parse_u64_array(JsonCursor* c, uint64_t* out, int max, int* count) {
-    *count = 0;
-    if (json_expect(c, '[')) return -1;
-    if (json_peek(c) == ']') { c->p++; return 0; }
-    for (;;) {
-        uint64_t v;
-        if (json_parse_u64(c, &v)) return -1;
-        if (*count < max) out[*count] = v;
-        (*count)++;
-        if (json_peek(c) == ',') { c->p++; continue; }
-        return json_expect(c, ']');
     }
 }
 
-// the text of a number token (validated by the caller's strtoll / strtod)
-static int json_scan_number(JsonCursor* c, char* tok, size_t cap) {
-    json_skip_ws(c);
+// the text of a number token into tok[32]; strtoll / strtod then check its syntax
+static int json_number(JsonCursor* c, char* tok) {
+    json_peek(c);
     size_t n = 0;
-    while (c->p < c->end && strchr("+-.eE0123456789", *c->p) != NULL && *c->p != '\0') {
-        if (n + 1 >= cap) return json_fail(c, "number too long");
+    while (c->p < c->end && *c->p != '\0' && strchr("+-.eE0123456789", *c->p) != NULL) {
+        if (n == 31) return json_fail(c, "number too long");
         tok[n++] = *c->p++;
     }
     tok[n] = '\0';
     return n > 0 ? 0 : json_fail(c, "expected a number");
 }
 
-// skips one value of any kind (the config helpers step over the keys they were not asked for)
-static int json_skip_value(JsonCursor* c, int depth) {
-    if (depth > 64) return json_fail(c, "nesting too deep");
-    int ch = json_peek(c);
-    if (ch == '"') return json_parse_string(c, NULL, 0);
-    if (ch == '{' || ch == '[') {
-        char close = ch == '{' ? '}' : ']';
-        c->p++;
-        if (json_peek(c) == close) { c->p++; return 0; }
-        for (;;) {
-            if (ch == '{' && (json_parse_string(c, NULL, 0) || json_expect(c, ':'))) return -1;
-            if (json_skip_value(c, depth + 1)) return -1;
-            if (json_peek(c) == ',') { c->p++; continue; }
-            return json_expect(c, close);
-        }
+// an integer as JSON writes it (no '+', fraction, exponent or leading zero) that fits in int64
+static int json_int(JsonCursor* c, int64_t* out) {
+    char tok[32], *end;
+    if (json_number(c, tok)) return -1;
+    const char* digits = tok + (tok[0] == '-');
+    errno = 0;
+    long long v = strtoll(tok, &end, 10);
+    if (*end != '\0' || digits[0] < '0' || digits[0] > '9' || (digits[0] == '0' && digits[1] != '\0')) {
+        return json_fail(c, "expected an integer");
     }
-    const char* words[3] = {"true", "false", "null"};
-    for (int i = 0; i < 3; i++) {
-        size_t len = strlen(words[i]);
-        if ((size_t)(c->end - c->p) >= len && memcmp(c->p, words[i], len) == 0) { c->p += len; return 0; }
+    if (errno == ERANGE) return json_fail(c, "integer too large");
+    *out = v;
+    return 0;
+}
+
+// [i0, i1, ...]: stores the first `max` values, counts all of them
+static int json_int_array(JsonCursor* c, int64_t* out, int max, int* count) {
+    *count = 0;
+    int more = json_open(c, '[', ']');
+    while (more > 0) {
+        int64_t v;
+        if (json_int(c, &v)) return -1;
+        if (*count < max) out[*count] = v;
+        (*count)++;
+        more = json_more(c, ']');
     }
-    char tok[64];
-    return json_scan_number(c, tok, sizeof(tok));
+    return more;
 }
 
 // ----------------------------------------------------------------------------
-// reader
+// reader: any problem is one message naming the file and what is wrong, then exit
 
-static int st_error(char* err, size_t errlen, const char* path, const char* fmt, ...) {
-    if (err != NULL && errlen > 0) {
-        int n = snprintf(err, errlen, "%s: ", path);
-        if (n >= 0 && (size_t)n < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
+static void st_fail(const char* path, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "Error: %s: ", path);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nHINT: the file must be a safetensors file written by ldm.c or Python's safetensors (save_file); "
+                    "check the path, and if a run was killed mid-write, the last complete checkpoint is still under "
+                    "its final name.\n");
+    exit(EXIT_FAILURE);
+}
+
+// a step of the header's JSON that failed (rc != 0) ends the program, saying where
+static void st_json(int rc, const JsonCursor* c, const char* path) {
+    if (rc != 0) st_fail(path, "the header is not valid safetensors JSON: %s of the header", c->error);
+}
+
+// a string of the header, unescaped in place and NUL-terminated there
+static const char* st_string(JsonCursor* c, const char* path) {
+    json_peek(c);
+    char* s = (char*)c->p;
+    st_json(json_string(c, s, (size_t)(c->end - c->p)), c, path);
+    return s;
+}
+
+// {"key": "value", ...}
+static void st_parse_metadata(JsonCursor* c, SafeTensors* st) {
+    int cap = 0;
+    if (json_peek(c) != '{') st_fail(st->path, "\"__metadata__\" is not a JSON object of strings");
+    int more = json_open(c, '{', '}');
+    while (more > 0) {
+        st_grow((void**)&st->meta, &cap, st->num_meta, sizeof(SafeTensorsMeta));
+        SafeTensorsMeta* m = &st->meta[st->num_meta++];
+        m->key = st_string(c, st->path);
+        st_json(json_expect(c, ':'), c, st->path);
+        if (json_peek(c) != '"') st_fail(st->path, "metadata '%s' is not a string (safetensors metadata values must "
+                                         "be strings)", m->key);
+        m->value = st_string(c, st->path);
+        more = json_more(c, '}');
     }
-    return -1;
+    st_json(more, c, st->path);
 }
 
-static int st_bad_json(char* err, size_t errlen, const char* path, const JsonCursor* c) {
-    return st_error(err, errlen, path, "the header is not valid safetensors JSON: %s of the header", c->error);
-}
-
-// makes room for one more element in a growing array; -1 when out of memory
-static int st_grow(void** array, int* cap, int count, size_t elem) {
-    if (count < *cap) return 0;
-    int new_cap = *cap ? 2 * *cap : 16;
-    void* p = realloc(*array, (size_t)new_cap * elem);
-    if (p == NULL) return -1;
-    *array = p;
-    *cap = new_cap;
-    return 0;
-}
-
-// room for one more entry in the parallel metadata key and value arrays; -1 when out of memory
-static int st_grow_meta(char*** keys, char*** values, int* cap, int count) {
-    if (count < *cap) return 0;
-    int new_cap = *cap ? 2 * *cap : 16;
-    char** k = (char**)realloc(*keys, (size_t)new_cap * sizeof(char*));
-    if (k == NULL) return -1;
-    *keys = k;
-    char** v = (char**)realloc(*values, (size_t)new_cap * sizeof(char*));
-    if (v == NULL) return -1;
-    *values = v;
-    *cap = new_cap;
-    return 0;
-}
-
-// {"k": "v", ...}: every value must be a string
-static int st_parse_metadata(JsonCursor* c, SafeTensors* st, int* cap, const char* path, char* err, size_t errlen) {
-    if (json_peek(c) != '{') return st_error(err, errlen, path, "\"__metadata__\" is not a JSON object of strings");
-    c->p++;
-    if (json_peek(c) == '}') { c->p++; return 0; }
-    for (;;) {
-        if (json_peek(c) != '"') { json_expect(c, '"'); return st_bad_json(err, errlen, path, c); }
-        if (st_grow_meta(&st->meta_keys, &st->meta_values, cap, st->num_meta)) {
-            return st_error(err, errlen, path, "out of memory reading the metadata");
-        }
-        int i = st->num_meta++;
-        st->meta_values[i] = NULL;
-        size_t bound = json_string_bound(c);
-        st->meta_keys[i] = (char*)malloc(bound);
-        if (st->meta_keys[i] == NULL) return st_error(err, errlen, path, "out of memory reading the metadata");
-        if (json_parse_string(c, st->meta_keys[i], bound) || json_expect(c, ':')) return st_bad_json(err, errlen, path, c);
-        for (int j = 0; j < i; j++) {
-            if (strcmp(st->meta_keys[j], st->meta_keys[i]) == 0) {
-                return st_error(err, errlen, path, "metadata key '%s' appears twice", st->meta_keys[i]);
-            }
-        }
-        if (json_peek(c) != '"') {
-            return st_error(err, errlen, path, "metadata '%s' is not a string (safetensors metadata values "
-                            "must be strings)", st->meta_keys[i]);
-        }
-        bound = json_string_bound(c);
-        st->meta_values[i] = (char*)malloc(bound);
-        if (st->meta_values[i] == NULL) return st_error(err, errlen, path, "out of memory reading the metadata");
-        if (json_parse_string(c, st->meta_values[i], bound)) return st_bad_json(err, errlen, path, c);
-        if (json_peek(c) == ',') { c->p++; continue; }
-        if (json_expect(c, '}')) return st_bad_json(err, errlen, path, c);
-        return 0;
+// {"dtype": .., "shape": [..], "data_offsets": [begin, end]}, each once, checked against the data section
+static void st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data, size_t data_size, const char* path) {
+    int64_t shape[8], offsets[2];
+    int ndim = -1, noffsets = -1;
+    if (json_peek(c) != '{') st_fail(path, "tensor '%s' is not a JSON object {\"dtype\", \"shape\", \"data_offsets\"}", t->name);
+    int more = json_open(c, '{', '}');
+    while (more > 0) {
+        const char* key = st_string(c, path);
+        st_json(json_expect(c, ':'), c, path);
+        if (strcmp(key, "dtype") == 0 && t->dtype == NULL) t->dtype = st_string(c, path);
+        else if (strcmp(key, "shape") == 0 && ndim < 0) st_json(json_int_array(c, shape, 8, &ndim), c, path);
+        else if (strcmp(key, "data_offsets") == 0 && noffsets < 0) st_json(json_int_array(c, offsets, 2, &noffsets), c, path);
+        else st_fail(path, "tensor '%s' has an unexpected or repeated field \"%s\" (expected \"dtype\", \"shape\" and "
+                     "\"data_offsets\", once each)", t->name, key);
+        more = json_more(c, '}');
     }
-}
-
-// {"dtype": .., "shape": [..], "data_offsets": [begin, end]}, checked against the data section
-static int st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data, size_t data_size,
-                           const char* path, char* err, size_t errlen) {
-    int have_dtype = 0, have_shape = 0, have_offsets = 0, count;
-    uint64_t shape[8], offsets[2];
-    if (json_peek(c) != '{') return st_error(err, errlen, path, "tensor '%s' is not a JSON object {\"dtype\", \"shape\", "
-                                             "\"data_offsets\"}", t->name);
-    c->p++;
-    if (json_peek(c) == '}') {
-        c->p++;
-    } else {
-        for (;;) {
-            char key[256];
-            if (json_parse_string(c, key, sizeof(key)) || json_expect(c, ':')) return st_bad_json(err, errlen, path, c);
-            if (strcmp(key, "dtype") == 0 && !have_dtype) {
-                char dtype[64];
-                if (json_parse_string(c, dtype, sizeof(dtype))) return st_bad_json(err, errlen, path, c);
-                if (st_dtype_size(dtype) == 0) {
-                    return st_error(err, errlen, path, "tensor '%s' has unknown dtype '%s' (known: F64 F32 F16 BF16 "
-                                    "F8_E5M2 F8_E4M3 I64 I32 I16 I8 U64 U32 U16 U8 BOOL)", t->name, dtype);
-                }
-                strcpy(t->dtype, dtype);
-                have_dtype = 1;
-            } else if (strcmp(key, "shape") == 0 && !have_shape) {
-                if (json_parse_u64_array(c, shape, 8, &count)) return st_bad_json(err, errlen, path, c);
-                if (count > 8) return st_error(err, errlen, path, "tensor '%s' has %d dimensions, at most 8 are supported", t->name, count);
-                t->ndim = count;
-                have_shape = 1;
-            } else if (strcmp(key, "data_offsets") == 0 && !have_offsets) {
-                if (json_parse_u64_array(c, offsets, 2, &count)) return st_bad_json(err, errlen, path, c);
-                if (count != 2) return st_error(err, errlen, path, "tensor '%s' data_offsets has %d numbers, expected [begin, end]", t->name, count);
-                have_offsets = 1;
-            } else {
-                return st_error(err, errlen, path, "tensor '%s' has an unexpected or repeated field \"%s\" (expected "
-                                "\"dtype\", \"shape\" and \"data_offsets\", once each)", t->name, key);
-            }
-            if (json_peek(c) == ',') { c->p++; continue; }
-            if (json_expect(c, '}')) return st_bad_json(err, errlen, path, c);
-            break;
-        }
+    st_json(more, c, path);
+    if (t->dtype == NULL || ndim < 0 || noffsets < 0) {
+        st_fail(path, "tensor '%s' has no \"%s\"", t->name, t->dtype == NULL ? "dtype" : ndim < 0 ? "shape" : "data_offsets");
     }
-    if (!have_dtype || !have_shape || !have_offsets) {
-        return st_error(err, errlen, path, "tensor '%s' has no \"%s\"", t->name,
-                        !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
-    }
-    // element count and byte size, refusing shapes whose size overflows
     size_t esize = st_dtype_size(t->dtype);
+    if (esize == 0) st_fail(path, "tensor '%s' has dtype '%s'; ldm.c reads only F32 and I64 tensors", t->name, t->dtype);
+    if (ndim > 8) st_fail(path, "tensor '%s' has %d dimensions, at most 8 are supported", t->name, ndim);
+    if (noffsets != 2) st_fail(path, "tensor '%s' data_offsets has %d numbers, expected [begin, end]", t->name, noffsets);
+    // element count and byte size, refusing negative dimensions and sizes that overflow
+    t->ndim = ndim;
     t->numel = 1;
-    for (int d = 0; d < t->ndim; d++) {
-        if (shape[d] > (uint64_t)INT64_MAX || (shape[d] != 0 && t->numel > SIZE_MAX / esize / shape[d])) {
-            return st_error(err, errlen, path, "tensor '%s' has a shape too large for memory", t->name);
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0) st_fail(path, "tensor '%s' has a negative dimension %lld", t->name, (long long)shape[d]);
+        if (shape[d] != 0 && t->numel > SIZE_MAX / esize / (uint64_t)shape[d]) {
+            st_fail(path, "tensor '%s' has a shape too large for memory", t->name);
         }
-        t->shape[d] = (int64_t)shape[d];
+        t->shape[d] = shape[d];
         t->numel *= (size_t)shape[d];
     }
     t->nbytes = t->numel * esize;
-    uint64_t begin = offsets[0], end = offsets[1];
-    if (begin > end) {
-        return st_error(err, errlen, path, "tensor '%s' data_offsets [%llu, %llu) end before they begin: the file is corrupt",
-                        t->name, (unsigned long long)begin, (unsigned long long)end);
+    long long begin = offsets[0], end = offsets[1];
+    if (begin < 0 || begin > end) {
+        st_fail(path, "tensor '%s' data_offsets [%lld, %lld) end before they begin: the file is corrupt", t->name, begin, end);
     }
-    if (end > data_size) {
-        return st_error(err, errlen, path, "tensor '%s' data_offsets [%llu, %llu) exceed the data section (%zu bytes): "
-                        "the file is truncated or corrupt", t->name, (unsigned long long)begin, (unsigned long long)end, data_size);
+    if ((uint64_t)end > data_size) {
+        st_fail(path, "tensor '%s' data_offsets [%lld, %lld) exceed the data section (%zu bytes): the file is truncated "
+                "or corrupt", t->name, begin, end, data_size);
     }
-    if (end - begin != t->nbytes) {
+    if ((uint64_t)(end - begin) != t->nbytes) {
         char s[160];
         st_shape_str(t, s, sizeof(s));
-        return st_error(err, errlen, path, "tensor '%s' is %s of shape %s = %zu bytes but its data_offsets [%llu, %llu) "
-                        "span %llu bytes", t->name, t->dtype, s, t->nbytes, (unsigned long long)begin,
-                        (unsigned long long)end, (unsigned long long)(end - begin));
+        st_fail(path, "tensor '%s' is %s of shape %s = %zu bytes but its data_offsets [%lld, %lld) span %lld bytes",
+                t->name, t->dtype, s, t->nbytes, begin, end, end - begin);
     }
     t->data = data + begin;
-    return 0;
 }
 
-typedef struct { const uint8_t* begin; size_t nbytes; int index; } StSpan;
-
-static int st_span_cmp(const void* a, const void* b) {
-    const StSpan* x = (const StSpan*)a;
-    const StSpan* y = (const StSpan*)b;
-    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    if (x->nbytes != y->nbytes) return x->nbytes < y->nbytes ? -1 : 1;
-    return 0;
+// qsort order of SafeTensorInfo: by where their data begins, empty tensors first
+static int st_by_offset(const void* a, const void* b) {
+    const SafeTensorInfo* x = (const SafeTensorInfo*)a;
+    const SafeTensorInfo* y = (const SafeTensorInfo*)b;
+    if (x->data != y->data) return (const uint8_t*)x->data < (const uint8_t*)y->data ? -1 : 1;
+    return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
 }
 
-// the tensors' byte ranges, sorted by where they begin, must tile the data section exactly
-static int st_check_layout(const SafeTensors* st, const uint8_t* data, size_t data_size, char* err, size_t errlen) {
-    StSpan* spans = (StSpan*)malloc((size_t)(st->num_tensors > 0 ? st->num_tensors : 1) * sizeof(StSpan));
-    if (spans == NULL) return st_error(err, errlen, st->path, "out of memory checking the layout");
-    for (int i = 0; i < st->num_tensors; i++) {
-        spans[i].begin = (const uint8_t*)st->tensors[i].data;
-        spans[i].nbytes = st->tensors[i].nbytes;
-        spans[i].index = i;
-    }
-    qsort(spans, (size_t)st->num_tensors, sizeof(StSpan), st_span_cmp);
-    int rc = 0;
+// the tensors' byte ranges, in order of where they begin, must tile the data section exactly
+static void st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_size) {
+    qsort(st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_offset);
     size_t expected = 0;   // where the next tensor must begin
-    const char* prev = NULL;
-    for (int i = 0; i < st->num_tensors && rc == 0; i++) {
-        size_t begin = (size_t)(spans[i].begin - data);
-        const char* name = st->tensors[spans[i].index].name;
+    for (int i = 0; i < st->num_tensors; i++) {
+        const SafeTensorInfo* t = &st->tensors[i];
+        size_t begin = (size_t)((const uint8_t*)t->data - data);
         if (begin < expected) {
-            rc = st_error(err, errlen, st->path, "tensor '%s' (bytes [%zu, %zu)) overlaps tensor '%s' (which ends at %zu): "
-                          "the file is corrupt", name, begin, begin + spans[i].nbytes, prev, expected);
-        } else if (begin > expected) {
-            rc = st_error(err, errlen, st->path, "gap of %zu unused bytes before tensor '%s' (bytes [%zu, %zu) are not "
-                          "part of any tensor): the file is corrupt", begin - expected, name, expected, begin);
+            st_fail(st->path, "tensor '%s' (bytes [%zu, %zu)) overlaps tensor '%s' (which ends at %zu): the file is "
+                    "corrupt", t->name, begin, begin + t->nbytes, st->tensors[i - 1].name, expected);
         }
-        expected = begin + spans[i].nbytes;
-        prev = name;
+        if (begin > expected) {
+            st_fail(st->path, "gap of %zu unused bytes before tensor '%s' (bytes [%zu, %zu) are not part of any tensor): "
+                    "the file is corrupt", begin - expected, t->name, expected, begin);
+        }
+        expected = begin + t->nbytes;
     }
-    if (rc == 0 && expected != data_size) {
-        rc = st_error(err, errlen, st->path, "%zu trailing bytes after the last tensor's data (the tensors end at byte %zu "
-                      "of a %zu-byte data section): the file is corrupt", data_size - expected, expected, data_size);
+    if (expected != data_size) {
+        st_fail(st->path, "%zu trailing bytes after the last tensor's data (the tensors end at byte %zu of a %zu-byte data "
+                "section): the file is corrupt", data_size - expected, expected, data_size);
     }
-    free(spans);
-    return rc;
 }
 
-static int st_parse_header(SafeTensors* st, const char* header, size_t header_len, const uint8_t* data,
-                           size_t data_size, char* err, size_t errlen) {
+static void st_parse_header(SafeTensors* st, const char* header, size_t header_len, const uint8_t* data, size_t data_size) {
     const char* path = st->path;
+    if (!st_utf8_valid(header, header_len)) st_fail(path, "the header is not valid UTF-8");
     JsonCursor c;
     json_init(&c, header, header_len);
-    int tensors_cap = 0, meta_cap = 0, seen_meta = 0;
-    if (json_expect(&c, '{')) return st_bad_json(err, errlen, path, &c);
-    if (json_peek(&c) == '}') {
-        c.p++;
-    } else {
-        for (;;) {
-            char name[256];
-            if (json_parse_string(&c, name, sizeof(name)) || json_expect(&c, ':')) return st_bad_json(err, errlen, path, &c);
-            if (strcmp(name, "__metadata__") == 0) {
-                if (seen_meta) return st_error(err, errlen, path, "\"__metadata__\" appears twice in the header");
-                seen_meta = 1;
-                if (st_parse_metadata(&c, st, &meta_cap, path, err, errlen)) return -1;
-            } else {
-                for (int i = 0; i < st->num_tensors; i++) {
-                    if (strcmp(st->tensors[i].name, name) == 0) {
-                        return st_error(err, errlen, path, "tensor '%s' appears twice in the header", name);
-                    }
-                }
-                if (st_grow((void**)&st->tensors, &tensors_cap, st->num_tensors, sizeof(SafeTensorInfo))) {
-                    return st_error(err, errlen, path, "out of memory reading the header");
-                }
-                SafeTensorInfo* t = &st->tensors[st->num_tensors++];
-                memset(t, 0, sizeof(*t));
-                strcpy(t->name, name);
-                if (st_parse_tensor(&c, t, data, data_size, path, err, errlen)) return -1;
-            }
-            if (json_peek(&c) == ',') { c.p++; continue; }
-            if (json_expect(&c, '}')) return st_bad_json(err, errlen, path, &c);
-            break;
+    int cap = 0, seen_meta = 0;
+    int more = json_open(&c, '{', '}');
+    while (more > 0) {
+        const char* name = st_string(&c, path);
+        st_json(json_expect(&c, ':'), &c, path);
+        if (strcmp(name, "__metadata__") == 0) {
+            if (seen_meta++) st_fail(path, "\"__metadata__\" appears twice in the header");
+            st_parse_metadata(&c, st);
+        } else {
+            st_grow((void**)&st->tensors, &cap, st->num_tensors, sizeof(SafeTensorInfo));
+            SafeTensorInfo* t = &st->tensors[st->num_tensors++];
+            memset(t, 0, sizeof(*t));
+            t->name = name;
+            st_parse_tensor(&c, t, data, data_size, path);
         }
+        more = json_more(&c, '}');
     }
+    st_json(more, &c, path);
     // only blanks may follow the object: Python's writer pads the header with spaces
-    if (json_peek(&c) >= 0) {
-        json_fail(&c, "unexpected text after the closing '}'");
-        return st_bad_json(err, errlen, path, &c);
-    }
-    return st_check_layout(st, data, data_size, err, errlen);
+    if (json_peek(&c) >= 0) st_json(json_fail(&c, "unexpected text after the closing '}'"), &c, path);
+    st_check_layout(st, data, data_size);
+    // sorted by name for the lookups, which also puts any name that appears twice next to itself
+    const char* dup = st_sort_by_name(st->tensors, st->num_tensors, sizeof(SafeTensorInfo));
+    if (dup != NULL) st_fail(path, "tensor '%s' appears twice in the header", dup);
+    dup = st_sort_by_name(st->meta, st->num_meta, sizeof(SafeTensorsMeta));
+    if (dup != NULL) st_fail(path, "metadata key '%s' appears twice in the header", dup);
 }
 
-static void safetensors_free(SafeTensors* st) {
-    for (int i = 0; i < st->num_meta; i++) {
-        free(st->meta_keys[i]);
-        free(st->meta_values[i]);
-    }
-    free(st->meta_keys);
-    free(st->meta_values);
-    free(st->tensors);
-    free(st->buffer);
+// reads the whole file `path` into st (free with safetensors_free); a file that is not a regular file
+// or not a valid safetensors file ends the program with one message naming the problem
+static void safetensors_load(const char* path, SafeTensors* st) {
     memset(st, 0, sizeof(*st));
-}
-
-static int st_read(const char* path, SafeTensors* st, char* err, size_t errlen) {
-    if (strlen(path) >= sizeof(st->path)) return st_error(err, errlen, path, "path longer than %zu characters", sizeof(st->path) - 1);
-    strcpy(st->path, path);
+    snprintf(st->path, sizeof(st->path), "%s", path);
+    const char* problem = regular_file_problem(path);
+    if (problem != NULL) st_fail(path, "%s", problem);
     FILE* fp = fopen(path, "rb");
-    if (fp == NULL) return st_error(err, errlen, path, "cannot open: %s", strerror(errno));
     struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(fp);
-        return st_error(err, errlen, path, "not a regular file");
-    }
+    if (fp == NULL || fstat(fileno(fp), &sb) != 0) st_fail(path, "cannot open: %s", strerror(errno));
     size_t size = (size_t)sb.st_size;
-    st->buffer = (uint8_t*)malloc(size > 0 ? size : 1);
-    if (st->buffer == NULL) { fclose(fp); return st_error(err, errlen, path, "out of memory reading %zu bytes", size); }
+    st->buffer = (uint8_t*)malloc(size + 1);
+    if (st->buffer == NULL) st_fail(path, "out of memory reading its %zu bytes", size);
     size_t got = fread(st->buffer, 1, size, fp);
     fclose(fp);
-    if (got != size) return st_error(err, errlen, path, "read only %zu of its %zu bytes", got, size);
-    if (size < 8) {
-        return st_error(err, errlen, path, "the file is %zu bytes, too short for a safetensors file (which starts with "
-                        "an 8-byte header length)", size);
-    }
+    if (got != size) st_fail(path, "read only %zu of its %zu bytes", got, size);
+    if (size < 8) st_fail(path, "the file is %zu bytes, too short for a safetensors file (which starts with an 8-byte "
+                          "header length)", size);
     uint64_t header_len = 0;   // little-endian, whatever the host's byte order
     for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | st->buffer[i];
     if (header_len > size - 8) {
-        return st_error(err, errlen, path, "header length %llu exceeds the %zu bytes after the 8-byte length field: the "
-                        "file is truncated or not a safetensors file", (unsigned long long)header_len, size - 8);
+        st_fail(path, "header length %llu exceeds the %zu bytes after the 8-byte length field: the file is truncated "
+                "or not a safetensors file", (unsigned long long)header_len, size - 8);
     }
-    return st_parse_header(st, (const char*)st->buffer + 8, (size_t)header_len, st->buffer + 8 + header_len,
-                           size - 8 - (size_t)header_len, err, errlen);
+    st_parse_header(st, (const char*)st->buffer + 8, (size_t)header_len, st->buffer + 8 + header_len,
+                    size - 8 - (size_t)header_len);
 }
 
-// 0 on success; otherwise err holds "<path>: <what is wrong>" and st is empty (nothing to free)
-static int safetensors_read(const char* path, SafeTensors* st, char* err, size_t errlen) {
+static void safetensors_free(SafeTensors* st) {
+    free(st->tensors);
+    free(st->meta);
+    free(st->buffer);
     memset(st, 0, sizeof(*st));
-    if (err != NULL && errlen > 0) err[0] = '\0';
-    int rc = st_read(path, st, err, errlen);
-    if (rc != 0) safetensors_free(st);
-    return rc;
-}
-
-static void safetensors_load(const char* path, SafeTensors* st) {
-    char err[1024 + 512];
-    if (safetensors_read(path, st, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: %s\nHINT: the file must be a safetensors file written by ldm.c or Python's "
-                        "safetensors (save_file); check the path, and if a run was killed mid-write, the last "
-                        "complete checkpoint is still under its final name.\n", err);
-        exit(EXIT_FAILURE);
-    }
 }
 
 // ----------------------------------------------------------------------------
 // lookups
 
 static const SafeTensorInfo* safetensors_find(const SafeTensors* st, const char* name) {
-    for (int i = 0; i < st->num_tensors; i++) {
-        if (strcmp(st->tensors[i].name, name) == 0) return &st->tensors[i];
-    }
-    return NULL;
+    return (const SafeTensorInfo*)bsearch(&name, st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_name);
 }
 
 static const char* safetensors_meta(const SafeTensors* st, const char* key) {
-    for (int i = 0; i < st->num_meta; i++) {
-        if (strcmp(st->meta_keys[i], key) == 0) return st->meta_values[i];
-    }
-    return NULL;
+    const SafeTensorsMeta* m = (const SafeTensorsMeta*)bsearch(&key, st->meta, (size_t)st->num_meta,
+                                                               sizeof(SafeTensorsMeta), st_by_name);
+    return m != NULL ? m->value : NULL;
 }
 
 // the tensor `name` of dtype `dtype` and (unless expected_numel == 0) that many elements, or exit
@@ -655,18 +494,28 @@ static const int64_t* safetensors_get_i64(const SafeTensors* st, const char* nam
 // ----------------------------------------------------------------------------
 // values of a flat JSON object (the `config` metadata): 0 on success, -1 if absent or malformed
 
-// leaves the cursor on the value of `key` at the top level of the object `json`
+// steps over a value json_get_* was not asked for: a string, a number or an array of numbers
+static int json_skip_value(JsonCursor* c) {
+    char tok[32];
+    if (json_peek(c) == '"') return json_string(c, NULL, 0);
+    if (json_peek(c) != '[') return json_number(c, tok);
+    int more = json_open(c, '[', ']');
+    while (more > 0) more = json_number(c, tok) ? -1 : json_more(c, ']');
+    return more;
+}
+
+// leaves the cursor on the value of `key` at the top level of the flat object `json` (NULL: absent)
 static int json_find_key(JsonCursor* c, const char* json, const char* key) {
+    if (json == NULL) return -1;
     json_init(c, json, strlen(json));
-    if (json_expect(c, '{') || json_peek(c) == '}') return -1;
-    for (;;) {
+    int more = json_open(c, '{', '}');
+    while (more > 0) {
         char k[256];
-        if (json_parse_string(c, k, sizeof(k)) || json_expect(c, ':')) return -1;
+        if (json_string(c, k, sizeof(k)) || json_expect(c, ':')) return -1;
         if (strcmp(k, key) == 0) return 0;
-        if (json_skip_value(c, 0)) return -1;
-        if (json_peek(c) != ',') return -1;
-        c->p++;
+        more = json_skip_value(c) ? -1 : json_more(c, '}');
     }
+    return -1;
 }
 
 // a value must be followed by ',' or '}' (so "16x" is not read as 16)
@@ -675,113 +524,79 @@ static int json_value_ends(JsonCursor* c) {
     return (ch == ',' || ch == '}') ? 0 : -1;
 }
 
-static int json_token_int(const char* tok, int* out) {
-    if (strpbrk(tok, ".eE") != NULL) return -1;
-    char* endp;
-    errno = 0;
-    long long v = strtoll(tok, &endp, 10);
-    if (*endp != '\0' || errno != 0 || v < INT_MIN || v > INT_MAX) return -1;
-    *out = (int)v;
-    return 0;
-}
-
 static int json_get_int(const char* json, const char* key, int* out) {
     JsonCursor c;
-    char tok[64];
-    int v;
-    if (json_find_key(&c, json, key) || json_scan_number(&c, tok, sizeof(tok)) || json_token_int(tok, &v) ||
-        json_value_ends(&c)) return -1;
-    *out = v;
+    int64_t v;
+    if (json_find_key(&c, json, key) || json_int(&c, &v) || json_value_ends(&c) || v < INT_MIN || v > INT_MAX) return -1;
+    *out = (int)v;
     return 0;
 }
 
 static int json_get_float(const char* json, const char* key, float* out) {
     JsonCursor c;
-    char tok[64];
-    if (json_find_key(&c, json, key) || json_scan_number(&c, tok, sizeof(tok)) || json_value_ends(&c)) return -1;
-    char* endp;
-    double v = strtod(tok, &endp);
-    if (*endp != '\0') return -1;
+    char tok[32], *end;
+    if (json_find_key(&c, json, key) || json_number(&c, tok) || json_value_ends(&c)) return -1;
+    double v = strtod(tok, &end);
+    if (*end != '\0') return -1;
     *out = (float)v;
     return 0;
 }
 
 static int json_get_string(const char* json, const char* key, char* out, size_t n) {
     JsonCursor c;
-    if (json_find_key(&c, json, key) || json_peek(&c) != '"' || json_parse_string(&c, out, n) ||
-        json_value_ends(&c)) return -1;
+    if (json_find_key(&c, json, key) || json_peek(&c) != '"' || json_string(&c, out, n) || json_value_ends(&c)) return -1;
     return 0;
 }
 
-// a flat array of at most `max` integers, e.g. "mult":[1,2,4]
+// a flat array of at most `max` (<= 64) integers, e.g. "mult":[1,2,4]
 static int json_get_int_array(const char* json, const char* key, int* out, int max, int* count) {
     JsonCursor c;
-    if (json_find_key(&c, json, key) || json_expect(&c, '[')) return -1;
-    int n = 0;
-    if (json_peek(&c) == ']') {
-        c.p++;
-    } else {
-        for (;;) {
-            char tok[64];
-            if (n >= max || json_scan_number(&c, tok, sizeof(tok)) || json_token_int(tok, &out[n])) return -1;
-            n++;
-            if (json_peek(&c) == ',') { c.p++; continue; }
-            if (json_expect(&c, ']')) return -1;
-            break;
-        }
+    int64_t v[64];
+    int n;
+    if (json_find_key(&c, json, key) || json_int_array(&c, v, 64, &n) || json_value_ends(&c) || n > max || n > 64) return -1;
+    for (int i = 0; i < n; i++) {
+        if (v[i] < INT_MIN || v[i] > INT_MAX) return -1;
+        out[i] = (int)v[i];
     }
-    if (json_value_ends(&c)) return -1;
     *count = n;
     return 0;
 }
 
 // ----------------------------------------------------------------------------
 // writer: the same bytes as Python's safetensors.torch.save_file for the same tensors and a single
-// metadata entry (Python orders several metadata entries arbitrarily; ours keep the order they were added).
+// metadata entry (Python orders several metadata entries arbitrarily; ours are sorted by key).
 // Layout as Python's: "__metadata__" first, then tensors by dtype alignment (I64 before F32) and then by
 // name, so every tensor is aligned to its element size; the header is padded with spaces to a multiple
-// of 8 bytes; strings are escaped as serde_json does (\" \\ \b \f \n \r \t, other control bytes as \u00XX).
+// of 8 bytes; strings are escaped as serde_json does (\" \\ \b \f \n \r \t, other control bytes \u00XX).
 
 static void st_writer_init(SafeTensorsWriter* w) {
     memset(w, 0, sizeof(*w));
 }
 
 static void st_writer_free(SafeTensorsWriter* w) {
+    for (int i = 0; i < w->num_tensors; i++) free((void*)w->tensors[i].name);
     for (int i = 0; i < w->num_meta; i++) {
-        free(w->meta_keys[i]);
-        free(w->meta_values[i]);
+        free((void*)w->meta[i].key);
+        free((void*)w->meta[i].value);
     }
-    free(w->meta_keys);
-    free(w->meta_values);
     free(w->tensors);
+    free(w->meta);
     memset(w, 0, sizeof(*w));
 }
 
-// the header is JSON, so its strings must be UTF-8 (Python refuses to load the file otherwise)
-static int st_utf8_valid(const char* s) {
-    const unsigned char* p = (const unsigned char*)s;
-    while (*p) {
-        int extra = *p < 0x80 ? 0 : (*p >> 5) == 0x6 ? 1 : (*p >> 4) == 0xE ? 2 : (*p >> 3) == 0x1E ? 3 : -1;
-        if (extra < 0) return 0;
-        p++;
-        for (int i = 0; i < extra; i++, p++) {
-            if ((*p & 0xC0) != 0x80) return 0;
-        }
-    }
-    return 1;
+static char* st_strdup(const char* s) {
+    size_t n = strlen(s) + 1;
+    return (char*)memcpy(mallocCheck(n), s, n);
 }
 
 static void st_writer_add(SafeTensorsWriter* w, const char* name, const char* dtype, const void* host_data,
                           int ndim, const int64_t* shape) {
     const char* problem = NULL;
-    if (name[0] == '\0' || strlen(name) >= sizeof(w->tensors[0].name)) problem = "names must be 1 to 255 bytes";
+    if (name[0] == '\0') problem = "the name is empty";
     else if (strcmp(name, "__metadata__") == 0) problem = "that name is reserved for the metadata";
-    else if (!st_utf8_valid(name)) problem = "the name is not valid UTF-8";
-    else if (strcmp(dtype, "F32") != 0 && strcmp(dtype, "I64") != 0) problem = "dtype must be F32 or I64";
+    else if (!st_utf8_valid(name, strlen(name))) problem = "the name is not valid UTF-8";
+    else if (st_dtype_size(dtype) == 0) problem = "dtype must be F32 or I64";
     else if (ndim < 0 || ndim > 8) problem = "ndim must be 0 to 8";
-    for (int i = 0; i < w->num_tensors && problem == NULL; i++) {
-        if (strcmp(w->tensors[i].name, name) == 0) problem = "a tensor of that name was already added";
-    }
     size_t numel = 1;
     for (int d = 0; d < ndim && problem == NULL; d++) {
         if (shape[d] < 0) problem = "shape entries must be >= 0";
@@ -792,14 +607,11 @@ static void st_writer_add(SafeTensorsWriter* w, const char* name, const char* dt
         fprintf(stderr, "Error: st_writer_add('%s', %s): %s\n", name, dtype, problem);
         exit(EXIT_FAILURE);
     }
-    if (st_grow((void**)&w->tensors, &w->tensors_cap, w->num_tensors, sizeof(SafeTensorInfo))) {
-        fprintf(stderr, "Error: out of memory in st_writer_add\n");
-        exit(EXIT_FAILURE);
-    }
+    st_grow((void**)&w->tensors, &w->tensors_cap, w->num_tensors, sizeof(SafeTensorInfo));
     SafeTensorInfo* t = &w->tensors[w->num_tensors++];
     memset(t, 0, sizeof(*t));
-    strcpy(t->name, name);
-    strcpy(t->dtype, dtype);
+    t->name = st_strdup(name);
+    t->dtype = strcmp(dtype, "F32") == 0 ? "F32" : "I64";   // a static string, not the caller's
     t->ndim = ndim;
     for (int d = 0; d < ndim; d++) t->shape[d] = shape[d];
     t->numel = numel;
@@ -808,70 +620,26 @@ static void st_writer_add(SafeTensorsWriter* w, const char* name, const char* dt
 }
 
 static void st_writer_add_meta(SafeTensorsWriter* w, const char* key, const char* value) {
-    const char* problem = NULL;
-    if (!st_utf8_valid(key) || !st_utf8_valid(value)) problem = "key and value must be valid UTF-8";
-    for (int i = 0; i < w->num_meta && problem == NULL; i++) {
-        if (strcmp(w->meta_keys[i], key) == 0) problem = "that key was already added";
-    }
-    if (problem != NULL) {
-        fprintf(stderr, "Error: st_writer_add_meta('%s'): %s\n", key, problem);
+    if (!st_utf8_valid(key, strlen(key)) || !st_utf8_valid(value, strlen(value))) {
+        fprintf(stderr, "Error: st_writer_add_meta('%s'): key and value must be valid UTF-8\n", key);
         exit(EXIT_FAILURE);
     }
-    if (st_grow_meta(&w->meta_keys, &w->meta_values, &w->meta_cap, w->num_meta)) {
-        fprintf(stderr, "Error: out of memory in st_writer_add_meta\n");
-        exit(EXIT_FAILURE);
-    }
-    w->meta_keys[w->num_meta] = strdup(key);
-    w->meta_values[w->num_meta] = strdup(value);
-    if (w->meta_keys[w->num_meta] == NULL || w->meta_values[w->num_meta] == NULL) {
-        fprintf(stderr, "Error: out of memory in st_writer_add_meta\n");
-        exit(EXIT_FAILURE);
-    }
+    st_grow((void**)&w->meta, &w->meta_cap, w->num_meta, sizeof(SafeTensorsMeta));
+    w->meta[w->num_meta].key = st_strdup(key);
+    w->meta[w->num_meta].value = st_strdup(value);
     w->num_meta++;
 }
 
-// a growing text buffer for the header
-typedef struct { char* s; size_t len, cap; } StText;
-
-static void st_text_put(StText* b, const char* s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap) cap *= 2;
-        b->s = (char*)realloc(b->s, cap);
-        if (b->s == NULL) { fprintf(stderr, "Error: out of memory building a safetensors header\n"); exit(EXIT_FAILURE); }
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-
-static void st_text_printf(StText* b, const char* fmt, ...) {
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    st_text_put(b, tmp, (size_t)n);
-}
-
-static void st_text_json_string(StText* b, const char* s) {
-    st_text_put(b, "\"", 1);
+static void st_put_json_string(FILE* f, const char* s) {
+    const char* specials = "\"\\\b\f\n\r\t";
+    fputc('"', f);
     for (const unsigned char* p = (const unsigned char*)s; *p; p++) {
-        switch (*p) {
-            case '"':  st_text_put(b, "\\\"", 2); break;
-            case '\\': st_text_put(b, "\\\\", 2); break;
-            case '\b': st_text_put(b, "\\b", 2); break;
-            case '\f': st_text_put(b, "\\f", 2); break;
-            case '\n': st_text_put(b, "\\n", 2); break;
-            case '\r': st_text_put(b, "\\r", 2); break;
-            case '\t': st_text_put(b, "\\t", 2); break;
-            default:
-                if (*p < 0x20) st_text_printf(b, "\\u%04x", *p);
-                else st_text_put(b, (const char*)p, 1);
-        }
+        const char* k = strchr(specials, *p);
+        if (k != NULL) fprintf(f, "\\%c", "\"\\bfnrt"[k - specials]);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
     }
-    st_text_put(b, "\"", 1);
+    fputc('"', f);
 }
 
 // Python's order: larger elements first (I64 before F32), then names byte by byte
@@ -883,60 +651,56 @@ static int st_writer_order(const void* a, const void* b) {
     return strcmp(x->name, y->name);
 }
 
-// a failed write: remove the temporary file, so nothing half-written is left anywhere, and exit
-static void st_writer_abort(FILE* fp, const char* tmp, const char* path, const char* what) {
-    int saved = errno;
-    if (fp != NULL) fclose(fp);
-    remove(tmp);
-    fprintf(stderr, "Error: writing '%s' failed: %s: %s\nHINT: is the disk full, or the directory missing or not "
-                    "writable? '%s' was left as it was.\n", path, what, strerror(saved), path);
-    exit(EXIT_FAILURE);
-}
-
 static void st_writer_write(SafeTensorsWriter* w, const char* path) {
+    // a name added twice is a bug in the caller, found by sorting as in the reader
+    const char* dup = st_sort_by_name(w->tensors, w->num_tensors, sizeof(SafeTensorInfo));
+    const char* dup_key = st_sort_by_name(w->meta, w->num_meta, sizeof(SafeTensorsMeta));
+    if (dup != NULL || dup_key != NULL) {
+        fprintf(stderr, "Error: st_writer_write('%s'): %s '%s' was added twice\n", path, dup ? "tensor" : "metadata key",
+                dup ? dup : dup_key);
+        exit(EXIT_FAILURE);
+    }
     qsort(w->tensors, (size_t)w->num_tensors, sizeof(SafeTensorInfo), st_writer_order);
-    // the header
-    StText h = {NULL, 0, 0};
-    st_text_put(&h, "{", 1);
+    char* header = NULL;   // the 8-byte length, then the JSON
+    size_t size = 0;
+    FILE* h = open_memstream(&header, &size);   // a FILE* that grows a malloc'd buffer
+    if (h == NULL) { fprintf(stderr, "Error: out of memory building a safetensors header\n"); exit(EXIT_FAILURE); }
+    fwrite("\0\0\0\0\0\0\0", 1, 8, h);   // the length, filled in below
+    fputc('{', h);
     if (w->num_meta > 0) {
-        st_text_put(&h, "\"__metadata__\":{", 16);
+        fputs("\"__metadata__\":{", h);
         for (int i = 0; i < w->num_meta; i++) {
-            if (i > 0) st_text_put(&h, ",", 1);
-            st_text_json_string(&h, w->meta_keys[i]);
-            st_text_put(&h, ":", 1);
-            st_text_json_string(&h, w->meta_values[i]);
+            if (i > 0) fputc(',', h);
+            st_put_json_string(h, w->meta[i].key);
+            fputc(':', h);
+            st_put_json_string(h, w->meta[i].value);
         }
-        st_text_put(&h, "}", 1);
+        fputc('}', h);
     }
     size_t offset = 0;
     for (int i = 0; i < w->num_tensors; i++) {
         const SafeTensorInfo* t = &w->tensors[i];
-        if (i > 0 || w->num_meta > 0) st_text_put(&h, ",", 1);
-        st_text_json_string(&h, t->name);
-        st_text_printf(&h, ":{\"dtype\":\"%s\",\"shape\":[", t->dtype);
-        for (int d = 0; d < t->ndim; d++) st_text_printf(&h, d ? ",%lld" : "%lld", (long long)t->shape[d]);
-        st_text_printf(&h, "],\"data_offsets\":[%zu,%zu]}", offset, offset + t->nbytes);
+        if (i > 0 || w->num_meta > 0) fputc(',', h);
+        st_put_json_string(h, t->name);
+        fprintf(h, ":{\"dtype\":\"%s\",\"shape\":[", t->dtype);
+        for (int d = 0; d < t->ndim; d++) fprintf(h, d ? ",%lld" : "%lld", (long long)t->shape[d]);
+        fprintf(h, "],\"data_offsets\":[%zu,%zu]}", offset, offset + t->nbytes);
         offset += t->nbytes;
     }
-    st_text_put(&h, "}", 1);
-    while (h.len % 8 != 0) st_text_put(&h, " ", 1);   // so the data section starts 8-byte aligned
-    uint8_t len_bytes[8];
-    for (int i = 0; i < 8; i++) len_bytes[i] = (uint8_t)((uint64_t)h.len >> (8 * i));
+    fputc('}', h);
+    fflush(h);
+    fprintf(h, "%*s", (int)((8 - size % 8) % 8), "");   // so the data section starts 8-byte aligned
+    if (fclose(h) != 0) { fprintf(stderr, "Error: out of memory building a safetensors header\n"); exit(EXIT_FAILURE); }
+    for (int i = 0; i < 8; i++) header[i] = (char)((uint64_t)(size - 8) >> (8 * i));   // little-endian
 
-    // write "<path>.tmp" completely and durably, then rename it over the final name in one step
-    size_t tmp_len = strlen(path) + 5;
-    char* tmp = (char*)mallocCheck(tmp_len);
-    snprintf(tmp, tmp_len, "%s.tmp", path);
-    FILE* fp = fopen(tmp, "wb");
-    if (fp == NULL) st_writer_abort(NULL, tmp, path, "cannot create the temporary file");
-    if (fwrite(len_bytes, 1, 8, fp) != 8 || fwrite(h.s, 1, h.len, fp) != h.len) st_writer_abort(fp, tmp, path, "header");
+    FileChunk* chunks = (FileChunk*)mallocCheck((size_t)(w->num_tensors + 1) * sizeof(FileChunk));
+    chunks[0].data = header;
+    chunks[0].size = size;
     for (int i = 0; i < w->num_tensors; i++) {
-        const SafeTensorInfo* t = &w->tensors[i];
-        if (t->nbytes > 0 && fwrite(t->data, 1, t->nbytes, fp) != t->nbytes) st_writer_abort(fp, tmp, path, t->name);
+        chunks[1 + i].data = w->tensors[i].data;
+        chunks[1 + i].size = w->tensors[i].nbytes;
     }
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) st_writer_abort(fp, tmp, path, "flush to disk");
-    if (fclose(fp) != 0) st_writer_abort(NULL, tmp, path, "close");
-    if (rename(tmp, path) != 0) st_writer_abort(NULL, tmp, path, "rename of the temporary file");
-    free(tmp);
-    free(h.s);
+    file_write_atomic(path, chunks, w->num_tensors + 1);
+    free(chunks);
+    free(header);
 }
