@@ -1,7 +1,8 @@
 /*
-Kernel lab for ldmc/gemm.cuh and ldmc/conv2d.cuh (the llm.c dev/cuda pattern: several versions of a
-kernel, a plain reference, validation, a timing loop). The versions kept in ldmc/ are the last ones
-here; the earlier ones show where they came from and what each step bought.
+CPU lab for ldmc/gemm.cuh and the CPU path of ldmc/conv2d.cuh (the llm.c dev/cuda pattern, for the host:
+several versions of a kernel, a plain reference, validation, a timing loop). The versions kept in ldmc/
+are the last ones here; the earlier ones show where they came from and what each step bought. The CUDA
+convolution kernels have their own lab, dev/cuda/conv2d.cu.
 
 CPU GEMM, C = A @ B (row-major, square sizes):
   version 1: naive triple loop
@@ -13,15 +14,11 @@ CPU convolution, the layer shapes of the models at training batch size:
   version 3: conv2d_forward_cpu / conv2d_backward_cpu: implicit im2col (packed straight from a padded
              copy of the input), the whole batch as one GEMM cut into column blocks, dweight from a
              channels-last copy, stride-1 dx as a convolution with flipped weights (ldmc/conv2d.cuh)
-CUDA convolution (when a GPU is present): im2col + one cuBLAS SGEMM per chunk of images, checked
-against the CPU version and timed.
 
-Compile and run from the repository root:
-  nvcc -O3 -std=c++17 -arch=native -Xcompiler -Wall,-Wno-unused-function,-fopenmp,-march=native -I. \
-       dev/cuda/conv2d.cu -lcublas -lgomp -o dev/cuda/conv2d_lab
-  dev/cuda/conv2d_lab gemm [reps]   # CPU GEMM versions, GFLOP/s
-  dev/cuda/conv2d_lab cpu [reps]    # CPU conv versions: validation on B=2, timings on the full batch
-  dev/cuda/conv2d_lab cuda [reps]   # CUDA conv: validation against the CPU, timings
+Build and run from the repository root (no GPU involved; nvcc only compiles the host code):
+  make -C dev/cpu
+  dev/cpu/conv2d gemm [reps]   # CPU GEMM versions, GFLOP/s
+  dev/cpu/conv2d cpu [reps]    # CPU conv versions: validation on B=2, timings on the full batch
 PyTorch on the same shapes and threads: python3 dev/refs_conv.py --bench --threads 2
 (OMP_NUM_THREADS sets our thread count; compare at the same count, on a quiet machine: with another
 process on the cores, every OpenMP barrier can cost a scheduler time slice.)
@@ -33,7 +30,6 @@ Measured on a 2-core AMD EPYC (AVX-512, Zen 4 class), 2 threads, quiet machine:
   (oneDNN direct convolution) 316 ms. v3 wins on the 32x32 layers with few channels and on odd
   channel counts; oneDNN wins by ~1.4x on 8x8/4x4 layers, where it skips the taps that fall on
   the zero padding (16% and 31% of the work) that an im2col GEMM multiplies through.
-  CUDA (H200, fp32 cuBLAS): 9-23 TFLOP/s on the 64..256-channel layers, ~1-4 on the small ones.
 */
 #include "ldmc/common.cuh"
 #include "ldmc/rng.cuh"
@@ -370,90 +366,6 @@ static void run_cpu(int reps) {
     printf("total fwd+bwd: v2 %.1f ms, v3 %.1f ms\n", total[0] * 1e3, total[1] * 1e3);
 }
 
-static void run_cuda(int reps) {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-        fprintf(stderr, "Error: no CUDA device.\nHINT: the CPU modes (gemm, cpu) run anywhere.\n");
-        exit(EXIT_FAILURE);
-    }
-    device_select(DEVICE_CUDA);
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    printf("CUDA convolution on %s: im2col + cuBLAS SGEMM (fp32), checked against conv2d_*_cpu\n", prop.name);
-    cudaEvent_t e0, e1;
-    cudaCheck(cudaEventCreate(&e0));
-    cudaCheck(cudaEventCreate(&e1));
-    for (int si = 0; si < NSHAPES; si++) {
-        int B = SHAPES[si][0], Cin = SHAPES[si][1], H = SHAPES[si][2], W = SHAPES[si][3], Cout = SHAPES[si][4];
-        int K = SHAPES[si][5], s = SHAPES[si][6];
-        int Ho = conv2d_out_size(H, K, s), Wo = conv2d_out_size(W, K, s);
-        size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * K * K, no = (size_t)B * Cout * Ho * Wo;
-        float* x = random_floats(nx, 1, 1.0f);
-        float* w = random_floats(nw, 2, 1.0f / sqrtf((float)Cin * K * K));
-        float* bias = random_floats(Cout, 3, 0.1f);
-        float* dout = random_floats(no, 4, 1.0f);
-        float* out = (float*)mallocCheck(no * sizeof(float));
-        float* dx = (float*)mallocCheck(nx * sizeof(float));
-        float* dw = (float*)calloc(nw, sizeof(float));
-        float* db = (float*)calloc(Cout, sizeof(float));
-        conv2d_forward_cpu(out, x, w, bias, B, Cin, H, W, Cout, K, s);
-        conv2d_backward_cpu(dx, dw, db, dout, x, w, B, Cin, H, W, Cout, K, s);
-
-        float *d_x, *d_w, *d_b, *d_dout, *d_out, *d_dx, *d_dw, *d_db;
-        cudaCheck(cudaMalloc(&d_x, nx * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_w, nw * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_b, Cout * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_dout, no * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_out, no * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_dx, nx * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_dw, nw * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_db, Cout * sizeof(float)));
-        cudaCheck(cudaMemcpy(d_x, x, nx * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(d_w, w, nw * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(d_b, bias, Cout * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemcpy(d_dout, dout, no * sizeof(float), cudaMemcpyHostToDevice));
-        cudaCheck(cudaMemset(d_dw, 0, nw * sizeof(float)));
-        cudaCheck(cudaMemset(d_db, 0, Cout * sizeof(float)));
-        conv2d_forward_cuda(d_out, d_x, d_w, d_b, B, Cin, H, W, Cout, K, s);
-        conv2d_backward_cuda(d_dx, d_dw, d_db, d_dout, d_x, d_w, B, Cin, H, W, Cout, K, s);
-        float* g_out = (float*)mallocCheck(no * sizeof(float));
-        float* g_dx = (float*)mallocCheck(nx * sizeof(float));
-        float* g_dw = (float*)mallocCheck(nw * sizeof(float));
-        float* g_db = (float*)mallocCheck(Cout * sizeof(float));
-        cudaCheck(cudaMemcpy(g_out, d_out, no * sizeof(float), cudaMemcpyDeviceToHost));
-        cudaCheck(cudaMemcpy(g_dx, d_dx, nx * sizeof(float), cudaMemcpyDeviceToHost));
-        cudaCheck(cudaMemcpy(g_dw, d_dw, nw * sizeof(float), cudaMemcpyDeviceToHost));
-        cudaCheck(cudaMemcpy(g_db, d_db, Cout * sizeof(float), cudaMemcpyDeviceToHost));
-        double e = fmax(fmax(rel_err(g_out, out, no), rel_err(g_dx, dx, nx)),
-                        fmax(rel_err(g_dw, dw, nw), rel_err(g_db, db, Cout)));
-
-        float tf = 1e30f, tb = 1e30f, ms;
-        for (int r = 0; r < reps; r++) {
-            cudaCheck(cudaEventRecord(e0));
-            conv2d_forward_cuda(d_out, d_x, d_w, d_b, B, Cin, H, W, Cout, K, s);
-            cudaCheck(cudaEventRecord(e1));
-            cudaCheck(cudaEventSynchronize(e1));
-            cudaCheck(cudaEventElapsedTime(&ms, e0, e1));
-            tf = fminf(tf, ms);
-            cudaCheck(cudaEventRecord(e0));
-            conv2d_backward_cuda(d_dx, d_dw, d_db, d_dout, d_x, d_w, B, Cin, H, W, Cout, K, s);
-            cudaCheck(cudaEventRecord(e1));
-            cudaCheck(cudaEventSynchronize(e1));
-            cudaCheck(cudaEventElapsedTime(&ms, e0, e1));
-            tb = fminf(tb, ms);
-        }
-        double flops = 2.0 * B * Cout * Cin * K * K * Ho * Wo;
-        printf("B%3d %3d->%3d %2dx%2d K%d s%d: err vs CPU %.1e%s | fwd %.3f ms (%5.0f GF/s) | bwd %.3f ms (%5.0f GF/s)\n",
-               B, Cin, Cout, H, W, K, s, e, e < 1e-5 ? "" : " FAIL", tf, flops / tf / 1e6, tb, 2 * flops / tb / 1e6);
-        cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_w)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_dout));
-        cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_dx)); cudaCheck(cudaFree(d_dw)); cudaCheck(cudaFree(d_db));
-        free(x); free(w); free(bias); free(dout); free(out); free(dx); free(dw); free(db);
-        free(g_out); free(g_dx); free(g_dw); free(g_db);
-    }
-    cudaCheck(cudaEventDestroy(e0));
-    cudaCheck(cudaEventDestroy(e1));
-}
-
 int main(int argc, char** argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);  // a line at a time, also into a pipe
     const char* mode = argc > 1 ? argv[1] : "cpu";
@@ -466,10 +378,8 @@ int main(int argc, char** argv) {
         run_gemm(reps);
     } else if (strcmp(mode, "cpu") == 0) {
         run_cpu(reps);
-    } else if (strcmp(mode, "cuda") == 0) {
-        run_cuda(reps);
     } else {
-        fprintf(stderr, "Error: unknown mode '%s'.\nUsage: %s gemm|cpu|cuda [repetitions]\n", mode, argv[0]);
+        fprintf(stderr, "Error: unknown mode '%s'.\nUsage: %s gemm|cpu [repetitions]\n", mode, argv[0]);
         return EXIT_FAILURE;
     }
     return 0;
