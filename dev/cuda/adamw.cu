@@ -17,7 +17,8 @@ Versions (version 2 is ldmc/ itself, included read-only):
      can run ahead and queue the next step (the trainer reads the norm back only when it logs it).
      Bit-identical to version 2: the same sums in the same order, and the factor computed as clip_scale does.
 Versions 1 and 3 have never run on a GPU (written where none was lent): expect to debug them on the
-first run.
+first run. They do pass make -C dev/cuda emu (the CPU emulator of dev/cuda/emu,
+small shapes), which checks indexing, barriers and fragment layouts, not speed, races or alignment.
 
 Validation: every version on every parameter count of the presets (dev/cuda/shapes.h: VAE tiny/small/fast
 without EMA, U-Net tiny/small/base/fast with EMA, unconditional and with 10 classes), each with the

@@ -18,7 +18,8 @@ Versions (version 2 is ldmc/attention.cuh itself, included read-only):
      per block: forward (3*D*HW + HW*(HW+1)) floats, backward (4*D*HW + 2*HW*(HW+1)) floats — 98 KB at
      D = HW = 64, within the opt-in limit of sm_80/sm_90
 Versions 1 and 3 have never run on a GPU (written where none was lent): expect to debug them on the
-first run.
+first run. They do pass make -C dev/cuda emu (the CPU emulator of dev/cuda/emu,
+small shapes), which checks indexing, barriers and fragment layouts, not speed, races or alignment.
 
 Validation: every version on every attention shape of the U-Net presets (dev/cuda/shapes.h: head dims
 C/4 = 16, 32, 64 at 16 and 4 tokens, batch 128 and 256) against the plain CPU reference (loops in

@@ -19,7 +19,8 @@ Versions (version 2 is ldmc/conv2d.cuh itself, included read-only; the others ex
      channel count is a multiple of 8. The lab converts the inputs to bf16 NHWC once, outside the timings;
      a model using it would keep its activations in that layout.
 Versions 1, 3 and 4 have never run on a GPU (written where none was lent): expect to debug them on the
-first run. Version 4 is checked against the reference computed from its own bf16-rounded inputs, so
+first run. They do pass make -C dev/cuda emu (the CPU emulator of dev/cuda/emu,
+small shapes), which checks indexing, barriers and fragment layouts, not speed, races or alignment. Version 4 is checked against the reference computed from its own bf16-rounded inputs, so
 the check tests its indexing and accumulation; bf16's rounding of the inputs is not an error here.
 
 Validation: every version on every convolution shape of the presets (dev/cuda/shapes.h: VAE

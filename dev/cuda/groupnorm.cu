@@ -22,7 +22,8 @@ Versions (version 2 is what the models run today, from ldmc/ included read-only)
      fixed-order dweight/dbias reduction. A model using it would keep x, temb, mean and rstd per NormSilu
      instead of xn and act's input.
 Versions 1 and 3 have never run on a GPU (written where none was lent): expect to debug them on the
-first run.
+first run. They do pass make -C dev/cuda emu (the CPU emulator of dev/cuda/emu,
+small shapes), which checks indexing, barriers and fragment layouts, not speed, races or alignment.
 
 Validation: every version on every GroupNorm shape of the presets (dev/cuda/shapes.h, batch sizes
 64..512) against the plain CPU reference (loops in double, whole tensors). Error = max |got - ref| /
