@@ -1,10 +1,12 @@
 // dev/cuda/common.h — what every kernel lab in dev/cuda shares (the labs follow llm.c's dev/cuda):
 //   lab_init            no CUDA device: one line saying so, exit 0; else device 0, the cuBLAS handle
 //                       the shipped kernels use (TF32 off), and a line naming the GPU
-//   lab_parse_args      [kernel_num|all] [--repeats N] [--only TEXT]
+//   lab_parse_args      [kernel_num|all] [--repeats N] [--only TEXT]; lab_selected / lab_timed apply them
 //   make_random_*       host buffers from the counter-based RNG of ldmc/rng.cuh (same numbers every run)
-//   to_device, from_device, device_floats, device_zero    checked copies and allocations
-//   validate_host, validate_result    max |got - ref| against rtol * max |ref|, printed side by side
+//   to_device, from_device, device_alloc, device_floats, device_zero    checked copies and allocations
+//   validate_host, validate_result    max |got - ref| against rtol * max |ref|, printed side by side;
+//                       lab_print_failures after a shape's summary line, lab_finish for the closing line
+//                       and the exit status (1 when any check failed)
 //   benchmark_kernel    median time of one call in microseconds (CUDA events, L2 flushed before each call)
 //   gbps, tflops        throughput of a timed call
 // The checked-call macros cudaCheck / cublasCheck / mallocCheck (failures name file:line) are those of
