@@ -80,10 +80,6 @@ runs/ldm_tiny_c10/checkpoint_final.safetensors: runs/vae_tiny/checkpoint_final.s
 runs/quickstart_samples.png: runs/ldm_tiny_c10/checkpoint_final.safetensors | sample_ldm
 	./sample_ldm --checkpoint $< --sampler dpm++2m --steps 20 --guidance-scale 3 --out $@
 
-# the conv/GEMM kernel lab (several versions, CPU reference, validation, timing)
-dev/cuda/conv2d_lab: dev/cuda/conv2d.cu $(HEADERS)
-	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
-
 # CIFAR-10 in the official binary layout, from ../shared/cifar10 (or an official tarball at hand)
 data:
 	bash data/get_cifar10.sh

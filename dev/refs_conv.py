@@ -10,7 +10,7 @@ Everything is computed in float64 from float32-rounded inputs and stored as floa
 dev/ref/conv.safetensors, which tests/test_conv.h reads (tests need no PyTorch).
 Run from the repository root:
     python3 dev/refs_conv.py           # writes dev/ref/conv.safetensors
-    python3 dev/refs_conv.py --bench   # PyTorch CPU timings of the layer shapes dev/cuda/conv2d.cu times
+    python3 dev/refs_conv.py --bench   # PyTorch CPU timings of the layer shapes dev/cpu/conv2d.cu times
 """
 import argparse
 import os
@@ -92,7 +92,7 @@ def write_refs(path):
 
 
 # ----------------------------------------------------------------------------
-# benchmark: the layer shapes of dev/cuda/conv2d.cu's CPU timing table (keep the two lists in step)
+# benchmark: the layer shapes of dev/cpu/conv2d.cu's CPU timing table (keep the two lists in step)
 
 BENCH_SHAPES = [  # B, Cin, H, W, Cout, K, stride
     (64, 16, 32, 32, 16, 3, 1), (64, 32, 16, 16, 32, 3, 1), (64, 64, 8, 8, 64, 3, 1),
