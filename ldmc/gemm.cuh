@@ -20,7 +20,7 @@
 // targets (-march=native): AVX-512 has 32 registers of 16 floats, AVX2 16 of 8, SSE 16 of 4.
 // KC is the depth of a packed block: an A strip (MR x KC) and a B strip (KC x NR) stay in L1.
 // An MC x KC block of A stays in L2, and a KC x NC panel of B in L2/L3. The values were tuned in
-// dev/cuda/conv2d.cu on a 2-core AMD EPYC (Zen 4); they are compile-time knobs (-DGEMM_MR=...)
+// dev/cpu/conv2d.cu on a 2-core AMD EPYC (Zen 4); they are compile-time knobs (-DGEMM_MR=...)
 // so the lab can sweep them.
 
 #if defined(__AVX512F__)

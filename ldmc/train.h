@@ -157,7 +157,7 @@ static void settings_to_json(const Setting* s, int n, char* out, size_t len) {
 }
 
 static void setting_format(const Setting* s, double v, char* out, size_t n) {
-    if (s->type == SETTING_FLOAT) snprintf(out, n, "%.9g", v);
+    if (s->type == SETTING_FLOAT) snprintf(out, n, "%g", v);
     else snprintf(out, n, "%.0f", v);
 }
 

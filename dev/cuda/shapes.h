@@ -122,7 +122,7 @@ static void walk_vae(PresetShapes* s, const VAEPreset* p) {
     vae_build(m, &p->cfg);
     const Encoder* e = &m->enc;
     const Decoder* d = &m->dec;
-    int B = p->batch_size, L = p->cfg.levels, nres = p->cfg.nres, R = IMG_RES;
+    int B = p->defaults.batch_size, L = p->cfg.levels, nres = p->cfg.nres, R = IMG_RES;
     char tag[32], name[48];
     snprintf(tag, sizeof(tag), "vae-%.15s", p->cfg.preset);
     add_conv(s, tag, "encoder.conv_in", B, &e->conv_in, R);
@@ -172,7 +172,7 @@ static void walk_unet(PresetShapes* s, const UNetPreset* p, int num_classes) {
     UNetConfig cfg = p->cfg;
     cfg.num_classes = num_classes;
     unet_build(m, &cfg);
-    int B = p->batch_size, L = cfg.levels, nres = cfg.nres, R = cfg.in_res;
+    int B = p->defaults.batch_size, L = cfg.levels, nres = cfg.nres, R = cfg.in_res;
     char tag[32], name[48];
     snprintf(tag, sizeof(tag), "unet-%.15s", cfg.preset);
     if (num_classes > 0) {
