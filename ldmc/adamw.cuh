@@ -4,6 +4,8 @@
 //   ema_decay_at   the warmed-up EMA decay for optimizer step n: min(decay, (1 + n) / (10 + n))
 //   adamw_update   clipping, AdamW (PyTorch semantics) and the EMA update, fused in one pass
 // A training step is: norm = grad_norm(grads); s = clip_scale(norm, 1.0); adamw_update(..., s, t, d).
+// grad_norm_ref and adamw_update_ref are the plain loops (the oracle of the tests); adamw_update_ref is
+// also the CPU path, grad_norm_cpu sums in parallel; then the CUDA kernel; then the dispatchers.
 #pragma once
 
 #include "common.cuh"
@@ -74,17 +76,34 @@ __host__ __device__ static inline void adamw_element(float* p, float* m, float* 
 }
 
 // ----------------------------------------------------------------------------
-// CPU reference
+// reference: one loop over the parameters each; grad_norm's sum in double, in index order.
+// adamw_update_ref is also the CPU path (pure memory traffic: nothing for a faster version to gain).
+
+// sqrt(sum over the n gradients of grad^2)
+static float grad_norm_ref(const float* grads, size_t n) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += (double)grads[i] * grads[i];
+    return (float)sqrt(sum);
+}
+
+static void adamw_update_ref(float* params, const float* grads, float* m, float* v, float* ema, size_t n,
+                             const AdamWStep s) {
+    // params, grads, m, v, ema (n); ema may be NULL (no EMA)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) adamw_element(params + i, m + i, v + i, ema ? ema + i : NULL, grads[i], s);
+}
+
+// ----------------------------------------------------------------------------
+// CPU: grad_norm's sum in parallel, through reduce_sum_cpu (64 fixed chunks: the same bits for any
+// thread count)
 
 struct SquareTerm {
     const float* a;
     __host__ __device__ float operator()(size_t i) const { return a[i] * a[i]; }
 };
 
-static void adamw_update_cpu(float* params, const float* grads, float* m, float* v, float* ema, size_t n,
-                             const AdamWStep s) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) adamw_element(params + i, m + i, v + i, ema ? ema + i : NULL, grads[i], s);
+static float grad_norm_cpu(const float* grads, size_t n) {
+    return (float)sqrt(reduce_sum_cpu(n, SquareTerm{grads}));
 }
 
 // ----------------------------------------------------------------------------
@@ -131,7 +150,7 @@ static void adamw_update_cuda(float* params, const float* grads, float* m, float
 
 static float grad_norm(const float* grads, size_t n) {
     if (g_device == DEVICE_CUDA) return sqrtf(reduce_sum_cuda(n, SquareTerm{grads}));
-    return (float)sqrt(reduce_sum_cpu(n, SquareTerm{grads}));
+    return grad_norm_cpu(grads, n);
 }
 
 static void adamw_update(float* params, const float* grads, float* m, float* v, float* ema, size_t n, float lr,
@@ -145,6 +164,6 @@ static void adamw_update(float* params, const float* grads, float* m, float* v, 
     if (g_device == DEVICE_CUDA) {
         adamw_update_cuda(params, grads, m, v, ema, n, s);
     } else {
-        adamw_update_cpu(params, grads, m, v, ema, n, s);
+        adamw_update_ref(params, grads, m, v, ema, n, s);
     }
 }

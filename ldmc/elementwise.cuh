@@ -8,8 +8,10 @@
 //   map1_cuda / map2_cuda     launch an elementwise functor, vectorised when the pointers allow it
 //   reduce_sum_cpu / reduce_sum_cuda    deterministic sums of a per-index term (any thread count, no atomics)
 //   reduce_warp_sum / reduce_block_sum  the warp and block reductions under them
-// Each layer has a plain C reference (*_cpu), a CUDA launcher (*_cuda) and a dispatcher that
-// follows g_device. In backward, gradients of inputs are overwritten.
+// Each layer has a plain reference (*_ref: one loop over the elements, the math of the layer), a
+// CUDA launcher (*_cuda) and a dispatcher that follows g_device. The reference is also the CPU
+// path: these layers are one read and one write per element, and the loops are already as fast as
+// the memory allows. In backward, gradients of inputs are overwritten.
 #pragma once
 
 #include "common.cuh"
@@ -190,22 +192,25 @@ __host__ __device__ static inline float silu_grad_value(float dout, float x) {
     return dout * s * (1.0f + x * (1.0f - s));
 }
 
+static void silu_forward_ref(float* out, const float* x, size_t n) {
+    // out, x (n)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = silu_value(x[i]);
+}
+
+static void silu_backward_ref(float* dx, const float* dout, const float* x, size_t n) {
+    // dx, dout, x (n); dx may be dout
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) dx[i] = silu_grad_value(dout[i], x[i]);
+}
+
+// CUDA: the same per-element math as functors for map1_cuda / map2_cuda
 struct SiluOp {
     __device__ float operator()(float x) const { return silu_value(x); }
 };
 struct SiluBackwardOp {
     __device__ float operator()(float dout, float x) const { return silu_grad_value(dout, x); }
 };
-
-static void silu_forward_cpu(float* out, const float* x, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) out[i] = silu_value(x[i]);
-}
-
-static void silu_backward_cpu(float* dx, const float* dout, const float* x, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) dx[i] = silu_grad_value(dout[i], x[i]);
-}
 
 static void silu_forward_cuda(float* out, const float* x, size_t n) { map1_cuda(out, x, n, SiluOp()); }
 
@@ -214,16 +219,29 @@ static void silu_backward_cuda(float* dx, const float* dout, const float* x, siz
 }
 
 static void silu_forward(float* out, const float* x, size_t n) {
-    if (g_device == DEVICE_CUDA) { silu_forward_cuda(out, x, n); } else { silu_forward_cpu(out, x, n); }
+    if (g_device == DEVICE_CUDA) { silu_forward_cuda(out, x, n); } else { silu_forward_ref(out, x, n); }
 }
 
 static void silu_backward(float* dx, const float* dout, const float* x, size_t n) {
-    if (g_device == DEVICE_CUDA) { silu_backward_cuda(dx, dout, x, n); } else { silu_backward_cpu(dx, dout, x, n); }
+    if (g_device == DEVICE_CUDA) { silu_backward_cuda(dx, dout, x, n); } else { silu_backward_ref(dx, dout, x, n); }
 }
 
 // ----------------------------------------------------------------------------
 // add and scale: out = a + b (out may alias a or b), a += b, a *= s
 
+static void add_forward_ref(float* out, const float* a, const float* b, size_t n) {
+    // out, a, b (n)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void scale_inplace_ref(float* a, float s, size_t n) {
+    // a (n)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) a[i] *= s;
+}
+
+// CUDA: functors for map1_cuda / map2_cuda
 struct AddOp {
     __device__ float operator()(float a, float b) const { return a + b; }
 };
@@ -232,24 +250,14 @@ struct ScaleOp {
     __device__ float operator()(float a) const { return a * s; }
 };
 
-static void add_forward_cpu(float* out, const float* a, const float* b, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
-}
-
-static void scale_inplace_cpu(float* a, float s, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) a[i] *= s;
-}
-
 static void add_forward(float* out, const float* a, const float* b, size_t n) {
-    if (g_device == DEVICE_CUDA) { map2_cuda(out, a, b, n, AddOp()); } else { add_forward_cpu(out, a, b, n); }
+    if (g_device == DEVICE_CUDA) { map2_cuda(out, a, b, n, AddOp()); } else { add_forward_ref(out, a, b, n); }
 }
 
 static void add_inplace(float* a, const float* b, size_t n) { add_forward(a, a, b, n); }
 
 static void scale_inplace(float* a, float s, size_t n) {
-    if (g_device == DEVICE_CUDA) { map1_cuda(a, a, n, ScaleOp{s}); } else { scale_inplace_cpu(a, s, n); }
+    if (g_device == DEVICE_CUDA) { map1_cuda(a, a, n, ScaleOp{s}); } else { scale_inplace_ref(a, s, n); }
 }
 
 // ----------------------------------------------------------------------------
@@ -264,7 +272,7 @@ __host__ __device__ static inline float upsample2x_grad_value(const float* dplan
     return (top[0] + top[1]) + (bottom[0] + bottom[1]);
 }
 
-static void upsample2x_forward_cpu(float* out, const float* x, int B, int C, int H, int W) {
+static void upsample2x_forward_ref(float* out, const float* x, int B, int C, int H, int W) {
     // out (B, C, 2H, 2W), x (B, C, H, W)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -276,7 +284,7 @@ static void upsample2x_forward_cpu(float* out, const float* x, int B, int C, int
     }
 }
 
-static void upsample2x_backward_cpu(float* dx, const float* dout, int B, int C, int H, int W) {
+static void upsample2x_backward_ref(float* dx, const float* dout, int B, int C, int H, int W) {
     // dx (B, C, H, W) overwritten, dout (B, C, 2H, 2W)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -361,7 +369,7 @@ static void upsample2x_forward(float* out, const float* x, int B, int C, int H, 
     if (g_device == DEVICE_CUDA) {
         upsample2x_forward_cuda(out, x, B, C, H, W);
     } else {
-        upsample2x_forward_cpu(out, x, B, C, H, W);
+        upsample2x_forward_ref(out, x, B, C, H, W);
     }
 }
 
@@ -369,6 +377,6 @@ static void upsample2x_backward(float* dx, const float* dout, int B, int C, int 
     if (g_device == DEVICE_CUDA) {
         upsample2x_backward_cuda(dx, dout, B, C, H, W);
     } else {
-        upsample2x_backward_cpu(dx, dout, B, C, H, W);
+        upsample2x_backward_ref(dx, dout, B, C, H, W);
     }
 }
