@@ -1160,7 +1160,7 @@ static void ldm_train(LDMTrainArgs* a, int given) {
             (double)total_steps / steps_per_epoch);
     if (a->resume) run_log("resumed at step %ld\n", opt.step);
     TBWriter tb;
-    tb_open(&tb, run_dir);
+    tb_open(&tb, run_dir, opt.step);
 
     double abar[DIFFUSION_T];
     diffusion_schedule(a->schedule, abar);

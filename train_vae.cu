@@ -792,7 +792,7 @@ static void vae_train(VAETrainArgs* a, int given) {
             kl_warmup, total_steps, (double)total_steps / steps_per_epoch);
     if (a->resume) run_log("resumed at step %ld\n", opt.step);
     TBWriter tb;
-    tb_open(&tb, run_dir);
+    tb_open(&tb, run_dir, opt.step);
 
     // device buffers for a batch
     int Z = a->cfg.z_channels, LR = vae_latent_res(&a->cfg);
