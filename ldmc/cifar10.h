@@ -18,6 +18,7 @@
 
 #include <stdarg.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include "common.cuh"
 #include "rng.cuh"
