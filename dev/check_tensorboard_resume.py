@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
@@ -44,7 +44,6 @@ def build(tmp):
 
 def records(path):
     """The Event protos of one event file (framing as TensorBoard's reader sees it)."""
-    from tensorboard.backend.event_processing import event_file_loader
     return list(event_file_loader.LegacyEventFileLoader(path).Load())
 
 

@@ -300,8 +300,11 @@ static void test_tensorboard_open(const char* dir) {
     memset(&r, 0, sizeof(r));
     int bad = files == 1 ? tbt_read_records(path, &r, msg, sizeof(msg)) : 0;
     int ok = files == 1 && strncmp(name, "events.out.tfevents.", 20) == 0 && bad == 0 && r.n == 3;
-    TBTEvent start = ok ? tbt_parse_event(r.data[1], r.len[1]) : TBTEvent{};
-    double wall = ok ? tbt_parse_event(r.data[2], r.len[2]).wall_time : 0.0;
+    TBTEvent start, scalar;
+    memset(&start, 0, sizeof(start));
+    memset(&scalar, 0, sizeof(scalar));
+    if (ok) { start = tbt_parse_event(r.data[1], r.len[1]); scalar = tbt_parse_event(r.data[2], r.len[2]); }
+    double wall = scalar.wall_time;
     ok = ok && fabs(wall - now) < 60.0 && start.session_status == 1 && start.step == 4001;
     if (bad) snprintf(detail, sizeof(detail), "%s: %d bad CRCs, first: %s", name, bad, msg);
     else snprintf(detail, sizeof(detail), "%d file(s): %s, %d records, START at step %lld, wall_time %.1f s from the clock",
