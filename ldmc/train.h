@@ -289,7 +289,7 @@ static void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_
         write_text_file(path, config_text);
     }
     run_log_open(r->dir);
-    tb_open(&r->tb, r->dir);
+    tb_open(&r->tb, r->dir, opt->step);
     r->perm = (int*)mallocCheck((size_t)r->n_train * sizeof(int));
     r->perm_epoch = -1;
 }

@@ -1,0 +1,58 @@
+// dev/fuzz/fuzz_safetensors.cu — libFuzzer harness for the safetensors reader (ldmc/safetensors.h).
+// Each input is a whole file: it goes into one in-memory file (memfd, no disk), safetensors_read
+// parses it from /proc/self/fd/N exactly as from a checkpoint path, and on success every tensor's
+// bytes are read (so ASan sees any span outside the buffer), every name is looked up, and every
+// metadata value goes through the flat-JSON getters the programs use on "config".
+// safetensors_read reports errors through its return value and `err`, so nothing here exits.
+// Built by dev/fuzz/Makefile (nvcc for the CUDA headers, clang++ with the sanitizers for the host code).
+#include <sys/mman.h>
+#include "ldmc/safetensors.h"
+
+static int g_fd = -1;
+static char g_path[64];
+
+// one memfd for the whole run, rewritten per input
+static void fuzz_write_file(const uint8_t* data, size_t size) {
+    if (g_fd < 0) {
+        g_fd = memfd_create("fuzz_safetensors", 0);
+        if (g_fd < 0) { perror("memfd_create"); abort(); }
+        snprintf(g_path, sizeof(g_path), "/proc/self/fd/%d", g_fd);
+    }
+    if (ftruncate(g_fd, 0) != 0 || pwrite(g_fd, data, size, 0) != (ssize_t)size) { perror("memfd write"); abort(); }
+}
+
+// what a program does with a parsed file: look tensors up and read their bytes, parse "config"
+static void fuzz_use(const SafeTensors* st) {
+    volatile uint8_t sink = 0;
+    for (int i = 0; i < st->num_tensors; i++) {
+        const SafeTensorInfo* t = safetensors_find(st, st->tensors[i].name);
+        if (t != &st->tensors[i] && (t == NULL || strcmp(t->name, st->tensors[i].name) != 0)) abort();
+        const uint8_t* p = (const uint8_t*)t->data;
+        for (size_t b = 0; b < t->nbytes; b++) sink ^= p[b];
+    }
+    for (int i = 0; i < st->num_meta; i++) {
+        const char* v = safetensors_meta(st, st->meta_keys[i]);
+        if (v == NULL) abort();
+        int n = 0, arr[8], count = 0;
+        float f = 0.0f;
+        char s[64];
+        json_get_int(v, "ch", &n);
+        json_get_float(v, "latent_scale", &f);
+        json_get_string(v, "preset", s, sizeof(s));
+        json_get_int_array(v, "mult", arr, 8, &count);
+    }
+    (void)sink;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    fuzz_write_file(data, size);
+    SafeTensors st;
+    char err[2048];
+    if (safetensors_read(g_path, &st, err, sizeof(err)) == 0) {
+        fuzz_use(&st);
+        safetensors_free(&st);
+    } else if (err[0] == '\0') {
+        abort();  // every refusal must say why
+    }
+    return 0;
+}
