@@ -21,6 +21,17 @@
 #endif
 
 // ----------------------------------------------------------------------------
+// bad input ends the program through fail_exit(): exit(EXIT_FAILURE), unless a fuzz harness
+// (dev/fuzz) set g_fail_hook to return to itself instead (it longjmps and never comes back here)
+
+static void (*g_fail_hook)(void) = NULL;
+
+static void fail_exit(void) {
+    if (g_fail_hook) g_fail_hook();
+    exit(EXIT_FAILURE);
+}
+
+// ----------------------------------------------------------------------------
 // checked calls: each failure names the call site and exits non-zero
 
 static void cuda_check(cudaError_t err, const char* file, int line) {

@@ -251,7 +251,7 @@ static void st_fail(const char* path, const char* fmt, ...) {
     fprintf(stderr, "\nHINT: the file must be a safetensors file written by ldm.c or Python's safetensors (save_file); "
                     "check the path, and if a run was killed mid-write, the last complete checkpoint is still under "
                     "its final name.\n");
-    exit(EXIT_FAILURE);
+    fail_exit();
 }
 
 // a step of the header's JSON that failed (rc != 0) ends the program, saying where

@@ -1,14 +1,20 @@
 // dev/fuzz/fuzz_safetensors.cu — libFuzzer harness for the safetensors reader (ldmc/safetensors.h).
-// Each input is a whole file: it goes into one in-memory file (memfd, no disk), safetensors_read
+// Each input is a whole file: it goes into one in-memory file (memfd, no disk), safetensors_load
 // parses it from /proc/self/fd/N exactly as from a checkpoint path, and on success every tensor's
 // bytes are read (so ASan sees any span outside the buffer), every name is looked up, and every
 // metadata value goes through the flat-JSON getters the programs use on "config".
-// safetensors_read reports errors through its return value and `err`, so nothing here exits.
+// safetensors_load ends the program on bad input through fail_exit() (ldmc/common.cuh); the harness
+// sets g_fail_hook so that a refusal longjmps back here instead, and frees what the reader held.
 // Built by dev/fuzz/Makefile (nvcc for the CUDA headers, clang++ with the sanitizers for the host code).
 #include <sys/mman.h>
+#include <setjmp.h>
 #include "ldmc/safetensors.h"
 
 static int g_fd = -1;
+static jmp_buf g_refused;
+static SafeTensors g_st;   // global so that a refusal's longjmp can free what the reader had allocated
+
+static void fuzz_refused(void) { longjmp(g_refused, 1); }
 static char g_path[64];
 
 // one memfd for the whole run, rewritten per input
@@ -31,7 +37,7 @@ static void fuzz_use(const SafeTensors* st) {
         for (size_t b = 0; b < t->nbytes; b++) sink ^= p[b];
     }
     for (int i = 0; i < st->num_meta; i++) {
-        const char* v = safetensors_meta(st, st->meta_keys[i]);
+        const char* v = safetensors_meta(st, st->meta[i].key);
         if (v == NULL) abort();
         int n = 0, arr[8], count = 0;
         float f = 0.0f;
@@ -46,13 +52,11 @@ static void fuzz_use(const SafeTensors* st) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     fuzz_write_file(data, size);
-    SafeTensors st;
-    char err[2048];
-    if (safetensors_read(g_path, &st, err, sizeof(err)) == 0) {
-        fuzz_use(&st);
-        safetensors_free(&st);
-    } else if (err[0] == '\0') {
-        abort();  // every refusal must say why
+    g_fail_hook = fuzz_refused;
+    if (setjmp(g_refused) == 0) {
+        safetensors_load(g_path, &g_st);
+        fuzz_use(&g_st);
     }
+    safetensors_free(&g_st);
     return 0;
 }
