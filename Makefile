@@ -1,6 +1,7 @@
 # ldm.c — build knobs
 #   make                  every program (train_vae, train_ldm, sample_ldm, test_ldm)
 #   make test             build and run the test suite (CPU always, CUDA too when a GPU is present)
+#                         and the bad-input battery (tests/bad_inputs.sh)
 #   make data             CIFAR-10 in its official binary layout under data/cifar-10-batches-bin
 # Knobs:
 #   GPU_ARCH=90           build for one architecture (default: the present GPU's, else sm_80 + sm_90 + PTX)
@@ -63,8 +64,10 @@ sample_ldm: sample_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
 
-test: test_ldm
+# the suite, then the bad-input battery on the real programs (tests/bad_inputs.sh, about a minute)
+test: test_ldm train_vae train_ldm sample_ldm
 	./test_ldm
+	bash tests/bad_inputs.sh
 
 # the main job from a fresh clone: data, the tiny VAE, the tiny class-conditional LDM, a sample grid
 # (about 15 minutes on 2 CPU cores; each stage is skipped when its output already exists)
