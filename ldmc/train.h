@@ -209,7 +209,7 @@ static int setting_read(const Setting* s, const char* targs, double* stored, Ref
 // stored value
 static void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
     for (int i = 0; i < n; i++) {
-        double stored;
+        double stored = 0.0;
         Refusal r;
         if (setting_read(&s[i], targs, &stored, &r) != 0) refuse(state_path, &r, FILE_DAMAGED_HINT);
         if (s[i].given && setting_get(&s[i]) != stored) {
