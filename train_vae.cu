@@ -149,7 +149,7 @@ static int vae_config_from_json(VAEConfig* c, const char* json) {
 typedef struct {
     Conv2d conv_in;
     float* h_in;                       // (B, ch, 32, 32)
-    ResBlock res[MAX_LEVELS][VAE_MAX_NRES];       // [level][block]
+    ResBlock res[MAX_LEVELS][VAE_MAX_NRES];   // [level][block]
     Conv2d down[MAX_LEVELS];           // stride-2 conv after every level but the last
     const float* down_in[MAX_LEVELS];  // its input (the level's last output)
     float* down_out[MAX_LEVELS];       // (B, C_i, R/2, R/2)
@@ -163,7 +163,7 @@ typedef struct {
     Conv2d conv_in;
     float* h_in;                       // (B, ch*mult[-1], 8, 8)
     ResBlock mid[2];
-    ResBlock res[MAX_LEVELS][VAE_MAX_NRES + 1];   // [level][block], nres + 1 blocks per level
+    ResBlock res[MAX_LEVELS][VAE_MAX_NRES + 1];  // [level][block], nres + 1 blocks per level
     float* up_nearest[MAX_LEVELS];     // (B, C_i, 2R, 2R) nearest x2 of the level's output
     Conv2d up_conv[MAX_LEVELS];        // 3x3 conv after the nearest upsample (levels > 0)
     float* up_out[MAX_LEVELS];         // (B, C_i, 2R, 2R)
