@@ -1,7 +1,8 @@
 # ldm.c — build knobs
 #   make                  every program (train_vae, train_ldm, sample_ldm, test_ldm)
 #   make test             build and run the test suite (CPU always, CUDA too when a GPU is present),
-#                         then tests/bad_data.sh (the data converter; needs libjpeg62-turbo-dev)
+#                         the data converter's checks (tests/bad_data.sh) and the bad-input battery
+#                         (tests/bad_inputs.sh); the last line adds them up
 #   make data             CIFAR-10 in its official binary layout under data/cifar-10-batches-bin
 # Knobs:
 #   GPU_ARCH=90           build for one architecture (default: the present GPU's, else sm_80 + sm_90 + PTX)
@@ -64,18 +65,10 @@ sample_ldm: sample_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
 
-# test_ldm, then the data converter's checks (tests/bad_data.sh); the last line adds up the two
-# "N passed, M failed" lines (a suite that fails without its line counts as one failure), and the
-# status is non-zero when either suite fails
-test: test_ldm
-	@bash -c 'out=$$(mktemp -d); trap "rm -rf $$out" EXIT; \
-	    ./test_ldm | tee $$out/test_ldm; c=$${PIPESTATUS[0]}; \
-	    bash tests/bad_data.sh | tee $$out/bad_data; d=$${PIPESTATUS[0]}; \
-	    for f in test_ldm:$$c bad_data:$$d; do \
-	        line=$$(grep -E "^[0-9]+ passed, [0-9]+ failed$$" $$out/$${f%:*} | tail -n 1); \
-	        if [ -z "$$line" ] && [ $${f#*:} -ne 0 ]; then line="0 passed, 1 failed"; fi; echo "$$line"; \
-	    done | awk "{ p += \$$1; f += \$$3 } END { printf \"all: %d passed, %d failed\\n\", p, f }"; \
-	    [ $$c -eq 0 ] && [ $$d -eq 0 ]'
+# test_ldm, the converter's checks and the battery on the real programs (about two minutes); the last
+# line, "all: N passed, M failed", adds up the three suites' lines (tests/run_suites.sh)
+test: test_ldm train_vae train_ldm sample_ldm
+	@bash tests/run_suites.sh ./test_ldm "bash tests/bad_data.sh" "bash tests/bad_inputs.sh"
 
 # the main job from a fresh clone: data, the tiny VAE, the tiny class-conditional LDM, a sample grid
 # (about 15 minutes on 2 CPU cores; each stage is skipped when its output already exists)

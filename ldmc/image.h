@@ -1,14 +1,14 @@
 // ldmc/image.h — images out of the programs: float images -> uint8 RGB grids, PNG encoding (to a
-// file, atomically, or to bytes in memory for TensorBoard) through stb_image_write, CIFAR-10 binary
-// records (sample_ldm --out-raw), and the atomic file write they share.
+// file, atomically through files.h's file_write_atomic, or to bytes in memory for TensorBoard) through
+// stb_image_write, and CIFAR-10 binary records (sample_ldm --out-raw).
 // Float images are host NCHW (N, 3, H, W) in [-1, 1]; a pixel is round((clamp(x, -1, 1) + 1) * 127.5),
 // the inverse of the data loader's x/127.5 - 1. RGB buffers are HWC: (height, width, 3) uint8.
 // stb_image_write's implementation is compiled here (every program is one translation unit): include
 // this header, never define STB_IMAGE_WRITE_IMPLEMENTATION elsewhere.
 #pragma once
 
-#include <unistd.h>
 #include "common.cuh"
+#include "files.h"
 
 // stb_image_write, static (no external symbols) and without its FILE* writers (we write ourselves)
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -52,31 +52,6 @@ static uint8_t* image_grid_rgb(const float* images, int n, int h, int w, int col
     *height = gh;
     *width = gw;
     return rgb;
-}
-
-// ----------------------------------------------------------------------------
-// files
-
-// Writes size bytes to path atomically: a temporary file beside it, fsync, rename, so a killed
-// program never leaves a half-written file under the final name.
-static void image_write_file_atomic(const char* path, const void* data, size_t size) {
-    char tmp[1100];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
-        fprintf(stderr, "Error: output path too long (%zu characters): %s\n", strlen(path), path);
-        exit(EXIT_FAILURE);
-    }
-    FILE* fp = fopenCheck(tmp, "wb");
-    fwriteCheck(data, 1, size, fp);
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0 || fclose(fp) != 0) {
-        fprintf(stderr, "Error: writing '%s' failed: %s\nHINT: is the disk full?\n", tmp, strerror(errno));
-        remove(tmp);
-        exit(EXIT_FAILURE);
-    }
-    if (rename(tmp, path) != 0) {
-        fprintf(stderr, "Error: cannot rename '%s' to '%s': %s\n", tmp, path, strerror(errno));
-        remove(tmp);
-        exit(EXIT_FAILURE);
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -130,7 +105,8 @@ static void image_encode_png(ImageBytes* png, const uint8_t* rgb, int height, in
 static void image_write_png(const char* path, const uint8_t* rgb, int height, int width) {
     ImageBytes png = {0};
     image_encode_png(&png, rgb, height, width);
-    image_write_file_atomic(path, png.data, png.size);
+    FileChunk chunk = {png.data, png.size};
+    file_write_atomic(path, &chunk, 1);
     image_bytes_free(&png);
 }
 

@@ -86,7 +86,8 @@ static void params_upload_named(ParamStore* ps, const SafeTensors* st, const cha
                                 const char* path, const char* what) {
     char err[512];
     if (params_load_named(ps, st, prefix, host, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: '%s' does not match the %s its config describes: %s\n", path, what, err);
+        fprintf(stderr, "Error: '%s' does not match the %s its config describes: %s\nHINT: the file is damaged, "
+                        "edited, or not from this ldm.c; use a file train_vae / train_ldm wrote.\n", path, what, err);
         exit(EXIT_FAILURE);
     }
     host_to_dev(ps->params, host, ps->total * sizeof(float));

@@ -4,7 +4,10 @@
 //   TrainArgs      the common flags (preset, batch, lr, epochs, steps, run name, data, device, seed,
 //                  resume, bench, log/sample/save intervals), their parsing and usage text
 //   Setting        a setting a resumed run keeps: stored as JSON in the training state, refused when a
-//                  flag contradicts it (the one resume rule of both trainers)
+//                  flag contradicts it (the one resume rule of both trainers) or when the stored value
+//                  is outside the flag's range
+//   train_check_state_tensors / train_check_finite   the tensors of a training state to resume, and
+//                  the weights about to be saved, are complete and finite
 //   TrainRun       the run directory, the step plan, the shuffled epoch each batch is drawn from, the
 //                  progress line and its TensorBoard scalars, and when to sample and save
 //   train_bench    --bench N: median images/s of N training steps on random data
@@ -16,6 +19,7 @@
 #include "tensorboard.h"
 #include "run.h"
 #include "optimizer.h"
+#include "validate.h"
 
 // ----------------------------------------------------------------------------
 // random streams: every random number is rng(seed ^ stream, counter), the counter depending only on
@@ -35,6 +39,8 @@ enum RngStream {
 
 // ----------------------------------------------------------------------------
 // the common flags
+
+#define TRAIN_MAX_STEPS 1000000000L   // --max-steps' bound, and the most steps a run may plan
 
 enum {  // which common flags were given on the command line
     GIVEN_PRESET = 1 << 0, GIVEN_BATCH = 1 << 1, GIVEN_LR = 1 << 2, GIVEN_SEED = 1 << 3,
@@ -72,7 +78,7 @@ static int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const c
     const char* f = argv[*i];
     if (strcmp(f, "--preset") == 0) { a->preset = arg_choice(argc, argv, i, presets, npresets); a->given |= GIVEN_PRESET; }
     else if (strcmp(f, "--epochs") == 0) a->epochs = (int)arg_long(argc, argv, i, 1, 100000);
-    else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, i, 1, 1000000000L);
+    else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, i, 1, TRAIN_MAX_STEPS);
     else if (strcmp(f, "--batch-size") == 0) { a->batch_size = (int)arg_long(argc, argv, i, 1, 65536); a->given |= GIVEN_BATCH; }
     else if (strcmp(f, "--lr") == 0) { a->lr = arg_float(argc, argv, i, 0.0, 10.0, 1); a->given |= GIVEN_LR; }
     else if (strcmp(f, "--run-name") == 0) snprintf(a->run_name, sizeof(a->run_name), "%s", arg_run_name(argc, argv, i));
@@ -92,7 +98,10 @@ static void train_usage_common(const char* prefix, int sample_every, const char*
     printf("  --epochs N  --batch-size N  --lr X   (preset defaults)\n"
            "  --max-steps N              stop after N optimizer steps (overrides --epochs; extends a resumed run)\n"
            "  --run-name NAME            run directory runs/NAME (default %s_<preset>)\n"
-           "  --resume                   continue the run in runs/NAME from its training state\n"
+           "  --resume                   continue the run in runs/NAME from its training state; a run directory\n"
+           "                             with no state and no checkpoint (stopped before its first save) is\n"
+           "                             started again from step 0 by the same command without --resume\n"
+           "                             (its log.txt is kept and appended to)\n"
            "  --data DIR                 CIFAR-10 binary directory (default $CIFAR10_DIR, then data/cifar-10-batches-bin)\n"
            "  --device auto|cpu|cuda     (default auto)\n"
            "  --seed N                   (default 1337)\n"
@@ -138,6 +147,7 @@ typedef struct {
     SettingType type;
     void* value;        // int*, long*, float* or uint64_t*
     int given;          // the flag was on the command line
+    double lo, hi;      // the range a stored value must be in (the flag's own)
 } Setting;
 
 // {"batch_size":64,"lr":0.001,...} in table order
@@ -179,21 +189,29 @@ static void setting_set(const Setting* s, double v) {
     }
 }
 
-// reads every setting from the state's train_args; a given flag must equal the stored value
+// 0 when the stored value of setting s is readable and within its range, else -1 with r filled
+static int setting_read(const Setting* s, const char* targs, double* stored, Refusal* r) {
+    char field[64];
+    snprintf(field, sizeof(field), "train_args %s", s->key);
+    float f;
+    int v;
+    if (s->type == SETTING_FLOAT) {
+        if (json_get_float(targs, s->key, &f) != 0) return refusal_set(r, field, "a number", "missing or unreadable");
+        *stored = f;
+        return check_float_range(r, field, f, s->lo, s->hi, 0);
+    }
+    if (json_get_int(targs, s->key, &v) != 0) return refusal_set(r, field, "an integer", "missing or unreadable");
+    *stored = v;
+    return check_int_range(r, field, v, (long long)s->lo, (long long)s->hi);
+}
+
+// reads every setting from the state's train_args, each within its range; a given flag must equal the
+// stored value
 static void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
     for (int i = 0; i < n; i++) {
-        float f;
-        double stored;
-        if (s[i].type == SETTING_FLOAT) {
-            if (json_get_float(targs, s[i].key, &f) != 0) stored = NAN; else stored = f;
-        } else {
-            int v;
-            if (json_get_int(targs, s[i].key, &v) != 0) stored = NAN; else stored = v;
-        }
-        if (isnan(stored)) {
-            fprintf(stderr, "Error: '%s' has no readable '%s' in its train_args: %s\n", state_path, s[i].key, targs);
-            exit(EXIT_FAILURE);
-        }
+        double stored = 0.0;
+        Refusal r;
+        if (setting_read(&s[i], targs, &stored, &r) != 0) refuse(state_path, &r, FILE_DAMAGED_HINT);
         if (s[i].given && setting_get(&s[i]) != stored) {
             char flag[64], want[32], have[32];
             snprintf(flag, sizeof(flag), "--%s", s[i].key);
@@ -229,11 +247,11 @@ typedef struct {
     long step_log;           // the step of the last progress line
 } TrainRun;
 
-// runs/<name> must be new for a new run and hold a training state for --resume. Nothing is created
-// yet: the directory appears only once every input has been checked (train_run_start).
+// runs/<name> must hold no saved state for a new run and a training state for --resume (run.h). Nothing
+// is created yet: the directory appears only once every input has been checked (train_run_start).
 static void train_run_check(TrainRun* r, const TrainArgs* a) {
     memset(r, 0, sizeof(*r));
-    run_dir_check(r->dir, sizeof(r->dir), a->run_name, a->resume, "state.safetensors");
+    run_dir_check(r->dir, sizeof(r->dir), a->run_name, a->resume);
     snprintf(r->state_path, sizeof(r->state_path), "%s/state.safetensors", r->dir);
 }
 
@@ -259,6 +277,84 @@ static const char* train_read_state(TrainRun* r, const char* model, const char* 
     return targs;
 }
 
+// the tensors of the training state to resume (after settings_resume, which read its total steps): exactly
+// params, adam_m, adam_v (and ema when the model keeps one), F32 of the model's parameter count, finite,
+// adam_v >= 0, and the step (I64) within the run's steps. Anything else is refused, naming it.
+static void train_check_state_tensors(const TrainRun* r, size_t n_params, int with_ema) {
+    static const char* const names[] = {"params", "adam_m", "adam_v", "ema", "step"};
+    const SafeTensors* st = &r->state;
+    const char* path = r->state_path;
+    Refusal f;
+    char field[64], allowed[96];
+    for (int i = 0; i < st->num_tensors; i++) {
+        const char* name = st->tensors[i].name;
+        int known = 0;
+        for (int k = 0; k < 5; k++) known |= strcmp(name, names[k]) == 0 && (k != 3 || with_ema);
+        if (!known) {
+            snprintf(field, sizeof(field), "tensor '%s'", name);
+            refusal_set(&f, field, with_ema ? "only params, adam_m, adam_v, ema and step" :
+                                              "only params, adam_m, adam_v and step (this model keeps no EMA)",
+                        "present (not part of a training state)");
+            refuse(path, &f, FILE_DAMAGED_HINT);
+        }
+    }
+    for (int k = 0; k < (with_ema ? 4 : 3); k++) {
+        const SafeTensorInfo* t = safetensors_find(st, names[k]);
+        snprintf(field, sizeof(field), "tensor '%s'", names[k]);
+        snprintf(allowed, sizeof(allowed), "F32 [%zu] (the model's parameter count)", n_params);
+        if (t == NULL) refusal_set(&f, field, allowed, "missing");
+        else if (strcmp(t->dtype, "F32") != 0 || t->ndim != 1 || t->numel != n_params) {
+            refusal_set(&f, field, allowed, "%s of %zu elements in %d dimensions", t->dtype, t->numel, t->ndim);
+        } else {
+            const float* x = safetensors_get_f32(st, names[k], n_params);   // also checks alignment
+            long long bad = first_nonfinite(x, n_params);
+            if (bad < 0 && k == 2) for (size_t j = 0; j < n_params && bad < 0; j++) if (x[j] < 0) bad = (long long)j;
+            if (bad < 0) continue;
+            snprintf(field, sizeof(field), "tensor '%s' element %lld", names[k], bad);
+            refusal_set(&f, field, k == 2 ? "a finite number >= 0 (a second moment)" : "a finite number", "%g", x[bad]);
+        }
+        refuse(path, &f, FILE_DAMAGED_HINT);
+    }
+    const SafeTensorInfo* t = safetensors_find(st, "step");
+    if (t == NULL || strcmp(t->dtype, "I64") != 0 || t->numel != 1) {
+        refusal_set(&f, "tensor 'step'", "I64 [1]", t == NULL ? "missing" : "%s of %zu elements", t ? t->dtype : "",
+                    t ? t->numel : 0);
+        refuse(path, &f, FILE_DAMAGED_HINT);
+    }
+    if (check_int_range(&f, "tensor 'step'", safetensors_get_i64(st, "step", 1)[0], 0, r->resumed_total) != 0) {
+        snprintf(f.allowed + strlen(f.allowed), sizeof(f.allowed) - strlen(f.allowed), " (train_args total_steps)");
+        refuse(path, &f, FILE_DAMAGED_HINT);
+    }
+}
+
+// the name of the parameter holding flat element k (for messages)
+static const char* params_name_at(const ParamStore* ps, size_t k) {
+    for (int i = 0; i < ps->count; i++) {
+        if (k >= ps->info[i].offset && k < ps->info[i].offset + ps->info[i].numel) return ps->info[i].name;
+    }
+    return "?";
+}
+
+// before a state or checkpoint is saved: the weights (and the EMA) must be finite. A NaN that got past the
+// loss check (it is computed before the update) would otherwise replace the last good state and be
+// published as checkpoint_final; instead the run stops and the state on disk stays as it was.
+static void train_check_finite(const ParamStore* ps, const OptState* opt, const char* state_path) {
+    const float* bufs[2] = {ps->params, opt->ema};
+    const char* what[2] = {"weights", "EMA weights"};
+    float* host = (float*)mallocCheck(ps->total * sizeof(float));
+    for (int b = 0; b < 2 && bufs[b] != NULL; b++) {
+        dev_to_host(host, bufs[b], ps->total * sizeof(float));
+        long long bad = first_nonfinite(host, ps->total);
+        if (bad < 0) continue;
+        run_log("Error: the %s after step %ld are not finite (%g in '%s'); nothing was saved: '%s' keeps the last "
+                "good state and no checkpoint_final was written.\nHINT: lower --lr (or add --warmup-steps) and "
+                "resume from that state with --resume, or start a new run.\n", what[b], opt->step, host[bad],
+                params_name_at(ps, (size_t)bad), state_path);
+        exit(EXIT_FAILURE);
+    }
+    free(host);
+}
+
 // steps per epoch and the total: --max-steps, else epochs x steps per epoch (a resumed run keeps its
 // total unless --max-steps extends it)
 static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
@@ -274,6 +370,12 @@ static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
     if (a->max_steps > 0) r->total_steps = a->max_steps;
     else if (a->resume) r->total_steps = r->resumed_total;
     else r->total_steps = (long)a->epochs * r->steps_per_epoch;
+    if (r->total_steps > TRAIN_MAX_STEPS) {   // the state stores it as a JSON int
+        fprintf(stderr, "Error: %ld steps planned (%d epochs of %ld steps); at most %ld.\nHINT: fewer --epochs, a "
+                        "larger --batch-size, or --max-steps.\n", r->total_steps, a->epochs, r->steps_per_epoch,
+                TRAIN_MAX_STEPS);
+        exit(EXIT_FAILURE);
+    }
 }
 
 // creates the directory, writes config.json for a new run, opens log.txt and the TensorBoard file;
