@@ -10,6 +10,8 @@
 //     slow one, so its panels are contiguous copies rather than transposes;
 //   - for stride 1, dx is itself a convolution (of dout with the flipped, transposed weights) and
 //     reuses the forward path; for stride 2 it is weight^T @ dout followed by col2im.
+// Every output value is summed in an order fixed by the shape alone, so the results are the same
+// bits on every run and for any number of threads (tests/test_conv.h checks 1, 2 and 3 threads).
 // This file is the CPU section of ldmc/conv2d.cuh, which includes it after the shapes and the
 // reference: include ldmc/conv2d.cuh, not this file.
 #pragma once
@@ -289,8 +291,23 @@ static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, l
 // channels-last layout xn (B, Hp, Wp, Cin) and the taps are ordered (ky, kx, c): then the taps of
 // one position in a B strip are a few contiguous runs of xn (one per ky). dout (Cout per position, a
 // fraction 1/(K*K*Cin/Cout) of the data) is transposed while packing A.
-// Threads take chunks of positions and accumulate into private partial sums (in the (ky, kx, c)
-// tap order), which are added into dweight (in PyTorch's (c, ky, kx) order) at the end.
+// The sum over positions is cut into a fixed number of parts, a function of the shape only (never
+// of the thread count): threads take whole parts, each part is summed into its own partial
+// dweight (in the (ky, kx, c) tap order), and the partials are added into dweight (in PyTorch's
+// (c, ky, kx) order) in part order. So the rounding, and the result, is the same on every run and
+// for any number of threads. Parts of about 2 KC-deep steps balance the threads; at most
+// CONV2D_DW_MAX_PARTS of them, and at most CONV2D_DW_MAX_PARTIAL floats of partials, bound the memory.
+#define CONV2D_DW_MAX_PARTS 64
+#define CONV2D_DW_MAX_PARTIAL (1L << 22)
+
+static int conv2d_dweight_parts(long N, int Cout, int Kd) {
+    long parts = (N + 2L * GEMM_KC - 1) / (2L * GEMM_KC);
+    long fit = CONV2D_DW_MAX_PARTIAL / ((long)Cout * Kd);
+    if (parts > fit) parts = fit;
+    if (parts > CONV2D_DW_MAX_PARTS) parts = CONV2D_DW_MAX_PARTS;
+    return parts < 1 ? 1 : (int)parts;
+}
+
 static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
@@ -302,30 +319,28 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
     int nthreads = cpu_thread_count();
     size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
     int nc_max = Kd < GEMM_NC ? ceil_div(Kd, GEMM_NR) * GEMM_NR : GEMM_NC;
-    // per thread: packed A (Mpad, KC), packed B (KC, nc_max), partial dweight (Cout, Kd)
+    int parts = conv2d_dweight_parts(N, Cout, Kd);
+    // per thread: packed A (Mpad, KC), packed B (KC, nc_max); then per part: partial dweight (Cout, Kd)
     size_t b_off = conv2d_round16(Mpad * GEMM_KC);
-    size_t partial_off = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
-    size_t per_thread = partial_off + conv2d_round16((size_t)Cout * Kd);
-    float* ws = conv2d_cpu_workspace(0, per_thread * nthreads);
-    // chunks of 2 KC-deep steps: enough work per chunk, enough chunks to balance the threads
-    long chunk = 2L * GEMM_KC;
-    long n_chunks = (N + chunk - 1) / chunk;
+    size_t per_thread = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
+    size_t per_part = conv2d_round16((size_t)Cout * Kd);
+    float* ws = conv2d_cpu_workspace(0, per_thread * nthreads + per_part * parts);
+    float* partials = ws + per_thread * nthreads;
 
     #pragma omp parallel num_threads(nthreads)
     {
         float* Ap = ws + per_thread * conv2d_thread_id();
         float* Bp = Ap + b_off;
-        float* partial = Ap + partial_off;
-        memset(partial, 0, (size_t)Cout * Kd * sizeof(float));
         ConvRun runs[GEMM_KC];
         // one B strip's taps as runs of consecutive floats in xn: source offset relative to a
         // position's first pixel, destination column in the strip, length
         int seg_src[GEMM_NR], seg_dst[GEMM_NR], seg_len[GEMM_NR];
         #pragma omp for schedule(dynamic)
-        for (long ch = 0; ch < n_chunks; ch++) {
-            long chunk_end = (ch + 1) * chunk < N ? (ch + 1) * chunk : N;
-            for (long pc = ch * chunk; pc < chunk_end; pc += GEMM_KC) {
-                int kc = chunk_end - pc < GEMM_KC ? (int)(chunk_end - pc) : GEMM_KC;
+        for (int part = 0; part < parts; part++) {
+            float* partial = partials + per_part * part;
+            long part_begin = N * part / parts, part_end = N * (part + 1) / parts;
+            for (long pc = part_begin; pc < part_end; pc += GEMM_KC) {
+                int kc = part_end - pc < GEMM_KC ? (int)(part_end - pc) : GEMM_KC;
                 int nruns = conv2d_runs(runs, pc, kc, Ho, Wo);
                 // A strips: Ap[k*MR + r] = dout[b][co = i + r][position k]
                 for (int i = 0; i < Cout; i += GEMM_MR) {
@@ -375,23 +390,19 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
                             }
                         }
                     }
-                    gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, 1.0f, partial + jc, Kd);
+                    // the part's first step sets its partial, later steps add to it
+                    gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, pc == part_begin ? 0.0f : 1.0f, partial + jc, Kd);
                 }
             }
         }
-        // after the implicit barrier of the omp for every partial is complete: add them up
-        // (over the team actually running, which may be smaller than asked for), reordering
-        // the taps from (ky, kx, c) to PyTorch's (c, ky, kx)
-        int team = 1;
-#ifdef _OPENMP
-        team = omp_get_num_threads();
-#endif
+        // after the implicit barrier of the omp for every partial is complete: add them up in part
+        // order, reordering the taps from (ky, kx, c) to PyTorch's (c, ky, kx)
         #pragma omp for schedule(static)
         for (int co = 0; co < Cout; co++) {
             for (int tap = 0; tap < Kd; tap++) {
                 int kk = tap / Cin, c = tap % Cin;
                 float s = 0.0f;
-                for (int t = 0; t < team; t++) s += ws[per_thread * t + partial_off + (size_t)co * Kd + tap];
+                for (int part = 0; part < parts; part++) s += partials[per_part * part + (size_t)co * Kd + tap];
                 dweight[((size_t)co * Cin + c) * K * K + kk] += s;
             }
         }

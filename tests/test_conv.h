@@ -6,6 +6,7 @@
 //   gemm for the four transpose combinations, beta = 0, a blocked multi-threaded size, padded leading
 //   dimensions, and gemm_batched;
 //   and shapes of the models' kind, larger than the PyTorch cases, against the reference only.
+// test_conv_determinism() checks that the fast CPU conv gives the same bits with 1, 2 and 3 threads.
 // test_conv() runs on whatever g_device is; the references run on the host, and are checked against
 // PyTorch in the CPU pass. Outputs that the API overwrites (out, dx, C when beta = 0) start as NaN,
 // so a kernel that skips an element or reads C fails; dweight and dbias start at 0.5 and the test
@@ -298,6 +299,64 @@ static void gemm_batched_test(const SafeTensors* st) {
     check_close(name, got, ref, nc, CONV_RTOL);
     free(got); free(ref);
     dev_free(A); dev_free(B); dev_free(C);
+}
+
+// ----------------------------------------------------------------------------
+// determinism of the fast CPU path: the same inputs must give the same bits with 1, 2 and 3
+// threads (and so from run to run: no sum may depend on which thread took which piece of work).
+// Runs the _cpu functions on host memory whatever g_device is.
+
+#ifdef _OPENMP
+// number of values that differ in their bits
+static size_t conv_bits_differ(const float* a, const float* b, size_t n) {
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) count += memcmp(a + i, b + i, sizeof(float)) != 0;
+    return count;
+}
+
+static void conv_determinism_case(int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
+    size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * K * K, no = (size_t)B * Cout * Ho * Wo;
+    size_t n[4] = {no, nx, nw, (size_t)Cout};  // out, dx, dweight, dbias
+    float* x = conv_random(nx, 11);
+    float* weight = conv_random(nw, 12);
+    float* bias = conv_random(Cout, 13);
+    float* dout = conv_random(no, 14);
+    float* got[3][4];  // per thread count 1, 2, 3: out, dx, dweight, dbias
+    size_t differ[4] = {0, 0, 0, 0};  // values that differ from the 1-thread run, over the 2- and 3-thread runs
+    for (int t = 0; t < 3; t++) {
+        omp_set_num_threads(t + 1);
+        for (int k = 0; k < 4; k++) got[t][k] = (float*)calloc(n[k], sizeof(float));
+        conv2d_forward_cpu(got[t][0], x, weight, bias, B, Cin, H, W, Cout, K, stride);
+        conv2d_backward_cpu(got[t][1], got[t][2], got[t][3], dout, x, weight, B, Cin, H, W, Cout, K, stride);
+        for (int k = 0; t > 0 && k < 4; k++) differ[k] += conv_bits_differ(got[0][k], got[t][k], n[k]);
+    }
+    char name[96], detail[160];
+    snprintf(name, sizeof(name), "cpu conv %dx%d s%d %dx%d %d->%d B=%d 1/2/3 threads", K, K, stride, H, W, Cin, Cout, B);
+    snprintf(detail, sizeof(detail), "values differing in bits: out %zu, dx %zu, dweight %zu, dbias %zu (must be 0)",
+             differ[0], differ[1], differ[2], differ[3]);
+    check_true(name, differ[0] + differ[1] + differ[2] + differ[3] == 0, detail);
+    for (int t = 0; t < 3; t++) {
+        for (int k = 0; k < 4; k++) free(got[t][k]);
+    }
+    free(x); free(weight); free(bias); free(dout);
+}
+#endif
+
+static void test_conv_determinism(void) {
+    printf("fast CPU conv2d, the same bits with 1, 2 and 3 threads:\n");
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+    // the tiny VAE's kinds of layer (32x32 with 3 channels, 16x16, a downsampling conv, a 1x1), with
+    // positions enough for many parts of the dweight sum, and work enough that every thread gets a share
+    conv_determinism_case(16, 3, 32, 32, 16, 3, 1);
+    conv_determinism_case(64, 32, 16, 16, 32, 3, 1);
+    conv_determinism_case(64, 32, 16, 16, 64, 3, 2);
+    conv_determinism_case(64, 64, 8, 8, 32, 1, 1);
+    omp_set_num_threads(saved);
+#else
+    printf("  (built without OpenMP: one thread only, nothing to compare)\n");
+#endif
 }
 
 // ----------------------------------------------------------------------------
