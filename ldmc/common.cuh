@@ -26,7 +26,7 @@
 
 static void (*g_fail_hook)(void) = NULL;
 
-static void fail_exit(void) {
+__attribute__((noreturn)) static void fail_exit(void) {
     if (g_fail_hook) g_fail_hook();
     exit(EXIT_FAILURE);
 }

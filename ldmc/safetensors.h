@@ -652,9 +652,13 @@ static int st_writer_order(const void* a, const void* b) {
 }
 
 static void st_writer_write(SafeTensorsWriter* w, const char* path) {
-    // a name added twice is a bug in the caller, found by sorting as in the reader
+    // a name added twice is a bug in the caller, found by sorting as in the reader; metadata keeps the
+    // order it was added in (a sorted copy finds the duplicates), so a file's bytes depend only on its writer
     const char* dup = st_sort_by_name(w->tensors, w->num_tensors, sizeof(SafeTensorInfo));
-    const char* dup_key = st_sort_by_name(w->meta, w->num_meta, sizeof(SafeTensorsMeta));
+    SafeTensorsMeta* keys = (SafeTensorsMeta*)mallocCheck((size_t)(w->num_meta + 1) * sizeof(SafeTensorsMeta));
+    memcpy(keys, w->meta, (size_t)w->num_meta * sizeof(SafeTensorsMeta));
+    const char* dup_key = st_sort_by_name(keys, w->num_meta, sizeof(SafeTensorsMeta));
+    free(keys);
     if (dup != NULL || dup_key != NULL) {
         fprintf(stderr, "Error: st_writer_write('%s'): %s '%s' was added twice\n", path, dup ? "tensor" : "metadata key",
                 dup ? dup : dup_key);

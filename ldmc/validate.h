@@ -66,7 +66,7 @@ __attribute__((noreturn))
 static void refuse(const char* path, const Refusal* r, const char* hint) {
     fprintf(stderr, "Error: '%s': %s is %s; allowed: %s.\n", path, r->field, r->value, r->allowed);
     if (hint != NULL) fprintf(stderr, "HINT: %s\n", hint);
-    exit(EXIT_FAILURE);
+    fail_exit();
 }
 
 // the index of the first NaN or infinity of x (n), or -1

@@ -2,13 +2,17 @@
 // Each input is a whole file: it goes into one in-memory file (memfd, no disk), safetensors_load
 // parses it from /proc/self/fd/N exactly as from a checkpoint path, and on success every tensor's
 // bytes are read (so ASan sees any span outside the buffer), every name is looked up, and every
-// metadata value goes through the flat-JSON getters the programs use on "config".
+// metadata value goes through the flat-JSON getters the programs use on "config", and the file is
+// read as the programs read checkpoints: the VAE and U-Net config validators (vae_config_from_json,
+// unet_config_from_json + their _check), and the U-Net metadata reader with its latent_scale,
+// schedule and VAE checks (unet_read_meta).
 // safetensors_load ends the program on bad input through fail_exit() (ldmc/common.cuh); the harness
 // sets g_fail_hook so that a refusal longjmps back here instead, and frees what the reader held.
 // Built by dev/fuzz/Makefile (nvcc for the CUDA headers, clang++ with the sanitizers for the host code).
 #include <sys/mman.h>
 #include <setjmp.h>
-#include "ldmc/safetensors.h"
+#define TESTING
+#include "train_ldm.cu"
 
 static int g_fd = -1;
 static jmp_buf g_refused;
@@ -48,6 +52,16 @@ static void fuzz_use(const SafeTensors* st) {
         json_get_int_array(v, "mult", arr, 8, &count);
     }
     (void)sink;
+    VAEConfig vc;
+    UNetConfig uc;
+    Refusal r;
+    const char* config = safetensors_meta(st, "config");
+    if (config != NULL) {
+        if (vae_config_from_json(&vc, config) == 0) vae_config_check(&vc, &r);
+        if (unet_config_from_json(&uc, config) == 0) unet_config_check(&uc, &r);
+    }
+    LDMMeta meta;
+    unet_read_meta(st, st->path, &uc, &meta);   // refusals return through g_fail_hook
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
