@@ -256,6 +256,7 @@ static Split read_split(const char* root, const char* split, const Classes* c) {
                 fprintf(stderr, "Error: '%s' is %dx%d; every image must be %dx%d.\n"
                                 "HINT: resize the images to 32x32 first (e.g. ImageMagick: mogrify -resize 32x32! <files>).\n",
                         path, w, h, IMG_SIZE, IMG_SIZE);
+                stbi_image_free(px);
                 exit(EXIT_FAILURE);
             }
             // interleaved RGBRGB... (stb) -> planar R plane, G plane, B plane (CIFAR)
@@ -441,6 +442,7 @@ static int check(const char* dir, int strict_cifar10) {
         struct stat st;
         if (stat(path, &st) != 0) {
             fprintf(stderr, "Error: '%s' is missing (%s).\nHINT: run `make data`.\n", path, strerror(errno));
+            free(buf);
             return 1;
         }
         if ((long long)st.st_size != FILE_BYTES) {
@@ -448,6 +450,7 @@ static int check(const char* dir, int strict_cifar10) {
                             "HINT: delete '%s' and run `make data` again.\n",
                     path, (long long)st.st_size, FILE_BYTES, RECORDS_PER_FILE, RECORD_BYTES,
                     (long long)st.st_size < FILE_BYTES ? "truncated" : "too large, not CIFAR-10's binary layout", dir);
+            free(buf);
             return 1;
         }
         FILE* fp = fopen(path, "rb");
@@ -456,6 +459,7 @@ static int check(const char* dir, int strict_cifar10) {
         if (got != (size_t)FILE_BYTES) {
             fprintf(stderr, "Error: cannot read '%s' (%zu of %lld bytes): %s\n", path, got, FILE_BYTES,
                     fp ? "the file changed while reading" : strerror(errno));
+            free(buf);
             return 1;
         }
         for (int r = 0; r < RECORDS_PER_FILE; r++) {
@@ -464,6 +468,7 @@ static int check(const char* dir, int strict_cifar10) {
                 fprintf(stderr, "Error: '%s' record %d has label %d, expected 0..%d%s.\n"
                                 "HINT: the file is damaged or not CIFAR-10's binary layout; delete '%s' and run `make data` again.\n",
                         path, r, label, max_label - 1, num_names > 0 ? " (batches.meta.txt names that many classes)" : "", dir);
+                free(buf);
                 return 1;
             }
             counts[f][label]++;
