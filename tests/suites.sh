@@ -4,6 +4,7 @@
 #   run_suite NAME CMD...   runs CMD (output shown as it comes), adds its last "N passed, M failed"
 #                           line to the totals; a suite that prints no such line, or exits non-zero
 #                           with 0 failed, counts one failure more (a crash must not pass)
+#   run_step NAME CMD...    a command that prints no counts (a build, make data): one pass or one failure
 #   suites_summary          the per-suite table, then "N passed, M failed" over all; returns 1 on any failure
 
 SUITES_PASSED=0
@@ -30,6 +31,16 @@ run_suite() {
     SUITES_PASSED=$((SUITES_PASSED + p))
     SUITES_FAILED=$((SUITES_FAILED + f))
     SUITES_TABLE="$SUITES_TABLE$(printf '  %-34s %5s passed %3s failed  exit %3s  %5d s' "$name" "$p" "$f" "$rc" $((SECONDS - t0)))"$'\n'
+}
+
+run_step() {
+    local name="$1"; shift
+    local rc t0=$SECONDS
+    echo "=== $name: $*"
+    "$@" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then SUITES_PASSED=$((SUITES_PASSED + 1)); else SUITES_FAILED=$((SUITES_FAILED + 1)); fi
+    SUITES_TABLE="$SUITES_TABLE$(printf '  %-34s %5s passed %3s failed  exit %3s  %5d s' "$name" $((rc == 0)) $((rc != 0)) "$rc" $((SECONDS - t0)))"$'\n'
 }
 
 suites_summary() {
