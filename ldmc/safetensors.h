@@ -87,6 +87,7 @@ static int st_by_name(const void* a, const void* b) {
 // sorts n structs of `size` bytes that begin with their name by name; returns a name that appears twice,
 // or NULL. O(n log n): 100,000 names take milliseconds (comparing each with those before took minutes)
 static const char* st_sort_by_name(void* items, int n, size_t size) {
+    if (n < 2) return NULL;   // items may be NULL when n is 0, and qsort's pointer must never be NULL
     qsort(items, (size_t)n, size, st_by_name);
     for (int i = 1; i < n; i++) {
         const char* prev = (const char*)items + (size_t)(i - 1) * size;

@@ -8,14 +8,21 @@
 # Needs cc, stb_image.h, libjpeg (Debian: libstb-dev, libjpeg62-turbo-dev) and any python3 (standard
 # library only: the PNGs here are written by hand). Ends with "N passed, M failed"; exit status
 # non-zero on any failure. `make test` runs it after test_ldm.
+# LDMC_BIN=DIR: test the converter DIR/cifar10_from_folders (a path relative to the repository root,
+# e.g. build-sanitize from `make sanitize`) instead of building one here.
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 T="$(mktemp -d "${TMPDIR:-/tmp}/ldmc_bad_data.XXXXXX")"
 trap 'rm -rf "$T"' EXIT
-CONV="$T/cifar10_from_folders"
 TESTDATA="$REPO_ROOT/data/testdata"
-cc -O2 -o "$CONV" "$REPO_ROOT/data/cifar10_from_folders.c" -ljpeg -lm || { echo "cannot build the converter"; exit 1; }
+if [ -n "${LDMC_BIN:-}" ]; then
+    CONV="$(cd "$REPO_ROOT" && cd "$LDMC_BIN" && pwd)/cifar10_from_folders"
+    [ -x "$CONV" ] || { echo "no converter '$CONV' (LDMC_BIN=$LDMC_BIN)"; exit 1; }
+else
+    CONV="$T/cifar10_from_folders"
+    cc -O2 -o "$CONV" "$REPO_ROOT/data/cifar10_from_folders.c" -ljpeg -lm || { echo "cannot build the converter"; exit 1; }
+fi
 
 passed=0; failed=0
 ok()   { passed=$((passed + 1)); printf '  [ok]   %s\n' "$1"; }
