@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 #include "common.cuh"
+#include "files.h"
 #include "rng.cuh"
 
 // ----------------------------------------------------------------------------
@@ -129,15 +130,6 @@ static void cifar10_resolve_dir(const char* flag_dir, char* out, size_t n) {
 // ----------------------------------------------------------------------------
 // opening files: regular files only, refused before any byte is read
 
-static const char* cifar10_file_kind(mode_t mode) {
-    if (S_ISDIR(mode)) return "a directory";
-    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
-    if (S_ISCHR(mode)) return "a character device";
-    if (S_ISBLK(mode)) return "a block device";
-    if (S_ISSOCK(mode)) return "a socket";
-    return "not a regular file";
-}
-
 // Opens `path` for reading if it is a regular file and puts its size in *size; else NULL with the
 // reason in `err` (errno as open left it, so a caller can tell a missing file apart). Opened
 // non-blocking, so a FIFO without a writer does not hang the open, then checked with fstat on the
@@ -158,7 +150,7 @@ static FILE* cifar10_open_regular(const char* path, long long* size, char* err, 
         return NULL;
     }
     if (!S_ISREG(st.st_mode)) {
-        cifar10_errorf(err, errlen, "'%s' is %s, not a regular file.\n" CIFAR10_FIX, path, cifar10_file_kind(st.st_mode));
+        cifar10_errorf(err, errlen, "'%s' is %s, not a regular file.\n" CIFAR10_FIX, path, file_kind(st.st_mode));
         close(fd);
         errno = 0;
         return NULL;

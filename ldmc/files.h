@@ -14,16 +14,25 @@
 // ----------------------------------------------------------------------------
 // inputs
 
+// what a file that is not a regular one is, for the refusal ("a FIFO (named pipe)", ...)
+static const char* file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
 // NULL when `path` names a regular file (symlinks followed); otherwise what it is instead.
 // Only stat(): nothing is opened, so a FIFO or a device cannot block or feed endless bytes.
 static const char* regular_file_problem(const char* path) {
+    static char problem[64];
     struct stat sb;
     if (stat(path, &sb) != 0) return strerror(errno);
     if (S_ISREG(sb.st_mode)) return NULL;
-    if (S_ISDIR(sb.st_mode)) return "a directory, not a regular file";
-    if (S_ISFIFO(sb.st_mode)) return "a FIFO (named pipe), not a regular file";
-    if (S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode)) return "a device, not a regular file";
-    return "not a regular file";
+    snprintf(problem, sizeof(problem), "%s, not a regular file", file_kind(sb.st_mode));
+    return problem;
 }
 
 // exits with one clear message unless `path` is a regular file; `what` names it for the user

@@ -158,13 +158,13 @@ refuse "a VAE checkpoint as --checkpoint" "is a vae file, not a U-Net checkpoint
 refuse "--checkpoint missing" "U-Net checkpoint 'in/nope.safetensors' not found" "${S[@]}" --checkpoint in/nope.safetensors
 refuse "--checkpoint a directory" "a directory, not a regular file" "${S[@]}" --checkpoint in/dir
 refuse "--checkpoint a FIFO (must not hang)" "a FIFO \(named pipe\), not a regular file" "${S[@]}" --checkpoint in/fifo
-refuse "--checkpoint /dev/zero (must not hang)" "a device, not a regular file" "${S[@]}" --checkpoint /dev/zero
+refuse "--checkpoint /dev/zero (must not hang)" "character device, not a regular file" "${S[@]}" --checkpoint /dev/zero
 refuse "--checkpoint an empty file" "too short" "${S[@]}" --checkpoint in/empty.bin
 
 # --- the VAE of sample_ldm: --vae-checkpoint, or the path stored in the U-Net checkpoint
 sv() { refuse "sample --vae-checkpoint $1" "$2" "${S[@]}" --checkpoint in/unet.safetensors --vae-checkpoint "$3"; }
 sv "a FIFO (must not hang)"  "a FIFO \(named pipe\)" in/fifo
-sv "/dev/zero (must not hang)" "a device, not a regular file" /dev/zero
+sv "/dev/zero (must not hang)" "character device, not a regular file" /dev/zero
 sv "a directory"             "a directory, not a regular file" in/dir
 sv "missing"                 "--vae-checkpoint 'in/nope' not found" in/nope
 sv "with nres 9"             "config nres is 9; allowed: an integer in \[1, 4\]" in/ckpt/vae_nres9.safetensors
@@ -220,7 +220,7 @@ refuse "train_ldm --num-classes -1" "--num-classes must be an integer" "$LDM" --
 # --- train_ldm's VAE (a new run: nothing may be created)
 lv() { refuse "train_ldm --vae-checkpoint $1" "$2" "$LDM" --device cpu --run-name new_ldm --data "$DATA" --vae-checkpoint "$3"; }
 lv "a FIFO (must not hang)" "a FIFO \(named pipe\)" in/fifo
-lv "/dev/zero (must not hang)" "a device, not a regular file" /dev/zero
+lv "/dev/zero (must not hang)" "character device, not a regular file" /dev/zero
 lv "a directory"          "a directory, not a regular file" in/dir
 lv "with nres 9"          "config nres is 9" in/ckpt/vae_nres9.safetensors
 lv "of 8 latent channels" "makes 8x8x8 latents; the U-Net takes 4x8x8" in/ckpt/vae_z8_complete.safetensors

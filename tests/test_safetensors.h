@@ -473,7 +473,7 @@ static void test_safetensors_inputs(const char* dir) {
     const char* paths[5] = {fifo, dir, "/dev/zero", "dev/ref/no_such_file.safetensors", fifo};
     const char* labels[5] = {"a FIFO", "a directory", "/dev/zero", "a missing file", "a FIFO to hash"};
     const char* phrases[5] = {"a FIFO (named pipe), not a regular file", "a directory, not a regular file",
-                              "a device, not a regular file", "no_such_file.safetensors: No such file or directory",
+                              "a character device, not a regular file", "no_such_file.safetensors: No such file or directory",
                               "file to hash '"};
     for (int i = 0; i < 5; i++) {
         int rc = st_test_in_child(dir, i < 4 ? st_test_child_load : st_test_child_sha256, paths[i], out, sizeof(out));
