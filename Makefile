@@ -27,7 +27,7 @@ else
   ARCH_FLAGS := -gencode arch=compute_$(GPU_ARCH),code=sm_$(GPU_ARCH)
 endif
 
-HOST_FLAGS := -Wall,-Wno-unused-function,-Wno-format-truncation
+HOST_FLAGS := -Wall,-Wno-format-truncation
 ifneq ($(NATIVE),0)
   HOST_FLAGS := $(HOST_FLAGS),-march=native
 endif

@@ -29,7 +29,7 @@ typedef void (*GemmBatchedFn)(int transA, int transB, int M, int N, int K, float
                               const float* A, int lda, long strideA, const float* B, int ldb, long strideB,
                               float beta, float* C, int ldc, long strideC, int count);
 
-static void check_attention_heads(int C, int NH) {
+static inline void check_attention_heads(int C, int NH) {
     if (NH <= 0 || C % NH != 0) {
         fprintf(stderr, "Error: attention over %d channels cannot be split into %d heads.\n"
                         "HINT: the channel count at every attention resolution must be a multiple of the "
@@ -43,7 +43,7 @@ static void check_attention_heads(int C, int NH) {
 // maximum subtracted. Q, K, V of head h of image b are the (D, HW) blocks q[d][i] = qkv[b][hD + d][i],
 // k[d][j] = qkv[b][C + hD + d][j], v[d][j] = qkv[b][2C + hD + d][j].
 
-static void attention_forward_ref(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward_ref(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     // out (B, C, HW), att (B, NH, HW, HW), qkv (B, 3C, HW)
     check_attention_heads(C, NH);
     int D = C / NH;
@@ -83,7 +83,7 @@ static void attention_forward_ref(float* out, float* att, const float* qkv, int 
     }
 }
 
-static void attention_backward_ref(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward_ref(float* dqkv, float* datt, const float* dout, const float* qkv,
                                    const float* att, int B, int C, int HW, int NH) {
     // dqkv (B, 3C, HW) overwritten, datt (B, NH, HW, HW) scratch (holds dS on return), dout (B, C, HW)
     check_attention_heads(C, NH);
@@ -146,7 +146,7 @@ static void attention_backward_ref(float* dqkv, float* datt, const float* dout, 
 // the matmuls of the fast versions, shared by both devices (gb = gemm_batched_cpu or gemm_batched_cuda)
 
 // att_h (HW, HW) = Q_h^T (HW, D) @ K_h (D, HW), unscaled: the softmax applies 1/sqrt(D)
-static void attention_scores(GemmBatchedFn gb, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_scores(GemmBatchedFn gb, float* att, const float* qkv, int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW;
     for (int h = 0; h < NH; h++) {
@@ -157,7 +157,7 @@ static void attention_scores(GemmBatchedFn gb, float* att, const float* qkv, int
 }
 
 // out_h (D, HW) = V_h (D, HW) @ att_h^T (HW, HW)
-static void attention_values(GemmBatchedFn gb, float* out, const float* att, const float* qkv,
+static inline void attention_values(GemmBatchedFn gb, float* out, const float* att, const float* qkv,
                              int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW, s_out = (long)C * HW;
@@ -169,7 +169,7 @@ static void attention_values(GemmBatchedFn gb, float* out, const float* att, con
 }
 
 // dV_h (D, HW) = dout_h (D, HW) @ att_h (HW, HW);  datt_h (HW, HW) = dout_h^T (HW, D) @ V_h (D, HW)
-static void attention_values_backward(GemmBatchedFn gb, float* dqkv, float* datt, const float* dout,
+static inline void attention_values_backward(GemmBatchedFn gb, float* dqkv, float* datt, const float* dout,
                                       const float* qkv, const float* att, int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW, s_out = (long)C * HW;
@@ -184,7 +184,7 @@ static void attention_values_backward(GemmBatchedFn gb, float* dqkv, float* datt
 }
 
 // with dS in datt (already scaled): dQ_h (D, HW) = K_h (D, HW) @ dS^T;  dK_h (D, HW) = Q_h (D, HW) @ dS
-static void attention_scores_backward(GemmBatchedFn gb, float* dqkv, const float* dS, const float* qkv,
+static inline void attention_scores_backward(GemmBatchedFn gb, float* dqkv, const float* dS, const float* qkv,
                                       int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW;
@@ -200,7 +200,7 @@ static void attention_scores_backward(GemmBatchedFn gb, float* dqkv, const float
 // CPU: the fast path, batched packed GEMMs (gemm_batched_cpu) around the row softmax and its backward
 
 // in place on each of the rows (length HW) of att: p = softmax(scale * s), max subtracted for range
-static void attention_softmax_forward_cpu(float* att, int rows, int HW, float scale) {
+static inline void attention_softmax_forward_cpu(float* att, int rows, int HW, float scale) {
     #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
         float* row = att + (size_t)r * HW;
@@ -217,7 +217,7 @@ static void attention_softmax_forward_cpu(float* att, int rows, int HW, float sc
 }
 
 // in place on datt: dS = att * (datt - sum_j datt * att) * scale
-static void attention_softmax_backward_cpu(float* datt, const float* att, int rows, int HW, float scale) {
+static inline void attention_softmax_backward_cpu(float* datt, const float* att, int rows, int HW, float scale) {
     #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
         float* d = datt + (size_t)r * HW;
@@ -228,14 +228,14 @@ static void attention_softmax_backward_cpu(float* datt, const float* att, int ro
     }
 }
 
-static void attention_forward_cpu(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward_cpu(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     // out (B, C, HW), att (B, NH, HW, HW), qkv (B, 3C, HW)
     attention_scores(gemm_batched_cpu, att, qkv, B, C, HW, NH);
     attention_softmax_forward_cpu(att, B * NH * HW, HW, 1.0f / sqrtf((float)(C / NH)));
     attention_values(gemm_batched_cpu, out, att, qkv, B, C, HW, NH);
 }
 
-static void attention_backward_cpu(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward_cpu(float* dqkv, float* datt, const float* dout, const float* qkv,
                                    const float* att, int B, int C, int HW, int NH) {
     // dqkv (B, 3C, HW) overwritten, datt (B, NH, HW, HW) scratch, dout (B, C, HW)
     attention_values_backward(gemm_batched_cpu, dqkv, datt, dout, qkv, att, B, C, HW, NH);
@@ -288,7 +288,7 @@ __global__ static void attention_softmax_backward_kernel(float* datt, const floa
     for (int j = lane; j < HW; j += 32) d[j] = p[j] * (d[j] - dot) * scale;
 }
 
-static void attention_forward_cuda(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward_cuda(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     int rows = B * NH * HW, block = 256;  // 8 rows per block
     attention_scores(gemm_batched_cuda, att, qkv, B, C, HW, NH);
     attention_softmax_forward_kernel<<<ceil_div(rows, block / 32), block>>>(att, rows, HW, 1.0f / sqrtf((float)(C / NH)));
@@ -296,7 +296,7 @@ static void attention_forward_cuda(float* out, float* att, const float* qkv, int
     attention_values(gemm_batched_cuda, out, att, qkv, B, C, HW, NH);
 }
 
-static void attention_backward_cuda(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward_cuda(float* dqkv, float* datt, const float* dout, const float* qkv,
                                     const float* att, int B, int C, int HW, int NH) {
     int rows = B * NH * HW, block = 256;
     attention_values_backward(gemm_batched_cuda, dqkv, datt, dout, qkv, att, B, C, HW, NH);
@@ -308,7 +308,7 @@ static void attention_backward_cuda(float* dqkv, float* datt, const float* dout,
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void attention_forward(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     check_attention_heads(C, NH);
     if (g_device == DEVICE_CUDA) {
         attention_forward_cuda(out, att, qkv, B, C, HW, NH);
@@ -317,7 +317,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
     }
 }
 
-static void attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv,
                                const float* att, int B, int C, int HW, int NH) {
     check_attention_heads(C, NH);
     if (g_device == DEVICE_CUDA) {

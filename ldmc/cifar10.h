@@ -56,7 +56,7 @@ typedef struct {
 // the error messages of cifar10_try_load; truncating a very long path in one is fine (and through a
 // va_list the compiler does not warn that it might happen)
 __attribute__((format(printf, 3, 4)))
-static void cifar10_errorf(char* err, size_t errlen, const char* fmt, ...) {
+static inline void cifar10_errorf(char* err, size_t errlen, const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
@@ -68,7 +68,7 @@ static void cifar10_errorf(char* err, size_t errlen, const char* fmt, ...) {
 
 // how many of the six files `dir` lacks (a name that exists but is no regular file is not missing:
 // cifar10_try_load says what it is); their names go to `missing` (space-separated)
-static int cifar10_missing_files(const char* dir, char* missing, size_t n) {
+static inline int cifar10_missing_files(const char* dir, char* missing, size_t n) {
     int count = 0;
     missing[0] = '\0';
     char path[4096];
@@ -87,7 +87,7 @@ static int cifar10_missing_files(const char* dir, char* missing, size_t n) {
 // resolve the data dir: --data DIR if given (non-NULL), else $CIFAR10_DIR, else
 // data/cifar-10-batches-bin. An explicit choice that lacks the files is an error, not a reason to
 // fall back to the next place: training silently on other data than asked for is worse.
-static void cifar10_resolve_dir(const char* flag_dir, char* out, size_t n) {
+static inline void cifar10_resolve_dir(const char* flag_dir, char* out, size_t n) {
     const char* env = getenv("CIFAR10_DIR");
     const char* dir;
     const char* source;
@@ -134,7 +134,7 @@ static void cifar10_resolve_dir(const char* flag_dir, char* out, size_t n) {
 // reason in `err` (errno as open left it, so a caller can tell a missing file apart). Opened
 // non-blocking, so a FIFO without a writer does not hang the open, then checked with fstat on the
 // open descriptor (no window between the check and the open).
-static FILE* cifar10_open_regular(const char* path, long long* size, char* err, size_t errlen) {
+static inline FILE* cifar10_open_regular(const char* path, long long* size, char* err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -168,20 +168,20 @@ static FILE* cifar10_open_regular(const char* path, long long* size, char* err, 
 // ----------------------------------------------------------------------------
 // parsing a file's bytes
 
-static void cifar10_free(Cifar10* d) {
+static inline void cifar10_free(Cifar10* d) {
     free(d->labels);
     free(d->pixels);
     memset(d, 0, sizeof(*d));
 }
 
-static void cifar10_default_names(Cifar10* d) {
+static inline void cifar10_default_names(Cifar10* d) {
     d->num_classes = CIFAR10_MAX_CLASSES;
     for (int k = 0; k < CIFAR10_MAX_CLASSES; k++) snprintf(d->class_names[k], CIFAR10_MAX_NAME, "%s", CIFAR10_CLASS_NAMES[k]);
 }
 
 // batches.meta.txt's bytes (`path` for messages): one class name a line, trailing blanks and CRs
 // dropped, blank lines ignored (the official file ends with some); 1..10 names of < 32 bytes, no NUL
-static int cifar10_parse_meta(Cifar10* d, const char* text, size_t len, const char* path, char* err, size_t errlen) {
+static inline int cifar10_parse_meta(Cifar10* d, const char* text, size_t len, const char* path, char* err, size_t errlen) {
     if (memchr(text, '\0', len) != NULL) {
         cifar10_errorf(err, errlen, "'%s' holds a NUL byte: it is not a text file of class names.\n"
                                     "HINT: fix or delete batches.meta.txt.", path);
@@ -222,7 +222,7 @@ static int cifar10_parse_meta(Cifar10* d, const char* text, size_t len, const ch
 // One batch file's bytes (`path`, in `dir`, for messages): exactly `nrecords` records (the loader
 // passes 10,000), every label below d->num_classes; they become images first .. first+nrecords-1
 // of `d`, which must have room for them.
-static int cifar10_parse_batch(Cifar10* d, int first, const uint8_t* buf, size_t size, int nrecords,
+static inline int cifar10_parse_batch(Cifar10* d, int first, const uint8_t* buf, size_t size, int nrecords,
                                const char* path, const char* dir, char* err, size_t errlen) {
     if (nrecords < 0 || first < 0 || first > d->n - nrecords) {
         cifar10_errorf(err, errlen, "internal: records %d..%d of '%s' do not fit %d images.", first, first + nrecords, path, d->n);
@@ -254,7 +254,7 @@ static int cifar10_parse_batch(Cifar10* d, int first, const uint8_t* buf, size_t
 // loading
 
 // batches.meta.txt: optional (absent: CIFAR-10's names), else a regular file of at most 4 KiB
-static int cifar10_read_meta(Cifar10* d, const char* dir, char* err, size_t errlen) {
+static inline int cifar10_read_meta(Cifar10* d, const char* dir, char* err, size_t errlen) {
     char path[4096], text[CIFAR10_META_MAX_BYTES];
     snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
     cifar10_default_names(d);
@@ -283,7 +283,7 @@ static int cifar10_read_meta(Cifar10* d, const char* dir, char* err, size_t errl
 // empty and writes what is wrong (and the fix) to `err`. Every file is opened, and its type and size
 // checked, before any is read, so a damaged download is reported at once; every label is checked
 // against the classes.
-static int cifar10_try_load(Cifar10* d, const char* dir, int train, char* err, size_t errlen) {
+static inline int cifar10_try_load(Cifar10* d, const char* dir, int train, char* err, size_t errlen) {
     memset(d, 0, sizeof(*d));
     int first = train ? 0 : 5;
     int nfiles = train ? 5 : 1;
@@ -332,7 +332,7 @@ static int cifar10_try_load(Cifar10* d, const char* dir, int train, char* err, s
     return rc;
 }
 
-static void cifar10_load(Cifar10* d, const char* dir, int train) {
+static inline void cifar10_load(Cifar10* d, const char* dir, int train) {
     char err[1024];
     if (cifar10_try_load(d, dir, train, err, sizeof(err)) != 0) {
         fprintf(stderr, "Error: %s\n", err);
@@ -346,7 +346,7 @@ static void cifar10_load(Cifar10* d, const char* dir, int train) {
 // x[b] = pixels[idx[b]] / 127.5 - 1, so 0 -> -1 and 255 -> 1 exactly. When flip_seed != 0, image b
 // is mirrored left-right iff rng_uniform(flip_seed, flip_counter + b) < 0.5: the caller advances
 // flip_counter by B per batch, so every (epoch, position) gets its own reproducible coin.
-static void cifar10_get_batch(const Cifar10* d, const int* idx, int B, float* x, int* labels,
+static inline void cifar10_get_batch(const Cifar10* d, const int* idx, int B, float* x, int* labels,
                               uint64_t flip_seed, uint64_t flip_counter) {
     for (int b = 0; b < B; b++) {
         if (idx[b] < 0 || idx[b] >= d->n) {
@@ -373,7 +373,7 @@ static void cifar10_get_batch(const Cifar10* d, const int* idx, int B, float* x,
 // Fisher-Yates over 0..n-1 with the stream rng_u64(rng_u64(seed, epoch), i): a pure function of
 // (seed, epoch), so a resumed run recomputes its epoch's order. The modulo bias (2^64 mod (i+1))
 // is below 1e-14 for any dataset size here.
-static void cifar10_shuffle(int* perm, int n, uint64_t seed, uint64_t epoch) {
+static inline void cifar10_shuffle(int* perm, int n, uint64_t seed, uint64_t epoch) {
     uint64_t stream = rng_u64(seed, epoch);
     for (int i = 0; i < n; i++) perm[i] = i;
     for (int i = n - 1; i > 0; i--) {

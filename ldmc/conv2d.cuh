@@ -25,7 +25,7 @@
 
 static inline int conv2d_out_size(int n, int K, int stride) { return (n + 2 * (K / 2) - K) / stride + 1; }
 
-static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+static inline void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     if (K != 1 && K != 3) {
         fprintf(stderr, "Error: %s: kernel size K=%d is not supported.\nHINT: ldm.c convolutions are 1x1 or 3x3 (pad K/2).\n", fn, K);
         exit(EXIT_FAILURE);
@@ -53,7 +53,7 @@ static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int 
 //                              (co, oy, ox, ky, kx) that reads pixel (iy, ix)
 // Every sum is taken in double and rounded once. No blocking, no vectorisation: for tests and labs.
 
-static void conv2d_forward_ref(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward_ref(float* out, const float* x, const float* weight, const float* bias,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
     // out (B, Cout, Ho, Wo), x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) or NULL (no bias)
     conv2d_check_args("conv2d_forward_ref", B, Cin, H, W, Cout, K, stride);
@@ -81,7 +81,7 @@ static void conv2d_forward_ref(float* out, const float* x, const float* weight, 
     }
 }
 
-static void conv2d_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void conv2d_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                 const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     // dout (B, Cout, Ho, Wo), x (B, Cin, H, W), weight (Cout, Cin, K, K);
     // dx (B, Cin, H, W) OVERWRITTEN (NULL: skipped), dweight (Cout, Cin, K, K) and dbias (Cout) ACCUMULATED
@@ -157,7 +157,7 @@ static float* g_conv2d_cuda_ws = NULL;
 static size_t g_conv2d_cuda_ws_floats = 0;
 
 // a GPU buffer of at least `floats` floats; its contents do not survive the next call
-static float* conv2d_cuda_workspace(size_t floats) {
+static inline float* conv2d_cuda_workspace(size_t floats) {
     if (floats > g_conv2d_cuda_ws_floats) {
         if (g_conv2d_cuda_ws) cudaCheck(cudaFree(g_conv2d_cuda_ws));
         cudaCheck(cudaMalloc((void**)&g_conv2d_cuda_ws, floats * sizeof(float)));
@@ -245,21 +245,21 @@ __global__ void conv2d_dbias_kernel(float* dbias, const float* dout, int B, int 
 // CUDA launchers
 
 // grid for a grid-stride loop over `total` elements
-static int conv2d_grid(long total, int block) {
+static inline int conv2d_grid(long total, int block) {
     long g = (total + block - 1) / block;
     return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
 }
 
 // images per chunk: the col matrix (Kd rows) plus a Cout-row matrix of nb*HWo columns each stay
 // under 2^26 floats (256 MiB) of workspace
-static int conv2d_chunk_images(int B, int Kd, int Cout, long HWo) {
+static inline int conv2d_chunk_images(int B, int Kd, int Cout, long HWo) {
     long per_image = (long)(Kd + Cout) * HWo;
     long nb = (1L << 26) / per_image;
     if (nb < 1) nb = 1;
     return (int)(nb < B ? nb : B);
 }
 
-static void conv2d_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
                                 int B, int Cin, int H, int W, int Cout, int K, int stride) {
     conv2d_check_args("conv2d_forward_cuda", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
@@ -282,7 +282,7 @@ static void conv2d_forward_cuda(float* out, const float* x, const float* weight,
     }
 }
 
-static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                  const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     conv2d_check_args("conv2d_backward_cuda", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
@@ -320,7 +320,7 @@ static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const 
 // dispatchers: pointers live on the current device
 
 // x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) -> out (B, Cout, Ho, Wo)
-static void conv2d_forward(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward(float* out, const float* x, const float* weight, const float* bias,
                            int B, int Cin, int H, int W, int Cout, int K, int stride) {
     if (g_device == DEVICE_CUDA) {
         conv2d_forward_cuda(out, x, weight, bias, B, Cin, H, W, Cout, K, stride);
@@ -331,7 +331,7 @@ static void conv2d_forward(float* out, const float* x, const float* weight, cons
 
 // dout (B, Cout, Ho, Wo) -> dx (B, Cin, H, W) OVERWRITTEN (NULL: skipped),
 // dweight (Cout, Cin, K, K) and dbias (Cout) ACCUMULATED
-static void conv2d_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void conv2d_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                             const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     if (g_device == DEVICE_CUDA) {
         conv2d_backward_cuda(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);

@@ -31,7 +31,7 @@ static size_t g_conv2d_cpu_ws_floats[CONV2D_CPU_SLOTS];
 
 // a host buffer of at least `floats` floats, aligned to 64 bytes (packed panels are read as SIMD
 // vectors); its contents do not survive the next call for the same slot
-static float* conv2d_cpu_workspace(int slot, size_t floats) {
+static inline float* conv2d_cpu_workspace(int slot, size_t floats) {
     if (floats > g_conv2d_cpu_ws_floats[slot]) {
         free(g_conv2d_cpu_ws[slot]);
         g_conv2d_cpu_ws[slot] = (float*)mallocCheck((floats + 16) * sizeof(float));
@@ -64,7 +64,7 @@ static inline int conv2d_thread_id(void) {
 typedef struct { int b, oy, ox, len; } ConvRun;
 
 // cut columns [n0, n0 + n) into runs; `runs` needs room for n entries (runs are never empty)
-static int conv2d_runs(ConvRun* runs, long n0, int n, int Ho, int Wo) {
+static inline int conv2d_runs(ConvRun* runs, long n0, int n, int Ho, int Wo) {
     int count = 0;
     while (n > 0) {
         long img = n0 / ((long)Ho * Wo);
@@ -99,7 +99,7 @@ static inline void conv2d_copy(float* __restrict__ dst, const float* __restrict_
 }
 
 // xp (B, C, H + 2*pad, W + 2*pad) = x (B, C, H, W) with a zero border
-static void conv2d_pad_nchw(float* xp, const float* x, int B, int C, int H, int W, int pad) {
+static inline void conv2d_pad_nchw(float* xp, const float* x, int B, int C, int H, int W, int pad) {
     int Hp = H + 2 * pad, Wp = W + 2 * pad;
     #pragma omp parallel for schedule(static)
     for (long plane = 0; plane < (long)B * C; plane++) {
@@ -116,7 +116,7 @@ static void conv2d_pad_nchw(float* xp, const float* x, int B, int C, int H, int 
 }
 
 // xn (B, H + 2*pad, W + 2*pad, C) = x (B, C, H, W) with a zero border, channels last
-static void conv2d_pad_nhwc(float* xn, const float* x, int B, int C, int H, int W, int pad) {
+static inline void conv2d_pad_nhwc(float* xn, const float* x, int B, int C, int H, int W, int pad) {
     int Hp = H + 2 * pad, Wp = W + 2 * pad;
     #pragma omp parallel for schedule(static)
     for (long row = 0; row < (long)B * Hp; row++) {
@@ -153,7 +153,7 @@ static void conv2d_pad_nhwc(float* xn, const float* x, int B, int C, int H, int 
 
 // Pack the B panel of the forward GEMM, col[pc : pc+kc, columns n0 : n0+nc], in NR-column strips
 // (the layout of gemm_pack_b_strip), from the padded input xp (B, Cin, Hp, Wp).
-static void conv2d_pack_col(float* Bp, const float* xp, int Cin, int Hp, int Wp, int K, int stride,
+static inline void conv2d_pack_col(float* Bp, const float* xp, int Cin, int Hp, int Wp, int K, int stride,
                             int Ho, int Wo, long n0, int nc, int pc, int kc) {
     ConvRun runs[GEMM_NR];
     long run_src[GEMM_NR];  // offset of each run's first input pixel for tap (0, 0, 0)
@@ -181,7 +181,7 @@ static void conv2d_pack_col(float* Bp, const float* xp, int Cin, int Hp, int Wp,
 
 // Pack all of op(A) (M, Kd) as the A operand for every KC-deep block: block pc starts at
 // Ap + pc * Mpad and holds ceil(M/MR) strips of (kc, MR). Used for weights shared by all threads.
-static void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, int lda, float* Ap) {
+static inline void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, int lda, float* Ap) {
     int m_strips = ceil_div(M, GEMM_MR);
     size_t Mpad = (size_t)m_strips * GEMM_MR;
     int k_blocks = ceil_div(Kd, GEMM_KC);
@@ -204,7 +204,7 @@ static void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, int lda
 #define CONV2D_NCB ((256 / GEMM_NR) * GEMM_NR)
 
 // out (B, Cout, Ho, Wo) = conv(x, weight) + bias; bias may be NULL (no bias)
-static void conv2d_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
     conv2d_check_args("conv2d_forward_cpu", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
@@ -263,7 +263,7 @@ static void conv2d_forward_cpu(float* out, const float* x, const float* weight, 
 // CPU: backward
 
 // dbias (Cout) += sum over b, positions of dout (B, Cout, HWo)
-static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, long HWo) {
+static inline void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, long HWo) {
     #pragma omp parallel for schedule(static)
     for (int co = 0; co < Cout; co++) {
         double sum = 0.0;  // double across images: a sum over up to B*HWo ~ 10^5 terms
@@ -300,7 +300,7 @@ static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, l
 #define CONV2D_DW_MAX_PARTS 64
 #define CONV2D_DW_MAX_PARTIAL (1L << 22)
 
-static int conv2d_dweight_parts(long N, int Cout, int Kd) {
+static inline int conv2d_dweight_parts(long N, int Cout, int Kd) {
     long parts = (N + 2L * GEMM_KC - 1) / (2L * GEMM_KC);
     long fit = CONV2D_DW_MAX_PARTIAL / ((long)Cout * Kd);
     if (parts > fit) parts = fit;
@@ -308,7 +308,7 @@ static int conv2d_dweight_parts(long N, int Cout, int Kd) {
     return parts < 1 ? 1 : (int)parts;
 }
 
-static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
+static inline void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
     int Hp = H + 2 * pad, Wp = W + 2 * pad;
@@ -411,7 +411,7 @@ static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x
 
 // dx for stride 2: dcol (Kd, n) = weight^T @ dout over blocks of whole images (so no two threads
 // write the same dx pixel), then col2im adds every tap's contribution into dx.
-static void conv2d_dx_strided_cpu(float* dx, const float* dout, const float* weight,
+static inline void conv2d_dx_strided_cpu(float* dx, const float* dout, const float* weight,
                                   int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
     int Kd = Cin * K * K;
@@ -478,7 +478,7 @@ static void conv2d_dx_strided_cpu(float* dx, const float* dout, const float* wei
 }
 
 // dx (OVERWRITTEN; may be NULL: skipped), dweight and dbias ACCUMULATED (+=)
-static void conv2d_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void conv2d_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                 const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     conv2d_check_args("conv2d_backward_cpu", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);

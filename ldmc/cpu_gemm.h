@@ -107,7 +107,7 @@ static inline void gemm_micro_kernel(int kc, const float* __restrict__ Ap, const
 
 // the same for a partial tile (mr <= MR rows, nr <= NR columns) at the matrix edges: the packed
 // strips are zero-padded, so the full tile is computed into a scratch tile and only mr x nr is stored
-static void gemm_micro_kernel_edge(int mr, int nr, int kc, const float* Ap, const float* Bp,
+static inline void gemm_micro_kernel_edge(int mr, int nr, int kc, const float* Ap, const float* Bp,
                                    float alpha, float beta, float* C, int ldc) {
     float tile[GEMM_MR * GEMM_NR];
     gemm_micro_kernel(kc, Ap, Bp, 1.0f, 0.0f, tile, GEMM_NR);
@@ -132,7 +132,7 @@ static inline void gemm_tile(int mr, int nr, int kc, const float* Ap, const floa
 // C (mc, nc) = alpha * A @ B + beta * C from a packed block of A (ceil(mc/MR) strips of kc x MR)
 // and a packed panel of B (ceil(nc/NR) strips of kc x NR), single-threaded.
 // Loop order: a B strip stays in L1 while the A strips stream past it from L2.
-static void gemm_macro_kernel(int mc, int nc, int kc, float alpha, const float* Ap, const float* Bp,
+static inline void gemm_macro_kernel(int mc, int nc, int kc, float alpha, const float* Ap, const float* Bp,
                               float beta, float* C, int ldc) {
     for (int j = 0; j < nc; j += GEMM_NR) {
         for (int i = 0; i < mc; i += GEMM_MR) {
@@ -144,7 +144,7 @@ static void gemm_macro_kernel(int mc, int nc, int kc, float alpha, const float* 
 
 // Pack op(A)[0:mr, 0:kc] (mr <= MR) into one strip Ap (kc, MR), zero rows mr..MR-1.
 // `A` points at element op(A)[0][0] of the strip: A[r*lda + k] (transA = 0) or A[k*lda + r] (transA = 1).
-static void gemm_pack_a_strip(int transA, int mr, int kc, const float* A, int lda, float* Ap) {
+static inline void gemm_pack_a_strip(int transA, int mr, int kc, const float* A, int lda, float* Ap) {
     if (transA) {
         for (int k = 0; k < kc; k++) {
             const float* src = A + (size_t)k * lda;
@@ -166,7 +166,7 @@ static void gemm_pack_a_strip(int transA, int mr, int kc, const float* A, int ld
 
 // Pack op(B)[0:kc, 0:nr] (nr <= NR) into one strip Bp (kc, NR), zero columns nr..NR-1.
 // `B` points at element op(B)[0][0] of the strip: B[k*ldb + c] (transB = 0) or B[c*ldb + k] (transB = 1).
-static void gemm_pack_b_strip(int transB, int kc, int nr, const float* B, int ldb, float* Bp) {
+static inline void gemm_pack_b_strip(int transB, int kc, int nr, const float* B, int ldb, float* Bp) {
     if (transB) {
         for (int c = 0; c < nr; c++) {
             const float* src = B + (size_t)c * ldb;
@@ -191,7 +191,7 @@ static inline const float* gemm_at(const float* X, int trans, int ld, int row, i
 }
 
 // C = beta * C, the whole product when K == 0 or alpha == 0 (beta == 0 writes zeros, C not read)
-static void gemm_scale_c(int M, int N, float beta, float* C, int ldc) {
+static inline void gemm_scale_c(int M, int N, float beta, float* C, int ldc) {
     for (int i = 0; i < M; i++) {
         float* c = C + (size_t)i * ldc;
         for (int j = 0; j < N; j++) c[j] = beta != 0.0f ? beta * c[j] : 0.0f;
@@ -206,7 +206,7 @@ static void gemm_scale_c(int M, int N, float beta, float* C, int ldc) {
 static thread_local float* t_gemm_pack = NULL;
 static thread_local size_t t_gemm_pack_floats = 0;
 
-static float* gemm_pack_buffer(size_t floats) {
+static inline float* gemm_pack_buffer(size_t floats) {
     if (floats > t_gemm_pack_floats) {
         free(t_gemm_pack);
         t_gemm_pack = (float*)aligned_alloc(64, ((floats * sizeof(float) + 63) / 64) * 64);
@@ -222,7 +222,7 @@ static float* gemm_pack_buffer(size_t floats) {
 // One thread, BLIS loop nest: jc over NC-column panels of B, pc over KC-deep blocks (packing a
 // KC x NC panel of B), ic over MC-row blocks (packing an MC x KC block of A), then the
 // macro-kernel's tiles. Arguments are checked by the caller.
-static void gemm_cpu_serial(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+static inline void gemm_cpu_serial(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                             const float* B, int ldb, float beta, float* C, int ldc) {
     int kc_max = K < GEMM_KC ? K : GEMM_KC;
     int mc_max = M < GEMM_MC ? ceil_div(M, GEMM_MR) * GEMM_MR : GEMM_MC;
@@ -253,7 +253,7 @@ static void gemm_cpu_serial(int transA, int transB, int M, int N, int K, float a
 
 // number of threads for a product of this many multiply-adds: one when already inside a parallel
 // region or when the product is too small to pay for waking a team
-static int gemm_cpu_threads(double madds) {
+static inline int gemm_cpu_threads(double madds) {
 #ifdef _OPENMP
     if (omp_in_parallel() || madds < 262144.0) return 1;
     return omp_get_max_threads();
@@ -269,7 +269,7 @@ static int gemm_cpu_threads(double madds) {
 // while). Each slice re-packs the whole shared operand (A for column slices): packing a float
 // costs about as much as 16 multiply-adds, so a slice of w columns pays ~16/w extra, and one
 // slice per thread keeps w as large as possible.
-static void gemm_cpu(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+static inline void gemm_cpu(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                      const float* B, int ldb, float beta, float* C, int ldc) {
     gemm_check_args("gemm_cpu", transA, transB, M, N, K, lda, ldb, ldc);
     if (M == 0 || N == 0) return;
@@ -301,7 +301,7 @@ static void gemm_cpu(int transA, int transB, int M, int N, int K, float alpha, c
 // `count` independent products at element strides strideA/B/C. Many small products (attention:
 // one per image and head) run one per thread; a few large ones run one after another, each with
 // the whole team.
-static void gemm_batched_cpu(int transA, int transB, int M, int N, int K, float alpha,
+static inline void gemm_batched_cpu(int transA, int transB, int M, int N, int K, float alpha,
                              const float* A, int lda, long strideA, const float* B, int ldb, long strideB,
                              float beta, float* C, int ldc, long strideC, int count) {
     gemm_check_args("gemm_batched_cpu", transA, transB, M, N, K, lda, ldb, ldc);

@@ -17,7 +17,7 @@
 // The argument t f_i reaches 999 radians: in float32 it would carry an absolute error of ~6e-5, so
 // frequency and argument are computed in double on both devices and only the result is rounded.
 
-static void check_timestep_embedding_dim(int dim) {
+static inline void check_timestep_embedding_dim(int dim) {
     if (dim <= 0 || dim % 2 != 0) {
         fprintf(stderr, "Error: timestep embedding width must be a positive even number (got %d).\n"
                         "HINT: set the U-Net's time-embedding width (tdim) to an even value.\n", dim);
@@ -31,7 +31,7 @@ __host__ __device__ static inline float timestep_embedding_value(int t, int i, i
     return (float)(i < half ? cos(arg) : sin(arg));
 }
 
-static void timestep_embedding_forward_ref(float* out, const int* t, int B, int dim) {
+static inline void timestep_embedding_forward_ref(float* out, const int* t, int B, int dim) {
     // out (B, dim), t (B)
     int half = dim / 2;
     #pragma omp parallel for collapse(2)
@@ -48,13 +48,13 @@ __global__ static void timestep_embedding_kernel(float* out, const int* t, int B
     out[idx] = timestep_embedding_value(t[idx / dim], idx % dim, dim / 2);
 }
 
-static void timestep_embedding_forward_cuda(float* out, const int* t, int B, int dim) {
+static inline void timestep_embedding_forward_cuda(float* out, const int* t, int B, int dim) {
     int block = 256;
     timestep_embedding_kernel<<<ceil_div(B * dim, block), block>>>(out, t, B, dim);
     cudaCheck(cudaGetLastError());
 }
 
-static void timestep_embedding_forward(float* out, const int* t, int B, int dim) {
+static inline void timestep_embedding_forward(float* out, const int* t, int B, int dim) {
     check_timestep_embedding_dim(dim);
     if (g_device == DEVICE_CUDA) {
         timestep_embedding_forward_cuda(out, t, B, dim);
@@ -73,7 +73,7 @@ static void timestep_embedding_forward(float* out, const int* t, int B, int dim)
 // The table's row count is not passed: ids are class labels validated by the caller (the data
 // loader checks labels, CFG dropout only writes the "no class" row).
 
-static void embedding_forward_ref(float* out, const int* ids, const float* table, int B, int dim) {
+static inline void embedding_forward_ref(float* out, const int* ids, const float* table, int B, int dim) {
     // out (B, dim), ids (B), table (rows, dim)
     #pragma omp parallel for
     for (int b = 0; b < B; b++) {
@@ -81,7 +81,7 @@ static void embedding_forward_ref(float* out, const int* ids, const float* table
     }
 }
 
-static void embedding_backward_ref(float* dtable, const float* dout, const int* ids, int B, int dim) {
+static inline void embedding_backward_ref(float* dtable, const float* dout, const int* ids, int B, int dim) {
     // dtable (rows, dim) accumulated, dout (B, dim); parallel over columns so no two threads
     // ever add into the same element
     #pragma omp parallel for
@@ -116,19 +116,19 @@ __global__ static void embedding_backward_kernel(float* dtable, const float* dou
     dtable[(size_t)id * dim + c] = sum;
 }
 
-static void embedding_forward_cuda(float* out, const int* ids, const float* table, int B, int dim) {
+static inline void embedding_forward_cuda(float* out, const int* ids, const float* table, int B, int dim) {
     int block = 256;
     embedding_forward_kernel<<<ceil_div(B * dim, block), block>>>(out, ids, table, B, dim);
     cudaCheck(cudaGetLastError());
 }
 
-static void embedding_backward_cuda(float* dtable, const float* dout, const int* ids, int B, int dim) {
+static inline void embedding_backward_cuda(float* dtable, const float* dout, const int* ids, int B, int dim) {
     int block = 256;
     embedding_backward_kernel<<<ceil_div(B * dim, block), block>>>(dtable, dout, ids, B, dim);
     cudaCheck(cudaGetLastError());
 }
 
-static void embedding_forward(float* out, const int* ids, const float* table, int B, int dim) {
+static inline void embedding_forward(float* out, const int* ids, const float* table, int B, int dim) {
     if (g_device == DEVICE_CUDA) {
         embedding_forward_cuda(out, ids, table, B, dim);
     } else {
@@ -136,7 +136,7 @@ static void embedding_forward(float* out, const int* ids, const float* table, in
     }
 }
 
-static void embedding_backward(float* dtable, const float* dout, const int* ids, int B, int dim) {
+static inline void embedding_backward(float* dtable, const float* dout, const int* ids, int B, int dim) {
     if (g_device == DEVICE_CUDA) {
         embedding_backward_cuda(dtable, dout, ids, B, dim);
     } else {
@@ -147,7 +147,7 @@ static void embedding_backward(float* dtable, const float* dout, const int* ids,
 // ----------------------------------------------------------------------------
 // per-channel broadcast add: h[b, c, :] += v[b, c]; backward dv[b, c] = sum over HW of dh[b, c, :]
 
-static void broadcast_add_forward_ref(float* h, const float* v, int B, int C, int HW) {
+static inline void broadcast_add_forward_ref(float* h, const float* v, int B, int C, int HW) {
     // h (B, C, HW) in place, v (B, C)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -156,7 +156,7 @@ static void broadcast_add_forward_ref(float* h, const float* v, int B, int C, in
     }
 }
 
-static void broadcast_add_backward_ref(float* dv, const float* dh, int B, int C, int HW) {
+static inline void broadcast_add_backward_ref(float* dv, const float* dh, int B, int C, int HW) {
     // dv (B, C) overwritten, dh (B, C, HW)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -185,20 +185,20 @@ __global__ static void broadcast_add_backward_kernel(float* dv, const float* dh,
     if (lane == 0) dv[row] = sum;
 }
 
-static void broadcast_add_forward_cuda(float* h, const float* v, int B, int C, int HW) {
+static inline void broadcast_add_forward_cuda(float* h, const float* v, int B, int C, int HW) {
     int block = 256;
     size_t n = (size_t)B * C * HW;
     broadcast_add_forward_kernel<<<(unsigned)((n + block - 1) / block), block>>>(h, v, B, C, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void broadcast_add_backward_cuda(float* dv, const float* dh, int B, int C, int HW) {
+static inline void broadcast_add_backward_cuda(float* dv, const float* dh, int B, int C, int HW) {
     int block = 256;  // 8 warps = 8 rows per block
     broadcast_add_backward_kernel<<<ceil_div(B * C * 32, block), block>>>(dv, dh, B, C, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void broadcast_add_forward(float* h, const float* v, int B, int C, int HW) {
+static inline void broadcast_add_forward(float* h, const float* v, int B, int C, int HW) {
     if (g_device == DEVICE_CUDA) {
         broadcast_add_forward_cuda(h, v, B, C, HW);
     } else {
@@ -206,7 +206,7 @@ static void broadcast_add_forward(float* h, const float* v, int B, int C, int HW
     }
 }
 
-static void broadcast_add_backward(float* dv, const float* dh, int B, int C, int HW) {
+static inline void broadcast_add_backward(float* dv, const float* dh, int B, int C, int HW) {
     if (g_device == DEVICE_CUDA) {
         broadcast_add_backward_cuda(dv, dh, B, C, HW);
     } else {
@@ -218,7 +218,7 @@ static void broadcast_add_backward(float* dv, const float* dh, int B, int C, int
 // channel concat: out[b] = [a[b]; b[b]] (a's Ca channels first); backward splits dout back.
 // In NCHW each batch item of a and b is one contiguous block, so this is two copies per item.
 
-static void concat_channels_forward_ref(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_forward_ref(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
     // out (B, Ca+Cb, HW), a (B, Ca, HW), b (B, Cb, HW)
     size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
     #pragma omp parallel for
@@ -228,7 +228,7 @@ static void concat_channels_forward_ref(float* out, const float* a, const float*
     }
 }
 
-static void concat_channels_backward_ref(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_backward_ref(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
     // da (B, Ca, HW), db (B, Cb, HW) overwritten, dout (B, Ca+Cb, HW)
     size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
     #pragma omp parallel for
@@ -255,21 +255,21 @@ __global__ static void concat_channels_backward_kernel(float* da, float* db, con
     if (r < na) { da[n * na + r] = dout[idx]; } else { db[n * nb + (r - na)] = dout[idx]; }
 }
 
-static void concat_channels_forward_cuda(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_forward_cuda(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
     int block = 256;
     size_t n = (size_t)B * (Ca + Cb) * HW;
     concat_channels_forward_kernel<<<(unsigned)((n + block - 1) / block), block>>>(out, a, b, B, Ca, Cb, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void concat_channels_backward_cuda(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_backward_cuda(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
     int block = 256;
     size_t n = (size_t)B * (Ca + Cb) * HW;
     concat_channels_backward_kernel<<<(unsigned)((n + block - 1) / block), block>>>(da, db, dout, B, Ca, Cb, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void concat_channels_forward(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_forward(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
     if (g_device == DEVICE_CUDA) {
         concat_channels_forward_cuda(out, a, b, B, Ca, Cb, HW);
     } else {
@@ -277,7 +277,7 @@ static void concat_channels_forward(float* out, const float* a, const float* b, 
     }
 }
 
-static void concat_channels_backward(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_backward(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
     if (g_device == DEVICE_CUDA) {
         concat_channels_backward_cuda(da, db, dout, B, Ca, Cb, HW);
     } else {

@@ -14,7 +14,7 @@
 // ----------------------------------------------------------------------------
 // argument checks (BLAS's xerbla, with a message that names the problem), shared by every version
 
-static void gemm_check_args(const char* fn, int transA, int transB, int M, int N, int K,
+static inline void gemm_check_args(const char* fn, int transA, int transB, int M, int N, int K,
                             int lda, int ldb, int ldc) {
     const char* problem = NULL;
     char buf[160];
@@ -39,7 +39,7 @@ static void gemm_check_args(const char* fn, int transA, int transB, int M, int N
 // reference: the definition as loops, one (i, j) at a time, the dot product over k in double and
 // rounded once to float, so it is at least as accurate as any fast version.
 
-static void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+static inline void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                      const float* B, int ldb, float beta, float* C, int ldc) {
     // op(A) (M, K), op(B) (K, N), C (M, N); op(A)[i][k] is A[i*lda + k], or A[k*lda + i] when transA
     gemm_check_args("gemm_ref", transA, transB, M, N, K, lda, ldb, ldc);
@@ -58,7 +58,7 @@ static void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, c
     }
 }
 
-static void gemm_batched_ref(int transA, int transB, int M, int N, int K, float alpha,
+static inline void gemm_batched_ref(int transA, int transB, int M, int N, int K, float alpha,
                              const float* A, int lda, long strideA, const float* B, int ldb, long strideB,
                              float beta, float* C, int ldc, long strideC, int count) {
     // product b reads A + b*strideA, B + b*strideB and writes C + b*strideC
@@ -78,7 +78,7 @@ static void gemm_batched_ref(int transA, int transB, int M, int N, int K, float 
 // row-major C = op(A) op(B) is computed as column-major C^T = op(B)^T op(A)^T: swap the operands
 // (and M with N), keep the transpose flags and leading dimensions.
 
-static void gemm_cuda(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+static inline void gemm_cuda(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                       const float* B, int ldb, float beta, float* C, int ldc) {
     gemm_check_args("gemm_cuda", transA, transB, M, N, K, lda, ldb, ldc);
     if (M == 0 || N == 0) return;
@@ -86,7 +86,7 @@ static void gemm_cuda(int transA, int transB, int M, int N, int K, float alpha, 
                             N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
 }
 
-static void gemm_batched_cuda(int transA, int transB, int M, int N, int K, float alpha,
+static inline void gemm_batched_cuda(int transA, int transB, int M, int N, int K, float alpha,
                               const float* A, int lda, long strideA, const float* B, int ldb, long strideB,
                               float beta, float* C, int ldc, long strideC, int count) {
     gemm_check_args("gemm_batched_cuda", transA, transB, M, N, K, lda, ldb, ldc);
@@ -99,7 +99,7 @@ static void gemm_batched_cuda(int transA, int transB, int M, int N, int K, float
 // ----------------------------------------------------------------------------
 // dispatchers: pointers live on the current device
 
-static void gemm(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+static inline void gemm(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
     if (g_device == DEVICE_CUDA) {
         gemm_cuda(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -108,7 +108,7 @@ static void gemm(int transA, int transB, int M, int N, int K, float alpha, const
     }
 }
 
-static void gemm_batched(int transA, int transB, int M, int N, int K, float alpha,
+static inline void gemm_batched(int transA, int transB, int M, int N, int K, float alpha,
                          const float* A, int lda, long strideA, const float* B, int ldb, long strideB,
                          float beta, float* C, int ldc, long strideC, int count) {
     if (g_device == DEVICE_CUDA) {

@@ -18,7 +18,7 @@
 
 static const float GROUPNORM_EPS = 1e-5f;
 
-static void groupnorm_check(int C, int G) {
+static inline void groupnorm_check(int C, int G) {
     if (G <= 0 || C % G != 0) {
         fprintf(stderr, "Error: GroupNorm needs the channel count to be a multiple of the group count "
                         "(got %d channels, %d groups).\nHINT: choose channel widths (ch * mult) divisible "
@@ -32,7 +32,7 @@ static void groupnorm_check(int C, int G) {
 // The values of group (b, g) are contiguous: channels g*C/G .. (g+1)*C/G - 1 of item b, so the
 // group is the flat range [(b*G + g) * N, (b*G + g + 1) * N) with N = C/G * HW.
 
-static void groupnorm_forward_ref(float* out, float* mean, float* rstd, const float* x, const float* weight,
+static inline void groupnorm_forward_ref(float* out, float* mean, float* rstd, const float* x, const float* weight,
                                   const float* bias, int B, int C, int HW, int G) {
     // out, x (B, C, HW); mean, rstd (B, G); weight, bias (C)
     int Cg = C / G;
@@ -65,7 +65,7 @@ static void groupnorm_forward_ref(float* out, float* mean, float* rstd, const fl
 // through the group's mean and variance is
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      (means over the group's N values)
 // and the affine parameters get dweight[c] += sum over (b, hw) of dout * xhat, dbias[c] += sum of dout.
-static void groupnorm_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void groupnorm_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                    const float* mean, const float* rstd, const float* weight,
                                    int B, int C, int HW, int G) {
     // dx, dout, x (B, C, HW); mean, rstd (B, G); weight, dweight, dbias (C)
@@ -227,7 +227,7 @@ __global__ static void groupnorm_backward_params_kernel(float* dweight, float* d
 static float* g_groupnorm_partial = NULL;
 static size_t g_groupnorm_partial_floats = 0;
 
-static void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* x, const float* weight,
+static inline void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* x, const float* weight,
                                    const float* bias, int B, int C, int HW, int G) {
     if (HW % 4 == 0 && is_aligned16(out) && is_aligned16(x)) {
         groupnorm_forward_kernel<4><<<B * G, GROUPNORM_BLOCK>>>(out, mean, rstd, x, weight, bias, C, HW, G);
@@ -237,7 +237,7 @@ static void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const f
     cudaCheck(cudaGetLastError());
 }
 
-static void groupnorm_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void groupnorm_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                     const float* mean, const float* rstd, const float* weight,
                                     int B, int C, int HW, int G) {
     size_t need = (size_t)B * C * 2;
@@ -261,7 +261,7 @@ static void groupnorm_backward_cuda(float* dx, float* dweight, float* dbias, con
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void groupnorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
+static inline void groupnorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
                               const float* bias, int B, int C, int HW, int G) {
     groupnorm_check(C, G);
     if (g_device == DEVICE_CUDA) {
@@ -271,7 +271,7 @@ static void groupnorm_forward(float* out, float* mean, float* rstd, const float*
     }
 }
 
-static void groupnorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void groupnorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                const float* mean, const float* rstd, const float* weight,
                                int B, int C, int HW, int G) {
     groupnorm_check(C, G);

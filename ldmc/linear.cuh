@@ -19,7 +19,7 @@
 //   dweight[o][i] += sum_n dout[n][o] * x[n][i]
 //   dbias[o]      += sum_n dout[n][o]
 
-static void linear_forward_ref(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward_ref(float* out, const float* x, const float* weight, const float* bias,
                                int N, int in, int outdim) {
     // out (N, outdim), x (N, in), weight (outdim, in), bias (outdim)
     #pragma omp parallel for collapse(2)
@@ -32,7 +32,7 @@ static void linear_forward_ref(float* out, const float* x, const float* weight, 
     }
 }
 
-static void linear_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                 const float* weight, int N, int in, int outdim) {
     // dx (N, in) overwritten or NULL, dweight (outdim, in) and dbias (outdim) accumulated, dout (N, outdim)
     if (dx != NULL) {
@@ -64,7 +64,7 @@ static void linear_backward_ref(float* dx, float* dweight, float* dbias, const f
 // ----------------------------------------------------------------------------
 // CPU: the fast path, two packed GEMMs (gemm_cpu) and a plain loop for dbias
 
-static void linear_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
                                int N, int in, int outdim) {
     // out (N, outdim), x (N, in), weight (outdim, in), bias (outdim)
     #pragma omp parallel for
@@ -74,7 +74,7 @@ static void linear_forward_cpu(float* out, const float* x, const float* weight, 
     gemm_cpu(0, 1, N, outdim, in, 1.0f, x, in, weight, in, 1.0f, out, outdim);
 }
 
-static void linear_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                 const float* weight, int N, int in, int outdim) {
     // dx (N, in) overwritten or NULL, dweight (outdim, in) and dbias (outdim) accumulated, dout (N, outdim)
     if (dx != NULL) {
@@ -109,7 +109,7 @@ __global__ static void linear_dbias_kernel(float* dbias, const float* dout, int 
     dbias[o] += sum;
 }
 
-static void linear_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
                                 int N, int in, int outdim) {
     int block = 256;
     size_t n = (size_t)N * outdim;
@@ -118,7 +118,7 @@ static void linear_forward_cuda(float* out, const float* x, const float* weight,
     gemm_cuda(0, 1, N, outdim, in, 1.0f, x, in, weight, in, 1.0f, out, outdim);
 }
 
-static void linear_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                  const float* weight, int N, int in, int outdim) {
     if (dx != NULL) {
         gemm_cuda(0, 0, N, in, outdim, 1.0f, dout, outdim, weight, in, 0.0f, dx, in);
@@ -132,7 +132,7 @@ static void linear_backward_cuda(float* dx, float* dweight, float* dbias, const 
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void linear_forward(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward(float* out, const float* x, const float* weight, const float* bias,
                            int N, int in, int outdim) {
     if (g_device == DEVICE_CUDA) {
         linear_forward_cuda(out, x, weight, bias, N, in, outdim);
@@ -141,7 +141,7 @@ static void linear_forward(float* out, const float* x, const float* weight, cons
     }
 }
 
-static void linear_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                             const float* weight, int N, int in, int outdim) {
     if (g_device == DEVICE_CUDA) {
         linear_backward_cuda(dx, dweight, dbias, dout, x, weight, N, in, outdim);

@@ -11,19 +11,19 @@
 // ----------------------------------------------------------------------------
 // files and directories
 
-static int path_exists(const char* path) {
+static inline int path_exists(const char* path) {
     struct stat st;
     return stat(path, &st) == 0;
 }
 
-static void make_dir(const char* path) {
+static inline void make_dir(const char* path) {
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "Error: cannot create directory '%s': %s\n", path, strerror(errno));
         exit(EXIT_FAILURE);
     }
 }
 
-static int is_directory(const char* path) {
+static inline int is_directory(const char* path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
@@ -33,7 +33,7 @@ static int is_directory(const char* path) {
 // (nothing trained is in it), so rather than being a dead end it is reused from step 0, its log.txt kept
 // and appended to. Only checks: the directory is made by run_dir_create once every input has been
 // validated, so a run that fails its checks leaves nothing behind.
-static void run_dir_check(char* out, size_t n, const char* run_name, int resume) {
+static inline void run_dir_check(char* out, size_t n, const char* run_name, int resume) {
     snprintf(out, n, "runs/%s", run_name);
     char state[1200], final_ckpt[1200];
     snprintf(state, sizeof(state), "%s/state.safetensors", out);
@@ -71,7 +71,7 @@ static void run_dir_check(char* out, size_t n, const char* run_name, int resume)
            "starting it again from step 0 there; its log.txt is kept and appended to.\n", out);
 }
 
-static void run_dir_create(const char* run_dir) {
+static inline void run_dir_create(const char* run_dir) {
     make_dir("runs");
     make_dir(run_dir);
 }
@@ -81,13 +81,13 @@ static void run_dir_create(const char* run_dir) {
 
 static FILE* g_run_log = NULL;
 
-static void run_log_open(const char* run_dir) {
+static inline void run_log_open(const char* run_dir) {
     char path[1200];
     snprintf(path, sizeof(path), "%s/log.txt", run_dir);
     g_run_log = fopenCheck(path, "a");
 }
 
-static void run_log(const char* fmt, ...) {
+static inline void run_log(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vprintf(fmt, ap);
@@ -101,13 +101,13 @@ static void run_log(const char* fmt, ...) {
     }
 }
 
-static void run_log_close(void) {
+static inline void run_log_close(void) {
     if (g_run_log) fclose(g_run_log);
     g_run_log = NULL;
 }
 
 // writes a small text file atomically (temporary name, then rename)
-static void write_text_file(const char* path, const char* text) {
+static inline void write_text_file(const char* path, const char* text) {
     char tmp[1200];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE* f = fopenCheck(tmp, "w");

@@ -25,7 +25,7 @@
 
 static uint32_t tb_crc_table[256];
 
-static void tb_crc_init(void) {
+static inline void tb_crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
@@ -33,7 +33,7 @@ static void tb_crc_init(void) {
     }
 }
 
-static uint32_t tb_crc32c(const uint8_t* data, size_t n) {
+static inline uint32_t tb_crc32c(const uint8_t* data, size_t n) {
     if (tb_crc_table[1] == 0) tb_crc_init();  // entry 1 is the polynomial once built
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; i++) c = tb_crc_table[(c ^ data[i]) & 0xFFu] ^ (c >> 8);
@@ -42,7 +42,7 @@ static uint32_t tb_crc32c(const uint8_t* data, size_t n) {
 
 // TFRecord stores CRCs "masked" (rotated and offset), so a CRC of data that itself holds CRCs
 // does not degenerate
-static uint32_t tb_masked_crc32c(const uint8_t* data, size_t n) {
+static inline uint32_t tb_masked_crc32c(const uint8_t* data, size_t n) {
     uint32_t c = tb_crc32c(data, n);
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
@@ -54,7 +54,7 @@ typedef ImageBytes TBBuf;  // the growable byte buffer of image.h
 
 static void tb_put(TBBuf* b, const void* data, size_t n) { image_bytes_append(b, (void*)data, (int)n); }
 
-static void tb_put_varint(TBBuf* b, uint64_t v) {
+static inline void tb_put_varint(TBBuf* b, uint64_t v) {
     uint8_t bytes[10];
     int n = 0;
     while (v >= 0x80) { bytes[n++] = (uint8_t)(v | 0x80); v >>= 7; }
@@ -65,20 +65,20 @@ static void tb_put_varint(TBBuf* b, uint64_t v) {
 // wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32
 static void tb_put_key(TBBuf* b, int field, int wire_type) { tb_put_varint(b, ((uint64_t)field << 3) | wire_type); }
 
-static void tb_put_le(TBBuf* b, uint64_t v, int nbytes) {
+static inline void tb_put_le(TBBuf* b, uint64_t v, int nbytes) {
     uint8_t bytes[8];
     for (int i = 0; i < nbytes; i++) bytes[i] = (uint8_t)(v >> (8 * i));
     tb_put(b, bytes, nbytes);
 }
 
-static void tb_put_double(TBBuf* b, int field, double v) {
+static inline void tb_put_double(TBBuf* b, int field, double v) {
     uint64_t bits;
     memcpy(&bits, &v, 8);
     tb_put_key(b, field, 1);
     tb_put_le(b, bits, 8);
 }
 
-static void tb_put_float(TBBuf* b, int field, float v) {
+static inline void tb_put_float(TBBuf* b, int field, float v) {
     uint32_t bits;
     memcpy(&bits, &v, 4);
     tb_put_key(b, field, 5);
@@ -86,12 +86,12 @@ static void tb_put_float(TBBuf* b, int field, float v) {
 }
 
 // int32/int64 fields are varints of the two's-complement 64-bit value (a negative one takes 10 bytes)
-static void tb_put_int(TBBuf* b, int field, int64_t v) {
+static inline void tb_put_int(TBBuf* b, int field, int64_t v) {
     tb_put_key(b, field, 0);
     tb_put_varint(b, (uint64_t)v);
 }
 
-static void tb_put_bytes(TBBuf* b, int field, const void* data, size_t n) {
+static inline void tb_put_bytes(TBBuf* b, int field, const void* data, size_t n) {
     tb_put_key(b, field, 2);
     tb_put_varint(b, n);
     tb_put(b, data, n);
@@ -111,14 +111,14 @@ typedef struct {
 // this far behind while records keep coming; tb_flush after a logging round publishes at once
 #define TB_FLUSH_SECONDS 2.0
 
-static double tb_wall_time(const TBWriter* tb) {
+static inline double tb_wall_time(const TBWriter* tb) {
     if (tb->fixed_wall_time >= 0) return tb->fixed_wall_time;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void tb_flush(TBWriter* tb) {
+static inline void tb_flush(TBWriter* tb) {
     if (fflush(tb->fp) != 0) {
         fprintf(stderr, "Error: writing TensorBoard events to '%s' failed: %s\nHINT: is the disk full?\n",
                 tb->path, strerror(errno));
@@ -127,7 +127,7 @@ static void tb_flush(TBWriter* tb) {
     tb->last_flush = wall_seconds();
 }
 
-static void tb_write_record(TBWriter* tb, const TBBuf* data) {
+static inline void tb_write_record(TBWriter* tb, const TBBuf* data) {
     uint8_t header[12];
     uint64_t len = data->size;
     for (int i = 0; i < 8; i++) header[i] = (uint8_t)(len >> (8 * i));
@@ -145,7 +145,7 @@ static void tb_write_record(TBWriter* tb, const TBBuf* data) {
 enum { TB_FILE_VERSION = 3, TB_SUMMARY = 5, TB_SESSION_LOG = 7 };
 
 // one Event: wall_time, step, then field `what` holding `n` already-encoded bytes
-static void tb_write_event(TBWriter* tb, int64_t step, int what, const void* bytes, size_t n) {
+static inline void tb_write_event(TBWriter* tb, int64_t step, int what, const void* bytes, size_t n) {
     TBBuf event = {0};
     double wall_time = tb_wall_time(tb);
     if (wall_time != 0.0) tb_put_double(&event, 1, wall_time);  // proto3: zero fields are not written
@@ -157,7 +157,7 @@ static void tb_write_event(TBWriter* tb, int64_t step, int what, const void* byt
 }
 
 // a Summary holding one Value (already encoded)
-static void tb_write_summary(TBWriter* tb, int64_t step, const TBBuf* value) {
+static inline void tb_write_summary(TBWriter* tb, int64_t step, const TBBuf* value) {
     TBBuf summary = {0};
     tb_put_bytes(&summary, 1, value->data, value->size);
     tb_write_event(tb, step, TB_SUMMARY, summary.data, summary.size);
@@ -169,7 +169,7 @@ static void tb_write_summary(TBWriter* tb, int64_t step, const TBBuf* value) {
 // whose step is >= `step`: the steps that a run killed after its last checkpoint wrote and that its
 // resumed run writes again. Without it, file_version 2 files are never purged and a resumed
 // curve doubles back.
-static void tb_write_session_start(TBWriter* tb, int64_t step) {
+static inline void tb_write_session_start(TBWriter* tb, int64_t step) {
     TBBuf log = {0};
     tb_put_int(&log, 1, 1);  // status = START
     tb_write_event(tb, step, TB_SESSION_LOG, log.data, log.size);
@@ -178,7 +178,7 @@ static void tb_write_session_start(TBWriter* tb, int64_t step) {
 
 // For tests: events at exactly `path`, every record stamped `wall_time` (< 0: use the clock);
 // `start_step` as for tb_open. Refuses to overwrite an existing file.
-static void tb_open_file(TBWriter* tb, const char* path, double wall_time, long start_step) {
+static inline void tb_open_file(TBWriter* tb, const char* path, double wall_time, long start_step) {
     if (snprintf(tb->path, sizeof(tb->path), "%s", path) >= (int)sizeof(tb->path)) {
         fprintf(stderr, "Error: TensorBoard event file path too long: %s\n", path);
         exit(EXIT_FAILURE);
@@ -207,7 +207,7 @@ static void tb_open_file(TBWriter* tb, const char* path, double wall_time, long 
 // `tensorboard --logdir` on run_dir or its parent shows them. `start_step`: the optimizer step the
 // run starts from (0, or the step a --resume restored): TensorBoard forgets what earlier files of
 // run_dir logged after it (see tb_write_session_start).
-static void tb_open(TBWriter* tb, const char* run_dir, long start_step) {
+static inline void tb_open(TBWriter* tb, const char* run_dir, long start_step) {
     char dir[1024];
     if (snprintf(dir, sizeof(dir), "%s", run_dir) >= (int)sizeof(dir)) {
         fprintf(stderr, "Error: run directory path too long: %s\n", run_dir);
@@ -237,7 +237,7 @@ static void tb_open(TBWriter* tb, const char* run_dir, long start_step) {
     tb_open_file(tb, path, -1.0, start_step);
 }
 
-static void tb_check_tag(const TBWriter* tb, const char* tag) {
+static inline void tb_check_tag(const TBWriter* tb, const char* tag) {
     if (tag == NULL || tag[0] == '\0') {
         fprintf(stderr, "Error: TensorBoard record for '%s' needs a non-empty tag\n", tb->path);
         exit(EXIT_FAILURE);
@@ -245,7 +245,7 @@ static void tb_check_tag(const TBWriter* tb, const char* tag) {
 }
 
 // a scalar: Value { tag, simple_value } (simple_value is in a oneof, so a 0 is still written)
-static void tb_add_scalar(TBWriter* tb, const char* tag, float value, int64_t step) {
+static inline void tb_add_scalar(TBWriter* tb, const char* tag, float value, int64_t step) {
     tb_check_tag(tb, tag);
     TBBuf v = {0};
     tb_put_bytes(&v, 1, tag, strlen(tag));
@@ -255,7 +255,7 @@ static void tb_add_scalar(TBWriter* tb, const char* tag, float value, int64_t st
 }
 
 // an RGB image (height, width, 3) uint8, PNG-encoded: Value { tag, Image { h, w, colorspace 3 = RGB, png } }
-static void tb_add_image(TBWriter* tb, const char* tag, const uint8_t* rgb, int height, int width, int64_t step) {
+static inline void tb_add_image(TBWriter* tb, const char* tag, const uint8_t* rgb, int height, int width, int64_t step) {
     tb_check_tag(tb, tag);
     ImageBytes png = {0};
     image_encode_png(&png, rgb, height, width);
@@ -273,7 +273,7 @@ static void tb_add_image(TBWriter* tb, const char* tag, const uint8_t* rgb, int 
     image_bytes_free(&png);
 }
 
-static void tb_close(TBWriter* tb) {
+static inline void tb_close(TBWriter* tb) {
     if (tb->fp == NULL) return;
     tb_flush(tb);
     if (fclose(tb->fp) != 0) {

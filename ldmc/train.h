@@ -65,7 +65,7 @@ typedef struct {
 // a preset's training defaults (its model config lives in the trainer's own table)
 typedef struct { int batch_size; float lr; int epochs; } TrainDefaults;
 
-static void train_args_init(TrainArgs* a, int sample_every) {
+static inline void train_args_init(TrainArgs* a, int sample_every) {
     memset(a, 0, sizeof(*a));
     a->batch_size = -1; a->lr = -1.0f; a->epochs = -1;
     a->device = "auto"; a->seed = 1337;
@@ -73,7 +73,7 @@ static void train_args_init(TrainArgs* a, int sample_every) {
 }
 
 // consumes argv[*i] when it is a common flag; returns 0 when it is not
-static int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const char* const* presets, int npresets) {
+static inline int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const char* const* presets, int npresets) {
     static const char* const devices[] = {"auto", "cpu", "cuda"};
     const char* f = argv[*i];
     if (strcmp(f, "--preset") == 0) { a->preset = arg_choice(argc, argv, i, presets, npresets); a->given |= GIVEN_PRESET; }
@@ -94,7 +94,7 @@ static int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const c
     return 1;
 }
 
-static void train_usage_common(const char* prefix, int sample_every, const char* sample_what) {
+static inline void train_usage_common(const char* prefix, int sample_every, const char* sample_what) {
     printf("  --epochs N  --batch-size N  --lr X   (preset defaults)\n"
            "  --max-steps N              stop after N optimizer steps (overrides --epochs; extends a resumed run)\n"
            "  --run-name NAME            run directory runs/NAME (default %s_<preset>)\n"
@@ -113,7 +113,7 @@ static void train_usage_common(const char* prefix, int sample_every, const char*
 }
 
 // the preset (given, or tiny on a CPU and `gpu_preset` on a GPU) and what the flags left open
-static void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* run_prefix) {
+static inline void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* run_prefix) {
     if (a->preset == NULL) {
         a->preset = g_device == DEVICE_CUDA ? gpu_preset : "tiny";
         if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", a->preset, a->preset,
@@ -123,13 +123,13 @@ static void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* 
 }
 
 // where the chosen preset stands in the --preset choices (and so in the trainer's preset table)
-static int train_preset_index(const TrainArgs* a, const char* const* names, int n) {
+static inline int train_preset_index(const TrainArgs* a, const char* const* names, int n) {
     for (int i = 0; i < n; i++) if (strcmp(names[i], a->preset) == 0) return i;
     fprintf(stderr, "Error: unknown preset '%s'.\n", a->preset);
     exit(EXIT_FAILURE);
 }
 
-static void train_apply_defaults(TrainArgs* a, const TrainDefaults* d) {
+static inline void train_apply_defaults(TrainArgs* a, const TrainDefaults* d) {
     if (a->batch_size < 0) a->batch_size = d->batch_size;
     if (a->lr < 0) a->lr = d->lr;
     if (a->epochs < 0) a->epochs = d->epochs;
@@ -151,7 +151,7 @@ typedef struct {
 } Setting;
 
 // {"batch_size":64,"lr":0.001,...} in table order
-static void settings_to_json(const Setting* s, int n, char* out, size_t len) {
+static inline void settings_to_json(const Setting* s, int n, char* out, size_t len) {
     size_t k = (size_t)snprintf(out, len, "{");
     for (int i = 0; i < n && k < len; i++) {
         k += snprintf(out + k, len - k, "%s\"%s\":", i ? "," : "", s[i].key);
@@ -166,12 +166,12 @@ static void settings_to_json(const Setting* s, int n, char* out, size_t len) {
     if (k < len) snprintf(out + k, len - k, "}");
 }
 
-static void setting_format(const Setting* s, double v, char* out, size_t n) {
+static inline void setting_format(const Setting* s, double v, char* out, size_t n) {
     if (s->type == SETTING_FLOAT) snprintf(out, n, "%g", v);
     else snprintf(out, n, "%.0f", v);
 }
 
-static double setting_get(const Setting* s) {
+static inline double setting_get(const Setting* s) {
     switch (s->type) {
         case SETTING_INT: return *(int*)s->value;
         case SETTING_LONG: return (double)*(long*)s->value;
@@ -180,7 +180,7 @@ static double setting_get(const Setting* s) {
     }
 }
 
-static void setting_set(const Setting* s, double v) {
+static inline void setting_set(const Setting* s, double v) {
     switch (s->type) {
         case SETTING_INT: *(int*)s->value = (int)v; break;
         case SETTING_LONG: *(long*)s->value = (long)v; break;
@@ -190,7 +190,7 @@ static void setting_set(const Setting* s, double v) {
 }
 
 // 0 when the stored value of setting s is readable and within its range, else -1 with r filled
-static int setting_read(const Setting* s, const char* targs, double* stored, Refusal* r) {
+static inline int setting_read(const Setting* s, const char* targs, double* stored, Refusal* r) {
     char field[64];
     snprintf(field, sizeof(field), "train_args %s", s->key);
     float f;
@@ -207,7 +207,7 @@ static int setting_read(const Setting* s, const char* targs, double* stored, Ref
 
 // reads every setting from the state's train_args, each within its range; a given flag must equal the
 // stored value
-static void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
+static inline void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
     for (int i = 0; i < n; i++) {
         double stored = 0.0;
         Refusal r;
@@ -249,14 +249,14 @@ typedef struct {
 
 // runs/<name> must hold no saved state for a new run and a training state for --resume (run.h). Nothing
 // is created yet: the directory appears only once every input has been checked (train_run_start).
-static void train_run_check(TrainRun* r, const TrainArgs* a) {
+static inline void train_run_check(TrainRun* r, const TrainArgs* a) {
     memset(r, 0, sizeof(*r));
     run_dir_check(r->dir, sizeof(r->dir), a->run_name, a->resume);
     snprintf(r->state_path, sizeof(r->state_path), "%s/state.safetensors", r->dir);
 }
 
 // the training and test splits from --data, $CIFAR10_DIR or data/cifar-10-batches-bin
-static void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
+static inline void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
     char data_dir[1024];
     cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
     cifar10_load(train, data_dir, 1);
@@ -265,7 +265,7 @@ static void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
 
 // --resume: reads runs/<name>/state.safetensors, which must be a training state of `model`; returns
 // its train_args (the settings the run keeps)
-static const char* train_read_state(TrainRun* r, const char* model, const char* what) {
+static inline const char* train_read_state(TrainRun* r, const char* model, const char* what) {
     safetensors_load(r->state_path, &r->state);
     file_expect_model(&r->state, r->state_path, model, what, "resume a run of this program, or start a new run.");
     const char* targs = safetensors_meta(&r->state, "train_args");
@@ -280,7 +280,7 @@ static const char* train_read_state(TrainRun* r, const char* model, const char* 
 // the tensors of the training state to resume (after settings_resume, which read its total steps): exactly
 // params, adam_m, adam_v (and ema when the model keeps one), F32 of the model's parameter count, finite,
 // adam_v >= 0, and the step (I64) within the run's steps. Anything else is refused, naming it.
-static void train_check_state_tensors(const TrainRun* r, size_t n_params, int with_ema) {
+static inline void train_check_state_tensors(const TrainRun* r, size_t n_params, int with_ema) {
     static const char* const names[] = {"params", "adam_m", "adam_v", "ema", "step"};
     const SafeTensors* st = &r->state;
     const char* path = r->state_path;
@@ -328,7 +328,7 @@ static void train_check_state_tensors(const TrainRun* r, size_t n_params, int wi
 }
 
 // the name of the parameter holding flat element k (for messages)
-static const char* params_name_at(const ParamStore* ps, size_t k) {
+static inline const char* params_name_at(const ParamStore* ps, size_t k) {
     for (int i = 0; i < ps->count; i++) {
         if (k >= ps->info[i].offset && k < ps->info[i].offset + ps->info[i].numel) return ps->info[i].name;
     }
@@ -338,7 +338,7 @@ static const char* params_name_at(const ParamStore* ps, size_t k) {
 // before a state or checkpoint is saved: the weights (and the EMA) must be finite. A NaN that got past the
 // loss check (it is computed before the update) would otherwise replace the last good state and be
 // published as checkpoint_final; instead the run stops and the state on disk stays as it was.
-static void train_check_finite(const ParamStore* ps, const OptState* opt, const char* state_path) {
+static inline void train_check_finite(const ParamStore* ps, const OptState* opt, const char* state_path) {
     const float* bufs[2] = {ps->params, opt->ema};
     const char* what[2] = {"weights", "EMA weights"};
     float* host = (float*)mallocCheck(ps->total * sizeof(float));
@@ -357,7 +357,7 @@ static void train_check_finite(const ParamStore* ps, const OptState* opt, const 
 
 // steps per epoch and the total: --max-steps, else epochs x steps per epoch (a resumed run keeps its
 // total unless --max-steps extends it)
-static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
+static inline void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
     int B = a->batch_size;
     if (B > n_train) {
         fprintf(stderr, "Error: --batch-size %d is larger than the training set (%d images).\n", B, n_train);
@@ -380,7 +380,7 @@ static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
 
 // creates the directory, writes config.json for a new run, opens log.txt and the TensorBoard file;
 // a resumed run gets its weights, moments, EMA and step back from the state
-static void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_text, ParamStore* ps, OptState* opt) {
+static inline void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_text, ParamStore* ps, OptState* opt) {
     run_dir_create(r->dir);
     if (a->resume) {
         train_state_restore(ps, opt, &r->state);
@@ -397,7 +397,7 @@ static void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_
 }
 
 // the dataset indices of the batch at `step`: a slice of that epoch's permutation
-static const int* train_run_batch(TrainRun* r, long step) {
+static inline const int* train_run_batch(TrainRun* r, long step) {
     long epoch = step / r->steps_per_epoch;
     if (epoch != r->perm_epoch) {
         cifar10_shuffle(r->perm, r->n_train, r->seed ^ STREAM_SHUFFLE, epoch);
@@ -406,18 +406,18 @@ static const int* train_run_batch(TrainRun* r, long step) {
     return r->perm + (step % r->steps_per_epoch) * r->batch_size;
 }
 
-static void train_run_clock_start(TrainRun* r, long step) {
+static inline void train_run_clock_start(TrainRun* r, long step) {
     r->t_start = r->t_log = wall_seconds();
     r->step_log = step;
 }
 
 // the step count `done` is a multiple of `every` and not the last step (the end has its own output)
-static int train_due_before_end(const TrainRun* r, long done, int every) {
+static inline int train_due_before_end(const TrainRun* r, long done, int every) {
     return done % every == 0 && done < r->total_steps;
 }
 
 // a state save is due every --save-every steps and at every epoch end
-static int train_save_due(const TrainRun* r, const TrainArgs* a, long done) {
+static inline int train_save_due(const TrainRun* r, const TrainArgs* a, long done) {
     return (done % a->save_every == 0 || done % r->steps_per_epoch == 0) && done < r->total_steps;
 }
 
@@ -425,7 +425,7 @@ typedef struct { const char* tag; float value; } Scalar;
 
 // every --log-every steps and at the end: the progress line (step, loss, `extra`, images/s, ETA) in
 // the terminal and log.txt, and train/loss, the given scalars and train/images_per_sec in TensorBoard
-static void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss, const char* extra,
+static inline void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss, const char* extra,
                           const Scalar* scalars, int n) {
     if (done % a->log_every != 0 && done != r->total_steps) return;
     dev_synchronize();
@@ -443,14 +443,14 @@ static void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss
 }
 
 // a non-finite loss stops the run; the last saved state stays as it was
-static void train_check_loss(float loss, long step, const char* detail, const char* hint) {
+static inline void train_check_loss(float loss, long step, const char* detail, const char* hint) {
     if (isfinite(loss)) return;
     run_log("Error: the loss is %f at step %ld%s; stopping without saving.\nHINT: %s; resume from the last saved "
             "state with --resume.\n", loss, step, detail, hint);
     exit(EXIT_FAILURE);
 }
 
-static void train_run_finish(TrainRun* r) {
+static inline void train_run_finish(TrainRun* r) {
     run_log("done in %.1f s\n", wall_seconds() - r->t_start);
     tb_close(&r->tb);
     run_log_close();
@@ -463,7 +463,7 @@ static void train_run_finish(TrainRun* r) {
 
 typedef void (*BenchFn)(void* ctx, int s);
 
-static void train_bench(int steps, int B, BenchFn prepare, BenchFn step, void* ctx, const char* what) {
+static inline void train_bench(int steps, int B, BenchFn prepare, BenchFn step, void* ctx, const char* what) {
     double* times = (double*)mallocCheck(steps * sizeof(double));
     for (int s = -2; s < steps; s++) {
         prepare(ctx, s + 2);

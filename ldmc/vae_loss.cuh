@@ -63,7 +63,7 @@ __host__ __device__ static inline void vae_reparam_kl_grad(float* dmoments, cons
 // elementwise ones (reparam, the backward passes) are also the CPU path: one read and one write
 // per element, nothing for a faster version to gain.
 
-static void vae_reparam_forward_ref(float* z, const float* moments, const float* eps, int B, int Z, int HW) {
+static inline void vae_reparam_forward_ref(float* z, const float* moments, const float* eps, int B, int Z, int HW) {
     // z, eps (B, Z, HW); moments (B, 2Z, HW)
     size_t n = (size_t)B * Z * HW;
     #pragma omp parallel for
@@ -71,14 +71,14 @@ static void vae_reparam_forward_ref(float* z, const float* moments, const float*
 }
 
 // KL = 0.5 / B * sum over the B*Z*HW latent elements of (mu^2 + exp(logvar) - 1 - logvar)
-static float vae_kl_forward_ref(const float* moments, int B, int Z, int HW) {
+static inline float vae_kl_forward_ref(const float* moments, int B, int Z, int HW) {
     // moments (B, 2Z, HW)
     double sum = 0.0;
     for (size_t i = 0; i < (size_t)B * Z * HW; i++) sum += vae_kl_term(moments, i, Z, HW);
     return (float)(0.5 * sum / B);
 }
 
-static void vae_reparam_kl_backward_ref(float* dmoments, const float* dz, const float* moments, const float* eps,
+static inline void vae_reparam_kl_backward_ref(float* dmoments, const float* dz, const float* moments, const float* eps,
                                         float kl_weight, int B, int Z, int HW) {
     // dmoments, moments (B, 2Z, HW); dz, eps (B, Z, HW)
     size_t n = (size_t)B * Z * HW;
@@ -87,14 +87,14 @@ static void vae_reparam_kl_backward_ref(float* dmoments, const float* dz, const 
 }
 
 // mse = mean over the n elements of (pred - target)^2
-static float mse_forward_ref(const float* pred, const float* target, size_t n) {
+static inline float mse_forward_ref(const float* pred, const float* target, size_t n) {
     double sum = 0.0;
     for (size_t i = 0; i < n; i++) { double d = (double)pred[i] - target[i]; sum += d * d; }
     return (float)(sum / n);
 }
 
 // dpred = 2 (pred - target) / n
-static void mse_backward_ref(float* dpred, const float* pred, const float* target, size_t n) {
+static inline void mse_backward_ref(float* dpred, const float* pred, const float* target, size_t n) {
     float scale = 2.0f / n;
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) dpred[i] = scale * (pred[i] - target[i]);
@@ -116,11 +116,11 @@ struct SquaredDiffTerm {
     __host__ __device__ float operator()(size_t i) const { float d = a[i] - b[i]; return d * d; }
 };
 
-static float vae_kl_forward_cpu(const float* moments, int B, int Z, int HW) {
+static inline float vae_kl_forward_cpu(const float* moments, int B, int Z, int HW) {
     return (float)(0.5 * reduce_sum_cpu((size_t)B * Z * HW, VaeKlTerm{moments, Z, HW}) / B);
 }
 
-static float mse_forward_cpu(const float* pred, const float* target, size_t n) {
+static inline float mse_forward_cpu(const float* pred, const float* target, size_t n) {
     return (float)(reduce_sum_cpu(n, SquaredDiffTerm{pred, target}) / n);
 }
 
@@ -147,18 +147,18 @@ struct ScaledDiffOp {
     __device__ float operator()(float a, float b) const { return scale * (a - b); }
 };
 
-static void vae_reparam_forward_cuda(float* z, const float* moments, const float* eps, int B, int Z, int HW) {
+static inline void vae_reparam_forward_cuda(float* z, const float* moments, const float* eps, int B, int Z, int HW) {
     const int block = 256;
     size_t n = (size_t)B * Z * HW;
     vae_reparam_forward_kernel<<<grid_for(n, block), block>>>(z, moments, eps, n, Z, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static float vae_kl_forward_cuda(const float* moments, int B, int Z, int HW) {
+static inline float vae_kl_forward_cuda(const float* moments, int B, int Z, int HW) {
     return 0.5f * reduce_sum_cuda((size_t)B * Z * HW, VaeKlTerm{moments, Z, HW}) / B;
 }
 
-static void vae_reparam_kl_backward_cuda(float* dmoments, const float* dz, const float* moments, const float* eps,
+static inline void vae_reparam_kl_backward_cuda(float* dmoments, const float* dz, const float* moments, const float* eps,
                                          float kl_weight, int B, int Z, int HW) {
     const int block = 256;
     size_t n = (size_t)B * Z * HW;
@@ -166,18 +166,18 @@ static void vae_reparam_kl_backward_cuda(float* dmoments, const float* dz, const
     cudaCheck(cudaGetLastError());
 }
 
-static float mse_forward_cuda(const float* pred, const float* target, size_t n) {
+static inline float mse_forward_cuda(const float* pred, const float* target, size_t n) {
     return reduce_sum_cuda(n, SquaredDiffTerm{pred, target}) / n;
 }
 
-static void mse_backward_cuda(float* dpred, const float* pred, const float* target, size_t n) {
+static inline void mse_backward_cuda(float* dpred, const float* pred, const float* target, size_t n) {
     map2_cuda(dpred, pred, target, n, ScaledDiffOp{2.0f / n});
 }
 
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void vae_reparam_forward(float* z, const float* moments, const float* eps, int B, int Z, int HW) {
+static inline void vae_reparam_forward(float* z, const float* moments, const float* eps, int B, int Z, int HW) {
     if (g_device == DEVICE_CUDA) {
         vae_reparam_forward_cuda(z, moments, eps, B, Z, HW);
     } else {
@@ -185,11 +185,11 @@ static void vae_reparam_forward(float* z, const float* moments, const float* eps
     }
 }
 
-static float vae_kl_forward(const float* moments, int B, int Z, int HW) {
+static inline float vae_kl_forward(const float* moments, int B, int Z, int HW) {
     return g_device == DEVICE_CUDA ? vae_kl_forward_cuda(moments, B, Z, HW) : vae_kl_forward_cpu(moments, B, Z, HW);
 }
 
-static void vae_reparam_kl_backward(float* dmoments, const float* dz, const float* moments, const float* eps,
+static inline void vae_reparam_kl_backward(float* dmoments, const float* dz, const float* moments, const float* eps,
                                     float kl_weight, int B, int Z, int HW) {
     if (g_device == DEVICE_CUDA) {
         vae_reparam_kl_backward_cuda(dmoments, dz, moments, eps, kl_weight, B, Z, HW);
@@ -198,11 +198,11 @@ static void vae_reparam_kl_backward(float* dmoments, const float* dz, const floa
     }
 }
 
-static float mse_forward(const float* pred, const float* target, size_t n) {
+static inline float mse_forward(const float* pred, const float* target, size_t n) {
     return g_device == DEVICE_CUDA ? mse_forward_cuda(pred, target, n) : mse_forward_cpu(pred, target, n);
 }
 
-static void mse_backward(float* dpred, const float* pred, const float* target, size_t n) {
+static inline void mse_backward(float* dpred, const float* pred, const float* target, size_t n) {
     if (g_device == DEVICE_CUDA) {
         mse_backward_cuda(dpred, pred, target, n);
     } else {

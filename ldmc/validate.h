@@ -30,7 +30,7 @@ typedef struct {
 
 // fills r; returns -1 so that a validator can `return refusal_set(...)`
 __attribute__((format(printf, 4, 5)))
-static int refusal_set(Refusal* r, const char* field, const char* allowed, const char* value_fmt, ...) {
+static inline int refusal_set(Refusal* r, const char* field, const char* allowed, const char* value_fmt, ...) {
     snprintf(r->field, sizeof(r->field), "%s", field);
     snprintf(r->allowed, sizeof(r->allowed), "%s", allowed);
     va_list ap;
@@ -41,7 +41,7 @@ static int refusal_set(Refusal* r, const char* field, const char* allowed, const
 }
 
 // 0 when lo <= v <= hi, else -1 with r filled
-static int check_int_range(Refusal* r, const char* field, long long v, long long lo, long long hi) {
+static inline int check_int_range(Refusal* r, const char* field, long long v, long long lo, long long hi) {
     if (v >= lo && v <= hi) return 0;
     char allowed[96];
     snprintf(allowed, sizeof(allowed), "an integer in [%lld, %lld]", lo, hi);
@@ -49,7 +49,7 @@ static int check_int_range(Refusal* r, const char* field, long long v, long long
 }
 
 // 0 when v is finite and in [lo, hi] ((lo, hi] when lo_open), else -1 with r filled
-static int check_float_range(Refusal* r, const char* field, double v, double lo, double hi, int lo_open) {
+static inline int check_float_range(Refusal* r, const char* field, double v, double lo, double hi, int lo_open) {
     if (isfinite(v) && v <= hi && (lo_open ? v > lo : v >= lo)) return 0;
     char allowed[96];
     if (isinf(hi)) snprintf(allowed, sizeof(allowed), "a finite number %s %g", lo_open ? ">" : ">=", lo);
@@ -63,14 +63,14 @@ static int check_float_range(Refusal* r, const char* field, double v, double lo,
 
 // prints the refusal of a value read from `path` and exits; `hint` says how to get a good file
 __attribute__((noreturn))
-static void refuse(const char* path, const Refusal* r, const char* hint) {
+static inline void refuse(const char* path, const Refusal* r, const char* hint) {
     fprintf(stderr, "Error: '%s': %s is %s; allowed: %s.\n", path, r->field, r->value, r->allowed);
     if (hint != NULL) fprintf(stderr, "HINT: %s\n", hint);
     fail_exit();
 }
 
 // the index of the first NaN or infinity of x (n), or -1
-static long long first_nonfinite(const float* x, size_t n) {
+static inline long long first_nonfinite(const float* x, size_t n) {
     for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return (long long)i;
     return -1;
 }
@@ -79,7 +79,7 @@ static long long first_nonfinite(const float* x, size_t n) {
 // outputs
 
 // the directory part of `path` ("." when it has none)
-static void path_dir(const char* path, char* dir, size_t n) {
+static inline void path_dir(const char* path, char* dir, size_t n) {
     const char* slash = strrchr(path, '/');
     if (slash == NULL) snprintf(dir, n, ".");
     else snprintf(dir, n, "%.*s", slash == path ? 1 : (int)(slash - path), path);
@@ -87,7 +87,7 @@ static void path_dir(const char* path, char* dir, size_t n) {
 
 // `path` made absolute through its directory's realpath (the file itself need not exist), so that two
 // spellings of one new file ("x.png", "./x.png") compare equal; `path` itself when that fails
-static void path_resolve(const char* path, char* out, size_t n) {
+static inline void path_resolve(const char* path, char* out, size_t n) {
     char dir[4096], real[PATH_MAX];
     path_dir(path, dir, sizeof(dir));
     const char* slash = strrchr(path, '/');
@@ -96,7 +96,7 @@ static void path_resolve(const char* path, char* out, size_t n) {
 }
 
 // 1 when both paths exist and name the same file (symlinks followed)
-static int same_file(const char* a, const char* b) {
+static inline int same_file(const char* a, const char* b) {
     struct stat sa, sb;
     return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
@@ -105,7 +105,7 @@ static int same_file(const char* a, const char* b) {
 // work, when it or its temporary name is one of the n input files, when it exists but is not a regular
 // file (a directory, a FIFO, /dev/null: the rename would replace it), or when its directory is missing
 // or not writable
-static void check_output_path(const char* flag, const char* path, const char* const* inputs, int n) {
+static inline void check_output_path(const char* flag, const char* path, const char* const* inputs, int n) {
     char tmp[4096 + 8], dir[4096];
     if (path[0] == '\0' || snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
         fprintf(stderr, "Error: %s '%s': the path is empty or too long.\n", flag, path);

@@ -26,7 +26,7 @@
 // helpers
 
 // the reference tensor "<prefix>.<name>" with its shape checked against ndim (exits with a clear error)
-static const SafeTensorInfo* conv_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
+static inline const SafeTensorInfo* conv_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
     char full[128];
     snprintf(full, sizeof(full), "%s.%s", prefix, name);
     const SafeTensorInfo* t = safetensors_find(st, full);
@@ -39,7 +39,7 @@ static const SafeTensorInfo* conv_info(const SafeTensors* st, const char* prefix
 }
 
 // "ref <prefix> <what>": the reference's result (host) against PyTorch's; run in the CPU pass only
-static void conv_check_ref(const char* prefix, const char* what, const float* got, const float* torch, size_t n) {
+static inline void conv_check_ref(const char* prefix, const char* what, const float* got, const float* torch, size_t n) {
     if (g_device != DEVICE_CPU) return;
     char name[128];
     snprintf(name, sizeof(name), "ref %s %s", prefix, what);
@@ -49,7 +49,7 @@ static void conv_check_ref(const char* prefix, const char* what, const float* go
 // downloads n values of a fast path's result, subtracts `start` (the value an accumulated gradient
 // started from) and compares them with PyTorch's (`torch`, may be NULL: none) and with the
 // reference's (`ref`), under the names "<device> <prefix> <what>" and "... vs ref"
-static void conv_check(const char* prefix, const char* what, const float* dev, const float* torch, const float* ref,
+static inline void conv_check(const char* prefix, const char* what, const float* dev, const float* torch, const float* ref,
                        size_t n, float start) {
     char name[128];
     float* got = test_download(dev, n);
@@ -66,7 +66,7 @@ static void conv_check(const char* prefix, const char* what, const float* dev, c
 // the reference's results for one convolution, on the host: out, dx, and dweight, dbias (from zero)
 typedef struct { float *out, *dx, *dweight, *dbias; } ConvRefResults;
 
-static ConvRefResults conv_run_ref(const float* x, const float* weight, const float* bias, const float* dout,
+static inline ConvRefResults conv_run_ref(const float* x, const float* weight, const float* bias, const float* dout,
                                    int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
     size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * K * K, no = (size_t)B * Cout * Ho * Wo;
@@ -89,7 +89,7 @@ static void conv_free_ref(ConvRefResults* r) { free(r->out); free(r->dx); free(r
 // torch = NULL: a shape without PyTorch tensors (inputs from a fixed seed), checked against the
 // reference only.
 
-static void conv_check_case(const char* prefix, const float* hx, const float* hw, const float* hb, const float* hdout,
+static inline void conv_check_case(const char* prefix, const float* hx, const float* hw, const float* hb, const float* hdout,
                             const float* t_out, const float* t_dx, const float* t_dw, const float* t_db,
                             int B, int Cin, int H, int W, int Cout, int K, int stride, int with_null_dx) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
@@ -134,7 +134,7 @@ static void conv_check_case(const char* prefix, const float* hx, const float* hw
 }
 
 // one case of dev/ref/conv.safetensors
-static void conv_test_case(const SafeTensors* st, const char* prefix, int stride, int with_null_dx) {
+static inline void conv_test_case(const SafeTensors* st, const char* prefix, int stride, int with_null_dx) {
     const SafeTensorInfo* xi = conv_info(st, prefix, "x", 4);
     const SafeTensorInfo* wi = conv_info(st, prefix, "weight", 4);
     const SafeTensorInfo* oi = conv_info(st, prefix, "out", 4);
@@ -156,7 +156,7 @@ static void conv_test_case(const SafeTensors* st, const char* prefix, int stride
 }
 
 // n normal values from a fixed seed, on the host (free with free)
-static float* conv_random(size_t n, uint64_t seed) {
+static inline float* conv_random(size_t n, uint64_t seed) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     rng_fill_normal_cpu(h, n, seed, 0);
     return h;
@@ -164,7 +164,7 @@ static float* conv_random(size_t n, uint64_t seed) {
 
 // a shape of the models' kind, too large for a committed PyTorch file but small enough for the
 // reference's seven loops: the fast path against the reference only
-static void conv_test_shape(int B, int Cin, int H, int W, int Cout, int K, int stride) {
+static inline void conv_test_shape(int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
     size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * K * K, no = (size_t)B * Cout * Ho * Wo;
     char prefix[96];
@@ -183,7 +183,7 @@ static void conv_test_shape(int B, int Cin, int H, int W, int Cout, int K, int s
 
 // a host copy of the (rows, cols) matrix X with row stride cols + pad; the padding, and the whole
 // matrix when X is NULL, holds NaN, which must never be read (free with free)
-static float* gemm_padded(const float* X, int rows, int cols, int pad) {
+static inline float* gemm_padded(const float* X, int rows, int cols, int pad) {
     size_t ld = (size_t)cols + pad;
     float* h = (float*)mallocCheck((size_t)rows * ld * sizeof(float));
     for (size_t i = 0; i < (size_t)rows * ld; i++) h[i] = NAN;
@@ -194,7 +194,7 @@ static float* gemm_padded(const float* X, int rows, int cols, int pad) {
 }
 
 // the (rows, cols) matrix stored with row stride ld, as a dense host copy (free with free)
-static float* gemm_unpadded(const float* X, int rows, int cols, int ld) {
+static inline float* gemm_unpadded(const float* X, int rows, int cols, int ld) {
     float* h = (float*)mallocCheck((size_t)rows * cols * sizeof(float));
     for (int r = 0; r < rows; r++) memcpy(h + (size_t)r * cols, X + (size_t)r * ld, cols * sizeof(float));
     return h;
@@ -202,7 +202,7 @@ static float* gemm_unpadded(const float* X, int rows, int cols, int ld) {
 
 // A_in, B_in, C_in dense as stored (op applied by the flags); torch_out = NULL: no PyTorch tensor,
 // the fast path is checked against the reference only
-static void gemm_check_case(const char* label, int transA, int transB, int M, int N, int K, float alpha, float beta,
+static inline void gemm_check_case(const char* label, int transA, int transB, int M, int N, int K, float alpha, float beta,
                             int pad, const float* A_in, const float* B_in, const float* C_in, const float* torch_out) {
     int a_rows = transA ? K : M, a_cols = transA ? M : K;
     int b_rows = transB ? N : K, b_cols = transB ? K : N;
@@ -242,7 +242,7 @@ static void gemm_check_case(const char* label, int transA, int transB, int M, in
 }
 
 // one case of dev/ref/conv.safetensors
-static void gemm_test_case(const SafeTensors* st, const char* prefix, int transA, int transB,
+static inline void gemm_test_case(const SafeTensors* st, const char* prefix, int transA, int transB,
                            float alpha, float beta, int pad) {
     const SafeTensorInfo* ai = conv_info(st, prefix, "A", 2);
     const SafeTensorInfo* bi = conv_info(st, prefix, "B", 2);
@@ -257,7 +257,7 @@ static void gemm_test_case(const SafeTensors* st, const char* prefix, int transA
 
 // a product larger than the PyTorch cases (several k-blocks and row blocks, slices for threads),
 // with inputs from a fixed seed, against the reference only
-static void gemm_test_shape(int transA, int transB, int M, int N, int K, float alpha, float beta) {
+static inline void gemm_test_shape(int transA, int transB, int M, int N, int K, float alpha, float beta) {
     float* A = conv_random((size_t)M * K, 5);
     float* B = conv_random((size_t)K * N, 6);
     float* C = conv_random((size_t)M * N, 7);
@@ -268,7 +268,7 @@ static void gemm_test_shape(int transA, int transB, int M, int N, int K, float a
 }
 
 // gemm_batched: count products of (M, K) @ (N, K)^T, as attention's q k^T
-static void gemm_batched_test(const SafeTensors* st) {
+static inline void gemm_batched_test(const SafeTensors* st) {
     const SafeTensorInfo* ai = conv_info(st, "gemm_batched", "A", 3);
     const SafeTensorInfo* bi = conv_info(st, "gemm_batched", "B", 3);
     int count = (int)ai->shape[0], M = (int)ai->shape[1], K = (int)ai->shape[2], N = (int)bi->shape[1];
@@ -308,13 +308,13 @@ static void gemm_batched_test(const SafeTensors* st) {
 
 #ifdef _OPENMP
 // number of values that differ in their bits
-static size_t conv_bits_differ(const float* a, const float* b, size_t n) {
+static inline size_t conv_bits_differ(const float* a, const float* b, size_t n) {
     size_t count = 0;
     for (size_t i = 0; i < n; i++) count += memcmp(a + i, b + i, sizeof(float)) != 0;
     return count;
 }
 
-static void conv_determinism_case(int B, int Cin, int H, int W, int Cout, int K, int stride) {
+static inline void conv_determinism_case(int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
     size_t nx = (size_t)B * Cin * H * W, nw = (size_t)Cout * Cin * K * K, no = (size_t)B * Cout * Ho * Wo;
     size_t n[4] = {no, nx, nw, (size_t)Cout};  // out, dx, dweight, dbias
@@ -343,7 +343,7 @@ static void conv_determinism_case(int B, int Cin, int H, int W, int Cout, int K,
 }
 #endif
 
-static void test_conv_determinism(void) {
+static inline void test_conv_determinism(void) {
     printf("fast CPU conv2d, the same bits with 1, 2 and 3 threads:\n");
 #ifdef _OPENMP
     int saved = omp_get_max_threads();
@@ -361,7 +361,7 @@ static void test_conv_determinism(void) {
 
 // ----------------------------------------------------------------------------
 
-static void test_conv(void) {
+static inline void test_conv(void) {
     printf("conv2d and gemm (%s, reference %s):\n", device_name(), CONV_REF_PATH);
     SafeTensors st;
     safetensors_load(CONV_REF_PATH, &st);

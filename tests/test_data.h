@@ -23,12 +23,12 @@
 // ----------------------------------------------------------------------------
 // building fake datasets
 
-static void tdt_path(char* out, size_t n, const char* dir, const char* name) {
+static inline void tdt_path(char* out, size_t n, const char* dir, const char* name) {
     snprintf(out, n, "%s/%s", dir, name);
 }
 
 // a sparse all-zero file of `bytes` bytes
-static void tdt_make_file(const char* dir, const char* name, long long bytes) {
+static inline void tdt_make_file(const char* dir, const char* name, long long bytes) {
     char path[1200];
     tdt_path(path, sizeof(path), dir, name);
     FILE* fp = fopenCheck(path, "wb");
@@ -39,11 +39,11 @@ static void tdt_make_file(const char* dir, const char* name, long long bytes) {
     fclose(fp);
 }
 
-static void tdt_make_valid(const char* dir) {
+static inline void tdt_make_valid(const char* dir) {
     for (int f = 0; f < 6; f++) tdt_make_file(dir, CIFAR10_FILES[f], CIFAR10_FILE_BYTES);
 }
 
-static void tdt_write_record(const char* dir, const char* name, int r, const uint8_t* rec) {
+static inline void tdt_write_record(const char* dir, const char* name, int r, const uint8_t* rec) {
     char path[1200];
     tdt_path(path, sizeof(path), dir, name);
     FILE* fp = fopenCheck(path, "r+b");
@@ -52,7 +52,7 @@ static void tdt_write_record(const char* dir, const char* name, int r, const uin
     fclose(fp);
 }
 
-static void tdt_write_text(const char* dir, const char* name, const char* text) {
+static inline void tdt_write_text(const char* dir, const char* name, const char* text) {
     char path[1200];
     tdt_path(path, sizeof(path), dir, name);
     FILE* fp = fopenCheck(path, "wb");
@@ -62,7 +62,7 @@ static void tdt_write_text(const char* dir, const char* name, const char* text) 
 
 // a record with label `label` and pixels that differ across channel, row and column (so a swap
 // of any two axes or a wrong flip shows), including the extremes 0 and 255
-static void tdt_fill_record(uint8_t* rec, int label, int variant) {
+static inline void tdt_fill_record(uint8_t* rec, int label, int variant) {
     rec[0] = (uint8_t)label;
     for (int c = 0; c < 3; c++) for (int h = 0; h < 32; h++) for (int w = 0; w < 32; w++) {
         int v = (c * 97 + h * 31 + w * 7 + 5) % 256;
@@ -73,7 +73,7 @@ static void tdt_fill_record(uint8_t* rec, int label, int variant) {
 }
 
 // the expected floats of a record, mirrored left-right when `flip`, in double precision
-static void tdt_expected(float* out, const uint8_t* rec, int flip) {
+static inline void tdt_expected(float* out, const uint8_t* rec, int flip) {
     for (int c = 0; c < 3; c++) for (int h = 0; h < 32; h++) for (int w = 0; w < 32; w++) {
         int src_w = flip ? 31 - w : w;
         out[(c * 32 + h) * 32 + w] = (float)((double)rec[1 + (c * 32 + h) * 32 + src_w] / 127.5 - 1.0);
@@ -81,7 +81,7 @@ static void tdt_expected(float* out, const uint8_t* rec, int flip) {
 }
 
 // try_load must fail, leave the struct empty and say all of `want` (NULL-terminated)
-static void tdt_expect_error(const char* name, const char* dir, int train, const char* const* want) {
+static inline void tdt_expect_error(const char* name, const char* dir, int train, const char* const* want) {
     Cifar10 d;
     char err[1024] = "";
     int rc = cifar10_try_load(&d, dir, train, err, sizeof(err));
@@ -98,7 +98,7 @@ static void tdt_expect_error(const char* name, const char* dir, int train, const
 // ----------------------------------------------------------------------------
 // the tests
 
-static void test_data_load_and_batch(const char* dir) {
+static inline void test_data_load_and_batch(const char* dir) {
     char detail[256];
     uint8_t rec_a[CIFAR10_RECORD_BYTES], rec_b[CIFAR10_RECORD_BYTES];
     tdt_fill_record(rec_a, 3, 0);
@@ -174,7 +174,7 @@ static void test_data_load_and_batch(const char* dir) {
     if (rc == 0) cifar10_free(&d);
 }
 
-static void test_data_errors(const char* dir) {
+static inline void test_data_errors(const char* dir) {
     tdt_make_valid(dir);
     char path[1200];
     tdt_path(path, sizeof(path), dir, "batches.meta.txt");
@@ -231,7 +231,7 @@ static void test_data_errors(const char* dir) {
 }
 
 // label 10 with CIFAR-10's ten classes (the first label past the end)
-static void test_data_label_10(const char* dir) {
+static inline void test_data_label_10(const char* dir) {
     tdt_make_valid(dir);
     char path[1200];
     tdt_path(path, sizeof(path), dir, "batches.meta.txt");
@@ -245,7 +245,7 @@ static void test_data_label_10(const char* dir) {
 }
 
 // batches.meta.txt that cannot be a list of class names
-static void test_data_meta_errors(const char* dir) {
+static inline void test_data_meta_errors(const char* dir) {
     tdt_make_valid(dir);
     static const struct { const char* name; const char* text; size_t len; const char* want; } cases[] = {
         {"host data meta: 11 names", "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\n", 22, "more than 10 classes"},
@@ -272,7 +272,7 @@ static void test_data_meta_errors(const char* dir) {
 
 // `name` replaced by a FIFO, a directory, a link to /dev/zero: refused before reading, saying what
 // it is; then by a link to a valid file, which loads
-static void test_data_not_regular(const char* dir, const char* name, int train) {
+static inline void test_data_not_regular(const char* dir, const char* name, int train) {
     char path[1200], target[1200], label[160];
     tdt_path(path, sizeof(path), dir, name);
     static const char* kinds[] = {"FIFO", "directory", "character device"};
@@ -303,7 +303,7 @@ static void test_data_not_regular(const char* dir, const char* name, int train) 
     if (!meta) tdt_make_file(dir, name, CIFAR10_FILE_BYTES);
 }
 
-static void test_data_shuffle_and_dir(const char* dir) {
+static inline void test_data_shuffle_and_dir(const char* dir) {
     enum { N = 1000 };
     int a[N], b[N], c[N], e[N], seen[N];
     cifar10_shuffle(a, N, 42, 3);
@@ -340,7 +340,7 @@ static void test_data_shuffle_and_dir(const char* dir) {
     check_true("host data resolve dir", strcmp(out1, dir) == 0 && strcmp(out2, dir) == 0 && nmissing == 6, detail);
 }
 
-static void test_data(void) {
+static inline void test_data(void) {
     if (g_device != DEVICE_CPU) return;  // host code only: the CPU pass covers it
     const char* tmp = getenv("TMPDIR");
     char dir[1024];

@@ -49,7 +49,7 @@ static const int TBT_IMAGE_H = 8, TBT_IMAGE_W = 16;
 // ----------------------------------------------------------------------------
 // an independent reader: bitwise CRC32C, TFRecord framing, the few protobuf fields
 
-static uint32_t tbt_crc32c_bitwise(const uint8_t* p, size_t n) {
+static inline uint32_t tbt_crc32c_bitwise(const uint8_t* p, size_t n) {
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; i++) {
         c ^= p[i];
@@ -57,11 +57,11 @@ static uint32_t tbt_crc32c_bitwise(const uint8_t* p, size_t n) {
     }
     return ~c;
 }
-static uint32_t tbt_masked(const uint8_t* p, size_t n) {
+static inline uint32_t tbt_masked(const uint8_t* p, size_t n) {
     uint32_t c = tbt_crc32c_bitwise(p, n);
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
-static uint64_t tbt_le(const uint8_t* p, int nbytes) {
+static inline uint64_t tbt_le(const uint8_t* p, int nbytes) {
     uint64_t v = 0;
     for (int i = nbytes - 1; i >= 0; i--) v = (v << 8) | p[i];
     return v;
@@ -70,7 +70,7 @@ static uint64_t tbt_le(const uint8_t* p, int nbytes) {
 typedef struct { uint8_t* file; size_t size; int n; const uint8_t* data[16]; size_t len[16]; } TBTRecords;
 
 // splits a file into records; returns the number of framing or CRC problems (described in msg)
-static int tbt_read_records(const char* path, TBTRecords* r, char* msg, size_t msglen) {
+static inline int tbt_read_records(const char* path, TBTRecords* r, char* msg, size_t msglen) {
     memset(r, 0, sizeof(*r));
     msg[0] = '\0';
     FILE* fp = fopenCheck(path, "rb");
@@ -105,7 +105,7 @@ static int tbt_read_records(const char* path, TBTRecords* r, char* msg, size_t m
 
 // one protobuf field: key, then a varint / fixed value or a length-delimited slice; 0 at the end or on bad input
 typedef struct { int field, wire; uint64_t v; const uint8_t* bytes; size_t len; } TBTField;
-static int tbt_varint(const uint8_t** p, const uint8_t* end, uint64_t* v) {
+static inline int tbt_varint(const uint8_t** p, const uint8_t* end, uint64_t* v) {
     *v = 0;
     for (int shift = 0; *p < end && shift < 64; shift += 7) {
         uint8_t b = *(*p)++;
@@ -114,7 +114,7 @@ static int tbt_varint(const uint8_t** p, const uint8_t* end, uint64_t* v) {
     }
     return 0;
 }
-static int tbt_next(const uint8_t** p, const uint8_t* end, TBTField* f) {
+static inline int tbt_next(const uint8_t** p, const uint8_t* end, TBTField* f) {
     uint64_t key;
     if (*p >= end || !tbt_varint(p, end, &key)) return 0;
     f->field = (int)(key >> 3);
@@ -136,7 +136,7 @@ typedef struct {
     int height, width, colorspace; const uint8_t* png; size_t png_len; int ok;
 } TBTEvent;
 
-static TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
+static inline TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
     TBTEvent e;
     memset(&e, 0, sizeof(e));
     e.ok = 1;
@@ -175,7 +175,7 @@ static TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
 }
 
 // a PNG decoded to RGB and widened to floats (for check_close); NULL if stb_image cannot decode it
-static float* tbt_decode_png(const uint8_t* png, size_t len, int* h, int* w) {
+static inline float* tbt_decode_png(const uint8_t* png, size_t len, int* h, int* w) {
     int comp;
     uint8_t* px = stbi_load_from_memory(png, (int)len, w, h, &comp, 3);
     if (px == NULL) return NULL;
@@ -186,13 +186,13 @@ static float* tbt_decode_png(const uint8_t* png, size_t len, int* h, int* w) {
     return out;
 }
 
-static float* tbt_bytes_to_floats(const uint8_t* b, size_t n) {
+static inline float* tbt_bytes_to_floats(const uint8_t* b, size_t n) {
     float* out = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) out[i] = b[i];
     return out;
 }
 
-static void tbt_temp_dir(char* out, size_t n) {
+static inline void tbt_temp_dir(char* out, size_t n) {
     const char* tmp = getenv("TMPDIR");
     snprintf(out, n, "%s/ldmc_test_tb_XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
     if (mkdtemp(out) == NULL) {
@@ -204,7 +204,7 @@ static void tbt_temp_dir(char* out, size_t n) {
 // ----------------------------------------------------------------------------
 // the tests
 
-static void test_tensorboard_events(const SafeTensors* st, const char* dir) {
+static inline void test_tensorboard_events(const SafeTensors* st, const char* dir) {
     char path[1200], msg[160], detail[256];
     snprintf(path, sizeof(path), "%s/ours.tfevents", dir);
     const float* ref_rgb_f = safetensors_get_f32(st, "image_rgb", (size_t)TBT_IMAGE_H * TBT_IMAGE_W * 3);
@@ -276,7 +276,7 @@ static void test_tensorboard_events(const SafeTensors* st, const char* dir) {
 
 // tb_open: creates the run directory, names the file events.out.tfevents.<time>.<host>.<pid>,
 // stamps records with the clock, starts the session after the given step
-static void test_tensorboard_open(const char* dir) {
+static inline void test_tensorboard_open(const char* dir) {
     char run[1200], detail[400], msg[160];
     snprintf(run, sizeof(run), "%s/runs/demo", dir);
     double now = (double)time(NULL);
@@ -317,7 +317,7 @@ static void test_tensorboard_open(const char* dir) {
     rmdir(run);
 }
 
-static void test_image_outputs(const SafeTensors* st, const char* dir) {
+static inline void test_image_outputs(const SafeTensors* st, const char* dir) {
     char detail[256];
     // grid: 5 images of 4x3 (H != W catches a swap), 2 per row -> 3 rows, the last cell black
     const SafeTensorInfo* gi = safetensors_find(st, "grid_images");
@@ -379,7 +379,7 @@ static void test_image_outputs(const SafeTensors* st, const char* dir) {
     check_true("host image CIFAR-10 records, no labels", uncond_ok, "label bytes 255, same pixels");
 }
 
-static void test_tensorboard(void) {
+static inline void test_tensorboard(void) {
     if (g_device != DEVICE_CPU) return;  // host code only: the CPU pass covers it
     SafeTensors st;
     safetensors_load(TBT_REF_TENSORS, &st);

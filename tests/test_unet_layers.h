@@ -26,14 +26,14 @@
 // helpers
 
 // a malloc'd host buffer of n floats with the value v (NaN: must be overwritten; 0: accumulated into)
-static float* tul_host_filled(size_t n, float v) {
+static inline float* tul_host_filled(size_t n, float v) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) h[i] = v;
     return h;
 }
 
 // host values `got` against want[i] * factor, under `name`
-static void tul_compare(const char* name, const float* got, const float* want, size_t n, float factor) {
+static inline void tul_compare(const char* name, const float* got, const float* want, size_t n, float factor) {
     float* w = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) w[i] = want[i] * factor;
     check_close(name, got, w, n, TUL_RTOL);
@@ -41,7 +41,7 @@ static void tul_compare(const char* name, const float* got, const float* want, s
 }
 
 // "ref <what>": a reference's host result against PyTorch's (times factor), in the CPU pass only
-static void tul_check_ref(const char* what, const float* got, const float* torch, size_t n, float factor) {
+static inline void tul_check_ref(const char* what, const float* got, const float* torch, size_t n, float factor) {
     if (g_device != DEVICE_CPU) return;
     char name[128];
     snprintf(name, sizeof(name), "ref %s", what);
@@ -50,7 +50,7 @@ static void tul_check_ref(const char* what, const float* got, const float* torch
 
 // n values on the device against PyTorch's times factor ("<device> <what>"), and against the
 // reference's (also times factor, "... vs ref") unless `ref` is NULL
-static void tul_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float factor) {
+static inline void tul_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float factor) {
     char name[128];
     float* got = test_download(dev, n);
     snprintf(name, sizeof(name), "%s %s", device_name(), what);
@@ -64,12 +64,12 @@ static void tul_check(const char* what, const float* dev, const float* torch, co
 
 // the reference a device's output is compared with: NULL on the CPU for the layers whose CPU path
 // is their reference (the comparison could not fail)
-static const float* tul_vs_ref(const float* ref, int cpu_path_is_ref) {
+static inline const float* tul_vs_ref(const float* ref, int cpu_path_is_ref) {
     return g_device == DEVICE_CPU && cpu_path_is_ref ? NULL : ref;
 }
 
 // the int64 reference tensor "<prefix>.<name>" as n host ints (free with free)
-static int* tul_host_ints(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
+static inline int* tul_host_ints(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
     char full[128];
     snprintf(full, sizeof(full), "%s.%s", prefix, name);
     const int64_t* src = safetensors_get_i64(st, full, n);
@@ -79,7 +79,7 @@ static int* tul_host_ints(const SafeTensors* st, const char* prefix, const char*
 }
 
 // the int64 reference tensor "<prefix>.<name>" as n ints on the current device (free with dev_free)
-static int* tul_upload_ints(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
+static inline int* tul_upload_ints(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
     int* host = tul_host_ints(st, prefix, name, n);
     int* dev = (int*)dev_malloc(n * sizeof(int));
     host_to_dev(dev, host, n * sizeof(int));
@@ -90,7 +90,7 @@ static int* tul_upload_ints(const SafeTensors* st, const char* prefix, const cha
 // ----------------------------------------------------------------------------
 // one test per layer
 
-static void tul_test_linear(const SafeTensors* st) {
+static inline void tul_test_linear(const SafeTensors* st) {
     const int N = 3, in = 10, outdim = 6;
     const char* p = "linear";
     const float* hx = ref_f32(st, p, "x", N * in);                 // (N, in)
@@ -138,7 +138,7 @@ static void tul_test_linear(const SafeTensors* st) {
     dev_free(out); dev_free(dx); dev_free(dweight); dev_free(dbias);
 }
 
-static void tul_test_timestep_embedding(const SafeTensors* st) {
+static inline void tul_test_timestep_embedding(const SafeTensors* st) {
     const int B = 7, dim = 32;
     const float* t_out = ref_f32(st, "temb", "out", B * dim);
     int* ht = tul_host_ints(st, "temb", "t", B);  // (B), includes 0 and 999
@@ -154,7 +154,7 @@ static void tul_test_timestep_embedding(const SafeTensors* st) {
     dev_free(t); dev_free(out);
 }
 
-static void tul_test_embedding(const SafeTensors* st) {
+static inline void tul_test_embedding(const SafeTensors* st) {
     const int rows = 11, B = 5, dim = 8;
     const char* p = "embedding";
     const float* htable = ref_f32(st, p, "table", rows * dim);  // (rows, dim)
@@ -185,7 +185,7 @@ static void tul_test_embedding(const SafeTensors* st) {
     dev_free(table); dev_free(ids); dev_free(dout); dev_free(out); dev_free(dtable);
 }
 
-static void tul_test_broadcast_add(const SafeTensors* st) {
+static inline void tul_test_broadcast_add(const SafeTensors* st) {
     const int B = 2, C = 5, HW = 9;
     const char* p = "bcast";
     const float* hh = ref_f32(st, p, "h", B * C * HW);        // (B, C, HW), becomes the output
@@ -214,7 +214,7 @@ static void tul_test_broadcast_add(const SafeTensors* st) {
     dev_free(h); dev_free(v); dev_free(dout); dev_free(dv);
 }
 
-static void tul_test_concat(const SafeTensors* st) {
+static inline void tul_test_concat(const SafeTensors* st) {
     const int B = 2, Ca = 3, Cb = 5, HW = 4;
     const char* p = "concat";
     size_t na = (size_t)B * Ca * HW, nb = (size_t)B * Cb * HW, nout = na + nb;
@@ -249,7 +249,7 @@ static void tul_test_concat(const SafeTensors* st) {
     dev_free(a); dev_free(b); dev_free(dout); dev_free(out); dev_free(da); dev_free(db);
 }
 
-static void tul_test_attention(const SafeTensors* st, const char* p, int B, int C, int HW, int NH) {
+static inline void tul_test_attention(const SafeTensors* st, const char* p, int B, int C, int HW, int NH) {
     size_t nqkv = (size_t)B * 3 * C * HW, nout = (size_t)B * C * HW, natt = (size_t)B * NH * HW * HW;
     const float* hqkv = ref_f32(st, p, "qkv", nqkv);    // (B, 3C, HW)
     const float* hdout = ref_f32(st, p, "dout", nout);  // (B, C, HW)
@@ -290,7 +290,7 @@ static void tul_test_attention(const SafeTensors* st, const char* p, int B, int 
 
 // ----------------------------------------------------------------------------
 
-static void test_unet_layers(void) {
+static inline void test_unet_layers(void) {
     printf("U-Net layers (%s, reference %s, rtol %.0e):\n", device_name(), TUL_REF_PATH, (double)TUL_RTOL);
     SafeTensors st;
     safetensors_load(TUL_REF_PATH, &st);

@@ -25,7 +25,7 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-static const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
+static inline const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
     char full[128];
     snprintf(full, sizeof(full), "%s.%s", prefix, name);
     const SafeTensorInfo* t = safetensors_find(st, full);
@@ -38,14 +38,14 @@ static const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, 
 }
 
 // a malloc'd host buffer of n floats, every one NaN (what a reference must overwrite)
-static float* vl_host_nan(size_t n) {
+static inline float* vl_host_nan(size_t n) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) h[i] = NAN;
     return h;
 }
 
 // a malloc'd host copy of n floats
-static float* vl_host_copy(const float* src, size_t n) {
+static inline float* vl_host_copy(const float* src, size_t n) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     memcpy(h, src, n * sizeof(float));
     return h;
@@ -54,12 +54,12 @@ static float* vl_host_copy(const float* src, size_t n) {
 // The reference result a device's output is compared with, or NULL where that output comes from the
 // reference itself (on the CPU, for the layers whose CPU path is their reference): the comparison
 // could not fail there.
-static const float* vl_vs_ref(const float* ref, int cpu_path_is_ref) {
+static inline const float* vl_vs_ref(const float* ref, int cpu_path_is_ref) {
     return g_device == DEVICE_CPU && cpu_path_is_ref ? NULL : ref;
 }
 
 // "ref <what>": a reference's host result against PyTorch's, in the CPU pass only
-static void vl_check_ref(const char* what, const float* got, const float* torch, size_t n, float rtol) {
+static inline void vl_check_ref(const char* what, const float* got, const float* torch, size_t n, float rtol) {
     if (g_device != DEVICE_CPU) return;
     char name[128];
     snprintf(name, sizeof(name), "ref %s", what);
@@ -67,7 +67,7 @@ static void vl_check_ref(const char* what, const float* got, const float* torch,
 }
 
 // host values `got` (a device's output) against PyTorch's, and against the reference's unless ref is NULL
-static void vl_compare(const char* what, const float* got, const float* torch, const float* ref, size_t n, float rtol) {
+static inline void vl_compare(const char* what, const float* got, const float* torch, const float* ref, size_t n, float rtol) {
     char name[128];
     snprintf(name, sizeof(name), "%s %s", device_name(), what);
     check_close(name, got, torch, n, rtol);
@@ -78,14 +78,14 @@ static void vl_compare(const char* what, const float* got, const float* torch, c
 }
 
 // downloads n values and compares them (vl_compare)
-static void vl_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float rtol) {
+static inline void vl_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float rtol) {
     float* got = test_download(dev, n);
     vl_compare(what, got, torch, ref, n, rtol);
     free(got);
 }
 
 // an accumulated gradient that started at `start`: its increment against the reference increments
-static void vl_check_accumulated(const char* what, const float* dev, const float* torch, const float* ref, size_t n,
+static inline void vl_check_accumulated(const char* what, const float* dev, const float* torch, const float* ref, size_t n,
                                  float start, float rtol) {
     float* got = test_download(dev, n);
     for (size_t i = 0; i < n; i++) got[i] -= start;
@@ -94,12 +94,12 @@ static void vl_check_accumulated(const char* what, const float* dev, const float
 }
 
 // `after - before` (the move; host arrays), in place in `after`
-static void vl_subtract(float* after, const float* before, size_t n) {
+static inline void vl_subtract(float* after, const float* before, size_t n) {
     for (size_t i = 0; i < n; i++) after[i] -= before[i];
 }
 
 // how far a tensor moved from `before` (host) against how far PyTorch's and the reference's moved
-static void vl_check_delta(const char* what, const float* dev, const float* before, const float* torch_after,
+static inline void vl_check_delta(const char* what, const float* dev, const float* before, const float* torch_after,
                            const float* ref_after, size_t n, float rtol) {
     float* got = test_download(dev, n);
     float* torch = vl_host_copy(torch_after, n);
@@ -114,7 +114,7 @@ static void vl_check_delta(const char* what, const float* dev, const float* befo
 // ----------------------------------------------------------------------------
 // GroupNorm (the CPU path is the reference)
 
-static void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
+static inline void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
     const SafeTensorInfo* xi = vl_info(st, prefix, "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], HW = (int)(xi->shape[2] * xi->shape[3]);
     int G = (int)ref_f32(st, prefix, "G", 1)[0];
@@ -179,7 +179,7 @@ static void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
 // ----------------------------------------------------------------------------
 // elementwise: silu, add, scale, upsample2x (the CPU path is the reference)
 
-static void test_elementwise(const SafeTensors* st) {
+static inline void test_elementwise(const SafeTensors* st) {
     const float rtol = 1e-5f;
 
     // silu: 96 values (the CUDA float4 path), then the same data shifted by one float (misaligned,
@@ -277,7 +277,7 @@ static void test_elementwise(const SafeTensors* st) {
 // VAE loss: reparameterisation, KL, their backward, MSE (on the CPU only the KL and MSE sums are not
 // the reference)
 
-static void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
+static inline void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
     const SafeTensorInfo* mi = vl_info(st, prefix, "moments", 4);  // (B, 2Z, h, w)
     int B = (int)mi->shape[0], Z = (int)mi->shape[1] / 2, HW = (int)(mi->shape[2] * mi->shape[3]);
     size_t nm = mi->numel, nz = (size_t)B * Z * HW;
@@ -353,7 +353,7 @@ static void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
 // the host state of the references' 5 steps
 typedef struct { float *params, *m, *v, *ema; } VlAdamState;
 
-static void test_adamw_case(const SafeTensors* st, const char* prefix) {
+static inline void test_adamw_case(const SafeTensors* st, const char* prefix) {
     size_t n = vl_info(st, prefix, "params", 1)->numel;
     const float* p0 = ref_f32(st, prefix, "params", n);
     const float* g0 = ref_f32(st, prefix, "grads", n);
@@ -425,7 +425,7 @@ static void test_adamw_case(const SafeTensors* st, const char* prefix) {
 
 // ----------------------------------------------------------------------------
 
-static void test_vae_layers(void) {
+static inline void test_vae_layers(void) {
     printf("VAE layers, loss and AdamW vs PyTorch (%s) on %s\n", VAE_LAYERS_REF_PATH, device_name());
     SafeTensors st;
     safetensors_load(VAE_LAYERS_REF_PATH, &st);
