@@ -68,9 +68,13 @@ else:
         present = bool(now)
         if present and seen >= int(arg): break
         time.sleep(0.0005)
-    how = "during a write (%s, the write number %s of this start)" % (os.path.basename(now[0]) if alive() and now else "?", arg)
+    how = "at write %s of this start" % arg
 if not alive(): print("exited"); sys.exit(0)
 os.kill(pid, signal.SIGKILL)
+while alive(): time.sleep(0.001)
+if mode == "tmp":  # the write may have ended between the poll and the kill
+    left = [os.path.basename(p) for p in tmps if os.path.exists(p)]
+    how += ": in the middle of writing " + left[0] if left else ": just after it ended"
 print("killed " + how)
 EOF
 }
