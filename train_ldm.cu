@@ -734,7 +734,7 @@ static void ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
         const char* f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { ldm_usage(); exit(EXIT_SUCCESS); }
         else if (train_parse_flag(argc, argv, &i, &a->t, UNET_PRESET_NAMES, NUM_UNET_PRESETS)) continue;
-        else if (strcmp(f, "--vae-checkpoint") == 0) { snprintf(a->vae_path, sizeof(a->vae_path), "%s", arg_value(argc, argv, &i)); a->vae_path_given = 1; }
+        else if (strcmp(f, "--vae-checkpoint") == 0) { arg_path(argc, argv, &i, a->vae_path, sizeof(a->vae_path)); a->vae_path_given = 1; }
         else if (strcmp(f, "--num-classes") == 0) { a->cfg.num_classes = (int)arg_long(argc, argv, &i, 0, 100000); a->classes_given = 1; }
         else if (strcmp(f, "--cfg-dropout") == 0) { a->cfg_dropout = arg_float(argc, argv, &i, 0.0, 1.0, 0); a->cfg_dropout_given = 1; }
         else if (strcmp(f, "--guidance-scale") == 0) { a->guidance = arg_float(argc, argv, &i, 0.0, 100.0, 0); a->guidance_given = 1; }

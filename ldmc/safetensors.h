@@ -657,7 +657,7 @@ static inline void st_writer_write(SafeTensorsWriter* w, const char* path) {
     // order it was added in (a sorted copy finds the duplicates), so a file's bytes depend only on its writer
     const char* dup = st_sort_by_name(w->tensors, w->num_tensors, sizeof(SafeTensorInfo));
     SafeTensorsMeta* keys = (SafeTensorsMeta*)mallocCheck((size_t)(w->num_meta + 1) * sizeof(SafeTensorsMeta));
-    memcpy(keys, w->meta, (size_t)w->num_meta * sizeof(SafeTensorsMeta));
+    if (w->num_meta > 0) memcpy(keys, w->meta, (size_t)w->num_meta * sizeof(SafeTensorsMeta));   // meta is NULL when empty
     const char* dup_key = st_sort_by_name(keys, w->num_meta, sizeof(SafeTensorsMeta));
     free(keys);
     if (dup != NULL || dup_key != NULL) {

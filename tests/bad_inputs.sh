@@ -216,6 +216,9 @@ refuse "train_vae --run-name ../x" "--run-name must be" "$VAE" --run-name ../x
 refuse "train_ldm --cfg-dropout 1.5" "--cfg-dropout must be a number in \[0, 1\]" "$LDM" --cfg-dropout 1.5
 refuse "train_ldm --ema-decay -0.1" "--ema-decay must be a number" "$LDM" --ema-decay -0.1
 refuse "train_ldm --num-classes -1" "--num-classes must be an integer" "$LDM" --num-classes -1
+LONG_PATH="in/$(printf 'd%.0s' $(seq 600)).safetensors"   # longer than the path buffers: refused, never cut short
+refuse "train_ldm --vae-checkpoint of 615 bytes" "--vae-checkpoint must be a path of 1 to 511 bytes" "$LDM" --vae-checkpoint "$LONG_PATH"
+refuse "sample --checkpoint of 615 bytes" "--checkpoint must be a path of 1 to 511 bytes" "${S[@]}" --checkpoint "$LONG_PATH"
 
 # --- train_ldm's VAE (a new run: nothing may be created)
 lv() { refuse "train_ldm --vae-checkpoint $1" "$2" "$LDM" --device cpu --run-name new_ldm --data "$DATA" --vae-checkpoint "$3"; }
@@ -311,5 +314,7 @@ else
     echo "  [skip] the case that trains: no CIFAR-10 in '$DATA'"
 fi
 
-echo "$passed passed, $failed failed$([ $skipped -gt 0 ] && echo ", $skipped skipped")"
+# the skip count goes on its own line: the last line is the "N passed, M failed" that tests/suites.sh sums
+[ $skipped -gt 0 ] && echo "$skipped skipped (no CIFAR-10: run \`make data\`)"
+echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]
