@@ -270,6 +270,7 @@ static void unet_build(UNet* m, const UNetConfig* cfg) {
 }
 
 static void unet_alloc_activations(UNet* m, int B) {
+    check_batch_fits(B, m->max_act, "U-Net");
     const UNetConfig* cfg = &m->cfg;
     int L = cfg->levels, T = cfg->tdim, R = cfg->in_res;
     m->max_batch = B;
@@ -1102,6 +1103,13 @@ static void ldm_train(LDMTrainArgs* a) {
     settings_to_json(settings, LDM_NUM_SETTINGS, args_json, sizeof(args_json));
     unet_config_to_json(&a->cfg, config_json, sizeof(config_json));
 
+    // the U-Net's buffers first: a batch size they cannot hold is refused before the encoding
+    int B = a->t.batch_size;
+    UNet m;
+    unet_build(&m, &a->cfg);
+    params_allocate(&m.ps);
+    unet_alloc_activations(&m, B);
+
     // encode the training split once (mu of both flips) and measure latent_scale = 1 / std(mu)
     vae_alloc_activations(&vae, 256);
     float* train_mu = encode_split(&vae, &train, 2, "training split");
@@ -1114,12 +1122,7 @@ static void ldm_train(LDMTrainArgs* a) {
              "\"vae_checkpoint\":\"%s\",\"latent_scale\":%.9g}\n", config_json, args_json,
              schedule_name(a->schedule), a->vae_path, meta.latent_scale);
 
-    // the U-Net, its optimizer and EMA
-    int B = a->t.batch_size;
-    UNet m;
-    unet_build(&m, &a->cfg);
-    params_allocate(&m.ps);
-    unet_alloc_activations(&m, B);
+    // the U-Net's weights, its optimizer and EMA
     params_init(&m.ps, a->t.seed ^ STREAM_INIT);
     OptState opt;
     optstate_init(&opt, &m.ps, 1);

@@ -1,8 +1,9 @@
 // ldmc/testing.h — the small harness test_ldm uses: pass/fail counters, a float comparison with a
-// tolerance relative to the reference's scale (error and tolerance are printed side by side),
-// and the closing line "N passed, M failed".
+// tolerance relative to the reference's scale (error and tolerance are printed side by side), the
+// layer tests' comparisons (a plain reference against PyTorch; a device's result against PyTorch and
+// against the reference), reference-file access, and the closing line "N passed, M failed".
 // Tests run once per device: the caller sets g_device, a test uploads its reference inputs with
-// test_upload, runs the layer's dispatcher and brings the result back with test_download.
+// test_upload, runs the layer's dispatcher and checks the result with check_device.
 #pragma once
 
 #include "common.cuh"

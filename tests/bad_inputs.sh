@@ -300,18 +300,23 @@ run_with_state vae_good in/vae_state.safetensors
 refuse "control: a good VAE state passes every check (stops at the missing --data)" "no CIFAR-10 in 'no_data'" \
     "$VAE" --device cpu --resume --run-name vae_good --data no_data
 
-# --- a case that trains: one step (batch 4) of the tiny VAE from a state whose AdamW moment makes that
-# step overflow. The state loads and trains (a control of the state file); the weights after the step
-# are not finite, so nothing is saved: no checkpoint_final, and the state stays byte-identical.
+# --- the cases that need the data: a batch size past the kernels' int indexing (refused once the data
+# is read, before the model is allocated), and one that trains: one step (batch 4) of the tiny VAE
+# from a state whose AdamW moment makes that step overflow. The state loads and trains (a control of
+# the state file); the weights after the step are not finite, so nothing is saved: no
+# checkpoint_final, and the state stays byte-identical.
 if [ $HAVE_DATA -eq 1 ]; then
+    refuse "train_vae --preset fast --batch-size 40000 (activations past int indexing)" \
+        "a batch of 40000 images of this VAE would need activations of [0-9]+ values, more than the 2147483647" \
+        "$VAE" --device cpu --preset fast --batch-size 40000 --run-name big_batch --data "$DATA"
     run_with_state vae_update_overflows
     MAY_CREATE='runs/vae_update_overflows/(log\.txt|events\.out\.tfevents\..*)$' \
         refuse "train_vae: weights that overflow in the last step are not saved (the state is kept)" \
         "the weights after step 6 are not finite .* keeps the last good state" \
         "$VAE" --device cpu --resume --run-name vae_update_overflows --data "$DATA" --max-steps 6
 else
-    skipped=1
-    echo "  [skip] the case that trains: no CIFAR-10 in '$DATA'"
+    skipped=2
+    echo "  [skip] the 2 cases that need the data: no CIFAR-10 in '$DATA'"
 fi
 
 # the skip count goes on its own line: the last line is the "N passed, M failed" that tests/suites.sh sums
