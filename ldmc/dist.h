@@ -39,7 +39,7 @@
 
 typedef struct {
     int rank, world;              // this process among all of the job
-    int local_rank, local_world;  // among the processes on this node (local_world 0: not known)
+    int local_rank;               // among the processes on this node: picks the GPU
     int nodes;                    // 0: not known
     const char* via;              // how the job was joined
     int mpi;                      // between MPI_Init and MPI_Finalize
@@ -50,7 +50,7 @@ typedef struct {
     size_t staging_n;
 } Dist;
 
-static Dist g_dist = {0, 1, 0, 1, 1, "one process", 0};
+static Dist g_dist = {0, 1, 0, 1, "one process", 0};
 
 static int dist_rank(void) { return g_dist.rank; }
 static int dist_world(void) { return g_dist.world; }
@@ -280,7 +280,6 @@ static void dist_join_mpi(int* argc, char*** argv) {
     MPI_Comm node;  // the ranks that share this node's memory, and so its GPUs
     mpiCheck(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g_dist.rank, MPI_INFO_NULL, &node));
     mpiCheck(MPI_Comm_rank(node, &g_dist.local_rank));
-    mpiCheck(MPI_Comm_size(node, &g_dist.local_world));
     mpiCheck(MPI_Comm_free(&node));
     int leader = g_dist.local_rank == 0;
     mpiCheck(MPI_Allreduce(&leader, &g_dist.nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD));
@@ -361,7 +360,7 @@ static void dist_join_env(void) {
     g_dist.world = env_int2("LDMC_WORLD_SIZE", "SLURM_NTASKS", 0);
     g_dist.rank = env_int2("LDMC_RANK", "SLURM_PROCID", -1);
     g_dist.local_rank = env_int2("LDMC_LOCAL_RANK", "SLURM_LOCALID", -1);
-    g_dist.local_world = g_dist.nodes = 0;
+    g_dist.nodes = 0;
     g_dist.via = "the file rendezvous";
     if (g_dist.world < 1 || g_dist.rank < 0 || g_dist.rank >= g_dist.world || g_dist.local_rank < 0) {
         fprintf(stderr, "Error: $LDMC_DIST_DIR is set, but rank %d, world size %d, local rank %d are not a valid rank "
@@ -441,7 +440,7 @@ static void dist_init_device(void) {
     if (!g_dist.mpi) dist_nccl_id_from_file(&id, path, sizeof(path));
     ncclCheck(ncclCommInitRank(&g_dist.nccl, g_dist.world, id, g_dist.rank));
     if (path[0] != '\0' && dist_is_main()) unlink(path);  // every rank has read it: init is collective
-    printf("dist: gradients averaged with NCCL all-reduce (GPU %d of each rank's node)\n", g_cuda_ordinal);
+    printf("dist: gradients averaged with NCCL all-reduce, one GPU per rank\n");
 #else
     printf("dist: built without NCCL: gradients go through host memory and MPI_Allreduce (slow; build with NCCL)\n");
 #endif
