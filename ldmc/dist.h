@@ -295,9 +295,12 @@ static void dist_check_same_args(int argc, char** argv) {
     uint64_t main_h = h;
     mpiCheck(MPI_Bcast(&main_h, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD));
     if (h != main_h) {
-        fprintf(stderr, "Error: rank %d was started with other flags than rank 0:", g_dist.rank);
-        for (int i = 1; i < argc; i++) fprintf(stderr, " %s", argv[i]);
-        fprintf(stderr, "\nHINT: every rank of a job takes the same flags.\n");
+        char flags[1024] = "";  // one fprintf, so that the line stays whole among the other ranks' output
+        for (int i = 1, k = 0; i < argc && k < (int)sizeof(flags); i++) {
+            k += snprintf(flags + k, sizeof(flags) - k, " %s", argv[i]);
+        }
+        fprintf(stderr, "Error: rank %d was started with other flags than rank 0:%s\nHINT: every rank of a job takes "
+                        "the same flags.\n", g_dist.rank, flags);
         exit(EXIT_FAILURE);
     }
 }
