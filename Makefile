@@ -1,7 +1,11 @@
 # ldm.c — build knobs
 #   make                  every program (train_vae, train_ldm, sample_ldm, test_ldm)
-#   make test             build and run the test suite (CPU always, CUDA too when a GPU is present)
+#   make test             build and run the test suite (CPU always, CUDA too when a GPU is present),
+#                         the data converter's checks (tests/bad_data.sh) and the bad-input battery
+#                         (tests/bad_inputs.sh); the last line adds them up
 #   make data             CIFAR-10 in its official binary layout under data/cifar-10-batches-bin
+#   make sanitize         every program built with ASan + UBSan into build-sanitize/, then test_ldm and the
+#                         tests/*.sh batteries run with those binaries (tests/sanitize.sh); any report fails it
 # Knobs:
 #   GPU_ARCH=90           build for one architecture (default: the present GPU's, else sm_80 + sm_90 + PTX)
 #   NO_OMP=1              no OpenMP on the host (single-threaded CPU path)
@@ -26,7 +30,7 @@ else
   ARCH_FLAGS := -gencode arch=compute_$(GPU_ARCH),code=sm_$(GPU_ARCH)
 endif
 
-HOST_FLAGS := -Wall,-Wno-unused-function,-Wno-format-truncation
+HOST_FLAGS := -Wall,-Wno-format-truncation
 ifneq ($(NATIVE),0)
   HOST_FLAGS := $(HOST_FLAGS),-march=native
 endif
@@ -88,7 +92,7 @@ endif
 PROGRAMS := train_vae train_ldm sample_ldm test_ldm
 HEADERS := $(wildcard ldmc/*.cuh ldmc/*.h tests/*.h)
 
-.PHONY: all test data clean quickstart
+.PHONY: all test data clean quickstart sanitize
 
 all: $(PROGRAMS)
 
@@ -104,8 +108,11 @@ sample_ldm: sample_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
 
-test: test_ldm
-	./test_ldm
+# test_ldm, the converter's checks and the battery on the real programs (about two minutes); the last
+# line, "N passed, M failed", adds up the three suites' lines (tests/suites.sh)
+test: test_ldm train_vae train_ldm sample_ldm
+	@bash -c 'source tests/suites.sh; run_suite test_ldm ./test_ldm; run_suite bad_data bash tests/bad_data.sh; \
+	    run_suite bad_inputs bash tests/bad_inputs.sh; suites_summary'
 
 # the main job from a fresh clone: data, the tiny VAE, the tiny class-conditional LDM, a sample grid
 # (about 15 minutes on 2 CPU cores; each stage is skipped when its output already exists)
@@ -125,5 +132,44 @@ runs/quickstart_samples.png: runs/ldm_tiny_c10/checkpoint_final.safetensors | sa
 data:
 	bash data/get_cifar10.sh
 
+# ----------------------------------------------------------------------------
+# make sanitize: AddressSanitizer + UndefinedBehaviorSanitizer on the host code (the CPU path, the
+# file readers and writers, argument parsing). nvcc compiles the host code with the sanitizers; the
+# link is g++'s, since nvcc's own link does not pass -fsanitize on, so the CUDA libraries are named
+# here (shared cudart instead of nvcc's default static one). The sanitizer runtimes are linked
+# statically: with gcc's two shared runtimes (libasan, libubsan) UBSan ignores its log_path and
+# writes to stderr, where a test that expects a program to fail would hide it (tests/sanitize.sh
+# collects the report files). Separate binaries in build-sanitize/, so the normal ones stay as they
+# are. -O1 -g: readable stack traces at a bearable speed.
+
+SAN_DIR := build-sanitize
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN_LINK := -fsanitize=address,undefined -static-libasan -static-libubsan
+CUDA_LIB := $(CUDA_HOME)/lib64
+# without a GPU the device code is compiled but never run: PTX for one architecture is enough (a
+# quarter less build time). -Xcompiler splits its argument at commas, hence one -fsanitize per sanitizer.
+SAN_ARCH_FLAGS := $(if $(GPU_ARCH),$(ARCH_FLAGS),-gencode arch=compute_80,code=compute_80)
+SAN_NVCC_FLAGS := -O1 -g -std=c++17 -diag-suppress 177 $(SAN_ARCH_FLAGS) -Xcompiler $(HOST_FLAGS) \
+                  -Xcompiler -fsanitize=address,-fsanitize=undefined,-fno-omit-frame-pointer -I. -I$(STB_INC)
+SAN_PROGRAMS := $(addprefix $(SAN_DIR)/,$(PROGRAMS) cifar10_from_folders)
+.PRECIOUS: $(SAN_DIR)/%.o
+
+sanitize: $(SAN_PROGRAMS)
+	bash tests/sanitize.sh $(SAN_DIR)
+
+# every program includes train_vae.cu (train_ldm.cu, sample_ldm.cu include more): each object depends
+# on every .cu file
+$(SAN_DIR)/%.o: %.cu $(wildcard *.cu) $(HEADERS)
+	@mkdir -p $(SAN_DIR)
+	$(NVCC) $(SAN_NVCC_FLAGS) -c $< -o $@
+
+$(SAN_DIR)/%: $(SAN_DIR)/%.o
+	g++ $(SAN_LINK) $< -L$(CUDA_LIB) -Wl,-rpath,$(CUDA_LIB) -lcudart -lcublas $(OMP_LIB) -lm -o $@
+
+$(SAN_DIR)/cifar10_from_folders: data/cifar10_from_folders.c
+	@mkdir -p $(SAN_DIR)
+	$(CC) -O1 -g $(SAN_FLAGS) $(SAN_LINK) -I$(STB_INC) $< -ljpeg -lm -o $@
+
 clean:
 	rm -f $(PROGRAMS) data/cifar10_from_folders
+	rm -rf $(SAN_DIR)

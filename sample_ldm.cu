@@ -43,7 +43,8 @@ static void sample_usage(void) {
            "  --class K|all              the class to sample (default all: one grid row per class)\n"
            "  --n N                      number of samples (default 8 per class, or 64)\n"
            "  --seed N                   (default 0)\n"
-           "  --out FILE.png             the grid (default samples.png)\n"
+           "  --out FILE.png             the grid (default samples.png); outputs are written atomically and may\n"
+           "                             not be an input file; their directory must exist\n"
            "  --out-raw FILE             the samples as CIFAR-10 binary records (label byte, 255 when\n"
            "                             unconditional, then 3,072 pixel bytes)\n"
            "  --init-noise FILE          initial latents, raw little-endian float32 n x 4 x 8 x 8\n"
@@ -87,22 +88,54 @@ static void sample_parse_args(int argc, char** argv, SampleArgs* a) {
     if (a->steps == 0) a->steps = a->sampler == SAMPLER_DDPM ? DIFFUSION_T : 50;
 }
 
-// the raw float32 initial latents of --init-noise: exactly n x dim values
+// the raw float32 initial latents of --init-noise (a regular file, checked before it is opened): exactly
+// n x dim finite values
 static float* read_init_noise(const char* path, int n, size_t dim) {
-    FILE* f = fopenCheck(path, "rb");
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
+    check_regular_file(path, "--init-noise file");
+    struct stat sb;
     size_t want = (size_t)n * dim * sizeof(float);
-    if (size < 0 || (size_t)size != want) {
-        fprintf(stderr, "Error: --init-noise '%s' has %ld bytes; %d samples x %zu float32 latents need %zu.\n",
-                path, size, n, dim, want);
+    if (stat(path, &sb) != 0 || (size_t)sb.st_size != want) {
+        fprintf(stderr, "Error: --init-noise '%s' has %lld bytes; %d samples x %zu float32 latents need %zu.\n"
+                        "HINT: write n x %zu little-endian float32 values, or match --n to the file.\n",
+                path, (long long)sb.st_size, n, dim, want, dim);
         exit(EXIT_FAILURE);
     }
+    FILE* f = fopenCheck(path, "rb");
     float* z = (float*)mallocCheck(want);
     freadCheck(z, 1, want, f);
     fclose(f);
+    long long bad = first_nonfinite(z, (size_t)n * dim);
+    if (bad >= 0) {
+        fprintf(stderr, "Error: --init-noise '%s': value %lld is %g; allowed: finite numbers.\nHINT: the file is "
+                        "damaged; write n x %zu finite float32 values.\n", path, bad, z[bad], dim);
+        exit(EXIT_FAILURE);
+    }
     return z;
+}
+
+// an input path given on the command line: it must exist and be a regular file before anything reads it
+static void check_input(const char* path, const char* what, const char* hint) {
+    if (!path_exists(path)) {
+        fprintf(stderr, "Error: %s '%s' not found.\nHINT: %s\n", what, path, hint);
+        exit(EXIT_FAILURE);
+    }
+    check_regular_file(path, what);
+}
+
+// the outputs may not be (or replace) an input or each other, and their directories must be writable:
+// all checked before any sampling, so a bad path costs nothing and destroys nothing
+static void check_outputs(const SampleArgs* a, const char* vae_path) {
+    const char* inputs[3] = {a->checkpoint, vae_path, a->init_noise};
+    check_output_path("--out", a->out, inputs, 3);
+    if (a->out_raw == NULL) return;
+    check_output_path("--out-raw", a->out_raw, inputs, 3);
+    char out_full[8192], raw_full[8192];
+    path_resolve(a->out, out_full, sizeof(out_full));
+    path_resolve(a->out_raw, raw_full, sizeof(raw_full));
+    if (strcmp(out_full, raw_full) == 0) {
+        fprintf(stderr, "Error: --out and --out-raw are the same file '%s'.\nHINT: give them different paths.\n", a->out);
+        exit(EXIT_FAILURE);
+    }
 }
 
 int main(int argc, char** argv) {
@@ -114,16 +147,19 @@ int main(int argc, char** argv) {
                  g_device == DEVICE_CUDA ? "fast" : "tiny");
         printf("checkpoint: %s (no --checkpoint given)\n", a.checkpoint);
     }
-    if (!path_exists(a.checkpoint)) {
-        fprintf(stderr, "Error: checkpoint '%s' not found.\nHINT: train one with `./train_ldm` (after `./train_vae`), "
-                        "or pass --checkpoint PATH.\n", a.checkpoint);
-        return EXIT_FAILURE;
-    }
+    check_input(a.checkpoint, "U-Net checkpoint", "train one with `./train_ldm` (after `./train_vae`), or pass "
+                "--checkpoint PATH.");
+    if (a.vae_checkpoint) check_input(a.vae_checkpoint, "--vae-checkpoint", "check the path.");
+    if (a.init_noise) check_input(a.init_noise, "--init-noise file", "check the path.");
 
     // the U-Net (EMA weights) and its settings; all checks before any sampling
     UNet m;
     LDMMeta meta;
     unet_load_checkpoint(&m, &meta, a.checkpoint);
+    const char* vae_path = a.vae_checkpoint ? a.vae_checkpoint : meta.vae_path;
+    check_input(vae_path, a.vae_checkpoint ? "--vae-checkpoint" : "VAE checkpoint (stored in the U-Net checkpoint)",
+                "pass --vae-checkpoint PATH.");
+    check_outputs(&a, vae_path);
     int nc = m.cfg.num_classes;
     if (nc == 0 && a.class_id >= 0) {
         fprintf(stderr, "Error: --class %d, but '%s' is an unconditional model (num_classes 0).\n", a.class_id, a.checkpoint);
@@ -131,6 +167,11 @@ int main(int argc, char** argv) {
     }
     if (nc > 0 && a.class_id >= nc) {
         fprintf(stderr, "Error: --class %d, but the model has classes 0..%d.\n", a.class_id, nc - 1);
+        return EXIT_FAILURE;
+    }
+    if (a.out_raw && nc > 255) {
+        fprintf(stderr, "Error: --out-raw stores each label in one byte (255 = unconditional), but the model has %d "
+                        "classes.\nHINT: drop --out-raw, or write only --out.\n", nc);
         return EXIT_FAILURE;
     }
     if (nc == 0 && a.guidance_given) {
@@ -142,12 +183,6 @@ int main(int argc, char** argv) {
     size_t dim = (size_t)m.cfg.z_channels * m.cfg.in_res * m.cfg.in_res;
     float* noise = a.init_noise ? read_init_noise(a.init_noise, n, dim) : NULL;
 
-    const char* vae_path = a.vae_checkpoint ? a.vae_checkpoint : meta.vae_path;
-    if (!path_exists(vae_path)) {
-        fprintf(stderr, "Error: VAE checkpoint '%s' (%s) not found.\nHINT: pass --vae-checkpoint PATH.\n", vae_path,
-                a.vae_checkpoint ? "--vae-checkpoint" : "stored in the U-Net checkpoint");
-        return EXIT_FAILURE;
-    }
     char sha[65];
     sha256_file(vae_path, sha);
     if (strcmp(sha, meta.vae_sha256) != 0) {
@@ -156,6 +191,7 @@ int main(int argc, char** argv) {
     }
     VAE vae;
     vae_load_checkpoint(&vae, vae_path);
+    ldm_check_vae_latents(&vae.cfg, vae_path, &m.cfg);
     int B = a.batch_size < n ? a.batch_size : n;
     vae_alloc_activations(&vae, B);
     unet_alloc_activations(&m, nc > 0 ? 2 * B : B);
@@ -193,7 +229,8 @@ int main(int argc, char** argv) {
     if (a.out_raw) {
         uint8_t* rec = (uint8_t*)mallocCheck((size_t)n * CIFAR_RECORD_BYTES);
         image_to_cifar_records(rec, images, nc > 0 ? labels : NULL, n);
-        image_write_file_atomic(a.out_raw, rec, (size_t)n * CIFAR_RECORD_BYTES);
+        FileChunk chunk = {rec, (size_t)n * CIFAR_RECORD_BYTES};
+        file_write_atomic(a.out_raw, &chunk, 1);
         printf("wrote %s (%d CIFAR-10 records of %d bytes)\n", a.out_raw, n, CIFAR_RECORD_BYTES);
         free(rec);
     }

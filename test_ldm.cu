@@ -380,6 +380,7 @@ int main(int argc, char** argv) {
     test_data();
     test_tensorboard();
     test_schedules();
+    test_conv_determinism();
     run_device_tests(DEVICE_CPU);
     int count = 0;
     if (strcmp(want, "--cpu-only") != 0 && cudaGetDeviceCount(&count) == cudaSuccess && count > 0) {

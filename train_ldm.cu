@@ -23,7 +23,10 @@ training program. sample_ldm.cu and test_ldm.cu reuse the model with `#define TE
 #include "ldmc/diffusion.h"
 #include "ldmc/sha256.h"
 
-#define MAX_SKIPS 32
+#define UNET_MAX_NRES 4        // ResBlocks per down level (the up levels have one more)
+#define UNET_MAX_CLASSES 100000 // --num-classes' bound
+#define UNET_MAX_TDIM 4096
+#define MAX_SKIPS 32            // the skip stack: 1 + levels x nres + (levels - 1) <= 1 + 4 x 4 + 3 entries
 
 // ----------------------------------------------------------------------------
 // configuration and presets
@@ -65,24 +68,79 @@ static void unet_config_to_json(const UNetConfig* c, char* out, size_t n) {
              "\"heads\":%d,\"tdim\":%d}", c->nres, c->z_channels, c->num_classes, c->attn_res, c->heads, c->tdim);
 }
 
-static int unet_config_from_json(UNetConfig* c, const char* json) {
-    memset(c, 0, sizeof(*c));
-    int n_attn = 0;
-    if (json == NULL ||
-        json_get_string(json, "preset", c->preset, sizeof(c->preset)) != 0 ||
-        json_get_int(json, "ch", &c->ch) != 0 ||
-        json_get_int_array(json, "mult", c->mult, MAX_LEVELS, &c->levels) != 0 ||
-        json_get_int(json, "nres", &c->nres) != 0 ||
-        json_get_int(json, "z_channels", &c->z_channels) != 0 ||
-        json_get_int(json, "num_classes", &c->num_classes) != 0 ||
-        json_get_int_array(json, "attn_res", &c->attn_res, 1, &n_attn) != 0 ||
-        json_get_int(json, "heads", &c->heads) != 0 ||
-        json_get_int(json, "tdim", &c->tdim) != 0) return -1;
-    c->in_res = 8;
-    if (n_attn != 1 || c->ch <= 0 || c->ch % GN_GROUPS != 0 || c->levels < 1 || c->nres < 1 ||
-        c->num_classes < 0 || c->heads < 1 || c->tdim < 2 || c->tdim % 2 != 0 ||
-        (c->in_res >> (c->levels - 1)) < 1) return -1;
+// the resolution of level i (the latent side halved once per level below the first)
+static int unet_level_res(const UNetConfig* c, int i) { return c->in_res >> i; }
+
+// the heads must divide the channels of every attention block: the levels at attn_res and the middle
+static int unet_check_heads(const UNetConfig* c, Refusal* r) {
+    int mid = c->ch * c->mult[c->levels - 1];
+    char allowed[160];
+    int len = snprintf(allowed, sizeof(allowed), "a divisor of every attention block's channel count (%d", mid);
+    int ok = c->heads >= 1 && mid % c->heads == 0;
+    for (int i = 0; i < c->levels; i++) {
+        if (unet_level_res(c, i) != c->attn_res) continue;
+        int ch = c->ch * c->mult[i];
+        ok = ok && ch % c->heads == 0;
+        len += snprintf(allowed + len, sizeof(allowed) - len, ", %d", ch);
+    }
+    snprintf(allowed + len, sizeof(allowed) - len, ")");
+    return ok ? 0 : refusal_set(r, "config heads", allowed, "%d", c->heads);
+}
+
+// the validator of a U-Net config: 0 when the model code can build it, else -1 with r filled. The
+// latents are 8x8 and mult has at most MAX_LEVELS = 4 entries (config_read_mult), so the levels are
+// 8, 4, 2, 1 at most; attention runs at one of them.
+static int unet_config_check(const UNetConfig* c, Refusal* r) {
+    if (check_channels(r, "config ch", c->ch) || check_int_range(r, "config mult (levels)", c->levels, 1, MAX_LEVELS) ||
+        check_mults(r, c->mult, c->levels, c->ch) || check_int_range(r, "config nres", c->nres, 1, UNET_MAX_NRES) ||
+        check_int_range(r, "config z_channels", c->z_channels, 1, MODEL_MAX_Z) ||
+        check_int_range(r, "config num_classes", c->num_classes, 0, UNET_MAX_CLASSES)) return -1;
+    int attn_ok = 0;
+    char allowed[96];
+    int len = snprintf(allowed, sizeof(allowed), "one of the model's resolutions (");
+    for (int i = 0; i < c->levels; i++) {
+        attn_ok |= unet_level_res(c, i) == c->attn_res;
+        len += snprintf(allowed + len, sizeof(allowed) - len, "%s%d", i ? ", " : "", unet_level_res(c, i));
+    }
+    snprintf(allowed + len, sizeof(allowed) - len, ")");
+    if (!attn_ok) return refusal_set(r, "config attn_res", allowed, "[%d]", c->attn_res);
+    if (unet_check_heads(c, r)) return -1;
+    if (c->tdim < 2 || c->tdim > UNET_MAX_TDIM || c->tdim % 2 != 0) {
+        char tdim[64];
+        snprintf(tdim, sizeof(tdim), "an even integer in [2, %d]", UNET_MAX_TDIM);
+        return refusal_set(r, "config tdim", tdim, "%d", c->tdim);
+    }
     return 0;
+}
+
+// parses and validates the `config` JSON of a U-Net file: 0, or -1 with r filled
+static int unet_config_read(UNetConfig* c, const char* json, Refusal* r) {
+    memset(c, 0, sizeof(*c));
+    c->in_res = 8;
+    int attn[64], n_attn = 0;
+    if (json == NULL) return refusal_set(r, "the metadata 'config'", "a U-Net config (JSON)", "missing");
+    if (json_get_string(json, "preset", c->preset, sizeof(c->preset)) != 0) {
+        return config_unreadable(r, "preset", "a string of at most 15 bytes");
+    }
+    if (json_get_int(json, "ch", &c->ch) != 0) return config_unreadable(r, "ch", "an integer");
+    if (config_read_mult(json, c->mult, &c->levels, r) != 0) return -1;
+    if (json_get_int(json, "nres", &c->nres) != 0) return config_unreadable(r, "nres", "an integer");
+    if (json_get_int(json, "z_channels", &c->z_channels) != 0) return config_unreadable(r, "z_channels", "an integer");
+    if (json_get_int(json, "num_classes", &c->num_classes) != 0) return config_unreadable(r, "num_classes", "an integer");
+    if (json_get_int_array(json, "attn_res", attn, 64, &n_attn) != 0) {
+        return config_unreadable(r, "attn_res", "a list of one resolution");
+    }
+    if (n_attn != 1) return refusal_set(r, "config attn_res", "a list of one resolution", "%d entries", n_attn);
+    c->attn_res = attn[0];
+    if (json_get_int(json, "heads", &c->heads) != 0) return config_unreadable(r, "heads", "an integer");
+    if (json_get_int(json, "tdim", &c->tdim) != 0) return config_unreadable(r, "tdim", "an integer");
+    return unet_config_check(c, r);
+}
+
+// the same for callers that only need yes or no (the tests' reference files)
+static int unet_config_from_json(UNetConfig* c, const char* json) {
+    Refusal r;
+    return unet_config_read(c, json, &r);
 }
 
 // ----------------------------------------------------------------------------
@@ -107,16 +165,16 @@ typedef struct {
 
     Conv2d conv_in;
     float* h_in;                 // (B, ch, 8, 8)
-    TResBlock down_res[MAX_LEVELS][4];
-    AttnBlock down_attn[MAX_LEVELS][4];
+    TResBlock down_res[MAX_LEVELS][UNET_MAX_NRES];
+    AttnBlock down_attn[MAX_LEVELS][UNET_MAX_NRES];
     int has_attn[MAX_LEVELS];    // level's resolution == attn_res
     Conv2d downsample[MAX_LEVELS];
     float* down_out[MAX_LEVELS];
     TResBlock mid_res1, mid_res2;
     AttnBlock mid_attn;
-    TResBlock up_res[MAX_LEVELS][5];
-    AttnBlock up_attn[MAX_LEVELS][5];
-    float* up_cat[MAX_LEVELS][5];  // (B, C_h + C_skip, R, R) the ResBlock's input concat(h, skip)
+    TResBlock up_res[MAX_LEVELS][UNET_MAX_NRES + 1];
+    AttnBlock up_attn[MAX_LEVELS][UNET_MAX_NRES + 1];
+    float* up_cat[MAX_LEVELS][UNET_MAX_NRES + 1];  // (B, C_h + C_skip, R, R) the ResBlock's input concat(h, skip)
     float* up_nearest[MAX_LEVELS];
     Conv2d up_conv[MAX_LEVELS];
     float* up_out[MAX_LEVELS];
@@ -493,23 +551,44 @@ static void unet_save_checkpoint(const UNet* m, const float* host_weights, const
     st_writer_free(&w);
 }
 
-// the U-Net metadata every U-Net file carries (checkpoint or training state): config, latent_scale,
-// schedule and the VAE it was trained on
-static void unet_read_meta(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
+// 0 when the metadata besides the config are usable (latent_scale finite and > 0, a known schedule, a VAE
+// path and a sha256 of 64 hex digits), else -1 with r filled
+static int unet_meta_read(const SafeTensors* st, LDMMeta* meta, Refusal* r) {
     const char* scale = safetensors_meta(st, "latent_scale");
     const char* sched = safetensors_meta(st, "schedule");
     const char* vae = safetensors_meta(st, "vae_checkpoint");
     const char* sha = safetensors_meta(st, "vae_sha256");
-    if (unet_config_from_json(cfg, safetensors_meta(st, "config")) != 0 || scale == NULL || sched == NULL ||
-        vae == NULL || sha == NULL || (strcmp(sched, "cosine") != 0 && strcmp(sched, "linear") != 0)) {
-        fprintf(stderr, "Error: '%s' lacks U-Net metadata (config, latent_scale, schedule, vae_checkpoint, "
-                        "vae_sha256) or has unreadable values.\n", path);
-        exit(EXIT_FAILURE);
+    char* end = NULL;
+    float v = scale != NULL ? strtof(scale, &end) : NAN;   // a value beyond float's range becomes inf
+    if (scale == NULL || end == scale || *end != '\0') {
+        return refusal_set(r, "metadata latent_scale", "a finite number > 0 (1 / std of the VAE latents)", "'%s'",
+                           scale ? scale : "(missing)");
     }
-    meta->latent_scale = strtof(scale, NULL);
+    if (check_float_range(r, "metadata latent_scale", v, 0.0, INFINITY, 1)) return -1;
+    meta->latent_scale = v;
+    if (sched == NULL || (strcmp(sched, "cosine") != 0 && strcmp(sched, "linear") != 0)) {
+        return refusal_set(r, "metadata schedule", "cosine or linear", "'%s'", sched ? sched : "(missing)");
+    }
     meta->schedule = strcmp(sched, "cosine") == 0 ? SCHEDULE_COSINE : SCHEDULE_LINEAR;
+    if (vae == NULL || vae[0] == '\0' || strlen(vae) >= sizeof(meta->vae_path)) {
+        return refusal_set(r, "metadata vae_checkpoint", "the path of the VAE checkpoint (1 to 511 bytes)", "%s",
+                           vae == NULL ? "missing" : vae[0] == '\0' ? "empty" : "too long");
+    }
     snprintf(meta->vae_path, sizeof(meta->vae_path), "%s", vae);
+    if (sha == NULL || strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64) {
+        return refusal_set(r, "metadata vae_sha256", "64 lowercase hex digits", "'%.70s'", sha ? sha : "(missing)");
+    }
     snprintf(meta->vae_sha256, sizeof(meta->vae_sha256), "%s", sha);
+    return 0;
+}
+
+// the validator of the U-Net metadata every U-Net file carries (checkpoint or training state): config,
+// latent_scale, schedule and the VAE it was trained on
+static void unet_read_meta(const SafeTensors* st, const char* path, UNetConfig* cfg, LDMMeta* meta) {
+    Refusal r;
+    if (unet_config_read(cfg, safetensors_meta(st, "config"), &r) != 0 || unet_meta_read(st, meta, &r) != 0) {
+        refuse(path, &r, FILE_DAMAGED_HINT);
+    }
 }
 
 // reads a U-Net checkpoint's config and metadata; the file must be one of ours and a U-Net
@@ -600,6 +679,15 @@ static void ldm_sample_images(UNet* m, VAE* vae, const LDMMeta* meta, Sampler sa
         dev_to_host(images + start * img, vae->dec.out, b * img * sizeof(float));
     }
     free(z); free(c.zbuf); free(c.ebuf); free(c.tbuf); free(c.lbuf);
+}
+
+// the VAE's latents must be what the U-Net takes: z_channels channels of in_res x in_res
+static void ldm_check_vae_latents(const VAEConfig* vae, const char* vae_path, const UNetConfig* unet) {
+    if (vae->z_channels == unet->z_channels && vae_latent_res(vae) == unet->in_res) return;
+    fprintf(stderr, "Error: VAE checkpoint '%s' makes %dx%dx%d latents; the U-Net takes %dx%dx%d.\nHINT: use the VAE "
+                    "the U-Net was trained with (or a VAE with z_channels %d).\n", vae_path, vae->z_channels,
+            vae_latent_res(vae), vae_latent_res(vae), unet->z_channels, unet->in_res, unet->in_res, unet->z_channels);
+    exit(EXIT_FAILURE);
 }
 
 #ifdef TRAIN_LDM_MAIN
@@ -797,20 +885,22 @@ static void ldm_write_preview(UNet* m, VAE* vae, const LDMMeta* meta, float guid
 #define LDM_NUM_SETTINGS 7
 static void ldm_settings(LDMTrainArgs* a, long* total_steps, Setting* s) {
     Setting t[LDM_NUM_SETTINGS] = {
-        {"batch_size", SETTING_INT, &a->t.batch_size, (a->t.given & GIVEN_BATCH) != 0},
-        {"lr", SETTING_FLOAT, &a->t.lr, (a->t.given & GIVEN_LR) != 0},
-        {"warmup_steps", SETTING_LONG, &a->warmup_steps, a->warmup_given},
-        {"cfg_dropout", SETTING_FLOAT, &a->cfg_dropout, a->cfg_dropout_given},
-        {"ema_decay", SETTING_FLOAT, &a->ema_decay, a->ema_given},
-        {"total_steps", SETTING_LONG, total_steps, 0},
-        {"seed", SETTING_U64, &a->t.seed, (a->t.given & GIVEN_SEED) != 0},
+        {"batch_size", SETTING_INT, &a->t.batch_size, (a->t.given & GIVEN_BATCH) != 0, 1, 65536},
+        {"lr", SETTING_FLOAT, &a->t.lr, (a->t.given & GIVEN_LR) != 0, 0, 10},
+        {"warmup_steps", SETTING_LONG, &a->warmup_steps, a->warmup_given, 0, TRAIN_MAX_STEPS},
+        {"cfg_dropout", SETTING_FLOAT, &a->cfg_dropout, a->cfg_dropout_given, 0, 1},
+        {"ema_decay", SETTING_FLOAT, &a->ema_decay, a->ema_given, 0, 1},
+        {"total_steps", SETTING_LONG, total_steps, 0, 1, TRAIN_MAX_STEPS},
+        {"seed", SETTING_U64, &a->t.seed, (a->t.given & GIVEN_SEED) != 0, 0, 2147483647},
     };
     memcpy(s, t, sizeof(t));
 }
 
-// state.safetensors: weights, AdamW moments, EMA, step — everything --resume needs
+// state.safetensors: weights, AdamW moments, EMA, step — everything --resume needs; refused (the last
+// good state kept) when the weights or the EMA are not finite
 static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* meta, const char* args_json,
                            const char* path) {
+    train_check_finite(&m->ps, opt, path);
     SafeTensorsWriter w;
     st_writer_init(&w);
     unet_add_meta(&w, m, meta, "unet-train-state");
@@ -819,8 +909,20 @@ static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* me
     st_writer_free(&w);
 }
 
-// reads the state of a run to resume: its config, schedule, VAE and settings replace the flags' (a
-// flag that contradicts them is an error)
+// the number of parameters of a U-Net of this config (the model registered, nothing allocated)
+static size_t unet_param_count(const UNetConfig* cfg) {
+    UNet* m = (UNet*)mallocCheck(sizeof(UNet));
+    unet_build(m, cfg);
+    size_t n = m->ps.total;
+    params_free(&m->ps);
+    free(m);
+    return n;
+}
+
+// the validator of a U-Net training state, run before anything else of --resume: its config and
+// metadata (unet_read_meta), settings (each within its flag's range) and tensors, the EMA included
+// (train_check_state_tensors). Its config, schedule, VAE and settings replace the flags' (a flag that
+// contradicts them is an error).
 static void ldm_read_state(TrainRun* run, LDMTrainArgs* a, LDMMeta* meta) {
     const char* targs = train_read_state(run, "unet-train-state", "a train_ldm training state");
     const char* path = run->state_path;
@@ -849,6 +951,7 @@ static void ldm_read_state(TrainRun* run, LDMTrainArgs* a, LDMMeta* meta) {
     Setting s[LDM_NUM_SETTINGS];
     ldm_settings(a, &run->resumed_total, s);
     settings_resume(s, LDM_NUM_SETTINGS, targs, path);
+    train_check_state_tensors(run, unet_param_count(&cfg), 1);
 }
 
 // eval_batch.safetensors: a fixed batch of test latents (z0, t, eps, labels) and our loss with the
@@ -947,13 +1050,15 @@ static void ldm_bench(const LDMTrainArgs* a) {
 // ----------------------------------------------------------------------------
 // training
 
-// the frozen VAE: it must exist, and a resumed run must use the very VAE it was trained with
+// the frozen VAE: it must exist, be a regular file (checked before it is hashed), make the latents the
+// U-Net takes, and for a resumed run be the very VAE it was trained with
 static void ldm_load_vae(VAE* vae, const LDMTrainArgs* a, LDMMeta* meta) {
     if (!path_exists(a->vae_path)) {
         fprintf(stderr, "Error: VAE checkpoint '%s' not found.\nHINT: train one first with `./train_vae%s`, or "
                         "pass --vae-checkpoint PATH.\n", a->vae_path, g_device == DEVICE_CUDA ? " --preset fast" : "");
         exit(EXIT_FAILURE);
     }
+    check_regular_file(a->vae_path, "VAE checkpoint");
     char sha[65];
     sha256_file(a->vae_path, sha);
     if (a->t.resume && strcmp(sha, meta->vae_sha256) != 0) {
@@ -963,6 +1068,7 @@ static void ldm_load_vae(VAE* vae, const LDMTrainArgs* a, LDMMeta* meta) {
         exit(EXIT_FAILURE);
     }
     vae_load_checkpoint(vae, a->vae_path);
+    ldm_check_vae_latents(&vae->cfg, a->vae_path, &a->cfg);
     snprintf(meta->vae_path, sizeof(meta->vae_path), "%s", a->vae_path);
     snprintf(meta->vae_sha256, sizeof(meta->vae_sha256), "%s", sha);
     meta->schedule = a->schedule;

@@ -26,10 +26,12 @@ training program. train_ldm.cu reuses the model with `#define TESTING` + `#inclu
 #include "ldmc/tensorboard.h"
 #include "ldmc/run.h"
 #include "ldmc/train.h"
+#include "ldmc/validate.h"
 
 #define IMG_C 3
 #define IMG_RES 32
 #define MAX_LEVELS 4
+#define VAE_MAX_NRES 4     // ResBlocks per encoder level (the decoder has one more)
 
 // ----------------------------------------------------------------------------
 // configuration and presets
@@ -68,16 +70,77 @@ static void vae_config_to_json(const VAEConfig* c, char* out, size_t n) {
     snprintf(out + len, n - len, "],\"nres\":%d,\"z_channels\":%d}", c->nres, c->z_channels);
 }
 
-static int vae_config_from_json(VAEConfig* c, const char* json) {
-    memset(c, 0, sizeof(*c));
-    if (json_get_string(json, "preset", c->preset, sizeof(c->preset)) != 0) return -1;
-    if (json_get_int(json, "ch", &c->ch) != 0) return -1;
-    if (json_get_int_array(json, "mult", c->mult, MAX_LEVELS, &c->levels) != 0) return -1;
-    if (json_get_int(json, "nres", &c->nres) != 0) return -1;
-    if (json_get_int(json, "z_channels", &c->z_channels) != 0) return -1;
-    // the spatial path 32 -> 8 is fixed by the latent-diffusion design (8x8x4 latents)
-    if (c->ch <= 0 || c->ch % GN_GROUPS != 0 || c->levels != 3 || c->nres <= 0 || c->z_channels <= 0) return -1;
+// the largest config values the model code supports: ResBlocks per level (the arrays of Encoder and
+// Decoder), channels and latent channels (so that every per-image product of them fits an int)
+#define MODEL_MAX_CHANNELS 2048
+#define MODEL_MAX_Z 64
+
+// a channel count every GroupNorm can split into its GN_GROUPS groups
+static int check_channels(Refusal* r, const char* field, int ch) {
+    if (ch >= GN_GROUPS && ch <= MODEL_MAX_CHANNELS && ch % GN_GROUPS == 0) return 0;
+    char allowed[96];
+    snprintf(allowed, sizeof(allowed), "a multiple of %d (GroupNorm's groups) in [%d, %d]", GN_GROUPS, GN_GROUPS,
+             MODEL_MAX_CHANNELS);
+    return refusal_set(r, field, allowed, "%d", ch);
+}
+
+// the channel multipliers: `levels` entries, ch x mult within the channel bound
+static int check_mults(Refusal* r, const int* mult, int levels, int ch) {
+    for (int i = 0; i < levels; i++) {
+        char field[32];
+        snprintf(field, sizeof(field), "config mult[%d]", i);
+        if (check_int_range(r, field, mult[i], 1, MODEL_MAX_CHANNELS / ch)) return -1;
+    }
     return 0;
+}
+
+// the validator of a VAE config: 0 when the model code can build it, else -1 with r filled.
+// The spatial path 32 -> 16 -> 8 is fixed by the latent-diffusion design (8x8 latents): 3 levels.
+static int vae_config_check(const VAEConfig* c, Refusal* r) {
+    if (c->levels != 3) return refusal_set(r, "config mult", "3 entries (32 -> 16 -> 8: the latents are 8x8)", "%d entries", c->levels);
+    if (check_channels(r, "config ch", c->ch) || check_mults(r, c->mult, c->levels, c->ch)) return -1;
+    if (check_int_range(r, "config nres", c->nres, 1, VAE_MAX_NRES)) return -1;
+    return check_int_range(r, "config z_channels", c->z_channels, 1, MODEL_MAX_Z);
+}
+
+// a field json_get_* could not read
+static int config_unreadable(Refusal* r, const char* key, const char* allowed) {
+    char field[64];
+    snprintf(field, sizeof(field), "config %s", key);
+    return refusal_set(r, field, allowed, "missing or unreadable");
+}
+
+// the multipliers list: at most MAX_LEVELS entries are kept, but the count is the list's own
+static int config_read_mult(const char* json, int* mult, int* levels, Refusal* r) {
+    int all[64];
+    if (json_get_int_array(json, "mult", all, 64, levels) != 0) return config_unreadable(r, "mult", "a list of integers");
+    if (*levels < 1 || *levels > MAX_LEVELS) {
+        char allowed[64];
+        snprintf(allowed, sizeof(allowed), "1 to %d entries", MAX_LEVELS);
+        return refusal_set(r, "config mult", allowed, "%d entries", *levels);
+    }
+    memcpy(mult, all, *levels * sizeof(int));
+    return 0;
+}
+
+// parses and validates the `config` JSON of a VAE file: 0, or -1 with r filled
+static int vae_config_read(VAEConfig* c, const char* json, Refusal* r) {
+    memset(c, 0, sizeof(*c));
+    if (json == NULL) return refusal_set(r, "the metadata 'config'", "a VAE config (JSON)", "missing");
+    if (json_get_string(json, "preset", c->preset, sizeof(c->preset)) != 0) {
+        return config_unreadable(r, "preset", "a string of at most 15 bytes");
+    }
+    if (json_get_int(json, "ch", &c->ch) != 0) return config_unreadable(r, "ch", "an integer");
+    if (config_read_mult(json, c->mult, &c->levels, r) != 0) return -1;
+    if (json_get_int(json, "nres", &c->nres) != 0) return config_unreadable(r, "nres", "an integer");
+    if (json_get_int(json, "z_channels", &c->z_channels) != 0) return config_unreadable(r, "z_channels", "an integer");
+    return vae_config_check(c, r);
+}
+
+// the same for callers that only need yes or no (the tests' reference files)
+static int vae_config_from_json(VAEConfig* c, const char* json) {
+    Refusal r;
+    return vae_config_read(c, json, &r);
 }
 
 // ----------------------------------------------------------------------------
@@ -86,7 +149,7 @@ static int vae_config_from_json(VAEConfig* c, const char* json) {
 typedef struct {
     Conv2d conv_in;
     float* h_in;                       // (B, ch, 32, 32)
-    ResBlock res[MAX_LEVELS][4];       // [level][block]
+    ResBlock res[MAX_LEVELS][VAE_MAX_NRES];   // [level][block]
     Conv2d down[MAX_LEVELS];           // stride-2 conv after every level but the last
     const float* down_in[MAX_LEVELS];  // its input (the level's last output)
     float* down_out[MAX_LEVELS];       // (B, C_i, R/2, R/2)
@@ -100,7 +163,7 @@ typedef struct {
     Conv2d conv_in;
     float* h_in;                       // (B, ch*mult[-1], 8, 8)
     ResBlock mid[2];
-    ResBlock res[MAX_LEVELS][5];       // [level][block], nres + 1 blocks per level
+    ResBlock res[MAX_LEVELS][VAE_MAX_NRES + 1];  // [level][block], nres + 1 blocks per level
     float* up_nearest[MAX_LEVELS];     // (B, C_i, 2R, 2R) nearest x2 of the level's output
     Conv2d up_conv[MAX_LEVELS];        // 3x3 conv after the nearest upsample (levels > 0)
     float* up_out[MAX_LEVELS];         // (B, C_i, 2R, 2R)
@@ -432,11 +495,8 @@ static void vae_save_checkpoint(const VAE* m, const char* path) {
 
 // the VAE config every VAE file carries (checkpoint or training state)
 static void vae_read_config(const SafeTensors* st, const char* path, VAEConfig* cfg) {
-    const char* config = safetensors_meta(st, "config");
-    if (config == NULL || vae_config_from_json(cfg, config) != 0) {
-        fprintf(stderr, "Error: '%s' has no readable VAE config: %s\n", path, config ? config : "(none)");
-        exit(EXIT_FAILURE);
-    }
+    Refusal r;
+    if (vae_config_read(cfg, safetensors_meta(st, "config"), &r) != 0) refuse(path, &r, FILE_DAMAGED_HINT);
 }
 
 // reads a VAE checkpoint's config: the file must be one of ours and a VAE
@@ -505,18 +565,20 @@ static float kl_weight_at(float kl_weight, long step, long warmup) {
 #define VAE_NUM_SETTINGS 6
 static void vae_settings(VAETrainArgs* a, long* total_steps, Setting* s) {
     Setting t[VAE_NUM_SETTINGS] = {
-        {"batch_size", SETTING_INT, &a->t.batch_size, (a->t.given & GIVEN_BATCH) != 0},
-        {"lr", SETTING_FLOAT, &a->t.lr, (a->t.given & GIVEN_LR) != 0},
-        {"kl_weight", SETTING_FLOAT, &a->kl_weight, a->kl_weight_given},
-        {"kl_warmup_steps", SETTING_LONG, &a->kl_warmup_steps, a->kl_warmup_given},
-        {"total_steps", SETTING_LONG, total_steps, 0},
-        {"seed", SETTING_U64, &a->t.seed, (a->t.given & GIVEN_SEED) != 0},
+        {"batch_size", SETTING_INT, &a->t.batch_size, (a->t.given & GIVEN_BATCH) != 0, 1, 65536},
+        {"lr", SETTING_FLOAT, &a->t.lr, (a->t.given & GIVEN_LR) != 0, 0, 10},
+        {"kl_weight", SETTING_FLOAT, &a->kl_weight, a->kl_weight_given, 0, 1e6},
+        {"kl_warmup_steps", SETTING_LONG, &a->kl_warmup_steps, a->kl_warmup_given, 0, TRAIN_MAX_STEPS},
+        {"total_steps", SETTING_LONG, total_steps, 0, 1, TRAIN_MAX_STEPS},
+        {"seed", SETTING_U64, &a->t.seed, (a->t.given & GIVEN_SEED) != 0, 0, 2147483647},
     };
     memcpy(s, t, sizeof(t));
 }
 
-// state.safetensors: everything --resume needs (weights, AdamW moments, step, settings)
+// state.safetensors: everything --resume needs (weights, AdamW moments, step, settings); refused (the
+// last good state kept) when the weights are not finite
 static void vae_save_state(const VAE* m, const OptState* opt, const char* args_json, const char* path) {
+    train_check_finite(&m->ps, opt, path);
     SafeTensorsWriter w;
     st_writer_init(&w);
     vae_add_meta(&w, m, "vae-train-state");
@@ -525,8 +587,19 @@ static void vae_save_state(const VAE* m, const OptState* opt, const char* args_j
     st_writer_free(&w);
 }
 
-// reads the state of a run to resume: its config and settings replace the flags' (a flag that
-// contradicts them is an error)
+// the number of parameters of a VAE of this config (the model registered, nothing allocated)
+static size_t vae_param_count(const VAEConfig* cfg) {
+    VAE* m = (VAE*)mallocCheck(sizeof(VAE));
+    vae_build(m, cfg);
+    size_t n = m->ps.total;
+    params_free(&m->ps);
+    free(m);
+    return n;
+}
+
+// the validator of a VAE training state, run before anything else of --resume: its config, settings
+// (each within its flag's range) and tensors (train_check_state_tensors). Its config and settings
+// replace the flags' (a flag that contradicts them is an error).
 static void vae_read_state(TrainRun* run, VAETrainArgs* a) {
     const char* targs = train_read_state(run, "vae-train-state", "a train_vae training state");
     VAEConfig cfg;
@@ -542,6 +615,7 @@ static void vae_read_state(TrainRun* run, VAETrainArgs* a) {
     Setting s[VAE_NUM_SETTINGS];
     vae_settings(a, &run->resumed_total, s);
     settings_resume(s, VAE_NUM_SETTINGS, targs, run->state_path);
+    train_check_state_tensors(run, vae_param_count(&cfg), 0);
 }
 
 // writes the first n test images beside their reconstructions (pairs in columns: image,

@@ -1,13 +1,15 @@
 // data/cifar10_from_folders.c — turns an image-folder tree into CIFAR-10's official binary layout,
 // and checks such a layout.
 //   cifar10_from_folders <image-folder-root> <out-dir>
-//       reads <root>/train/<class>/* and <root>/test/<class>/* (32x32 images, any format stb_image
-//       decodes: JPEG, PNG, BMP, PPM, ...), writes <out-dir>/data_batch_1..5.bin, test_batch.bin and
+//       reads <root>/train/<class>/* and <root>/test/<class>/* (32x32 JPEG or PNG images, decoded by
+//       data/image_decode.h), writes <out-dir>/data_batch_1..5.bin, test_batch.bin and
 //       batches.meta.txt. A record is <1 label byte><1024 R><1024 G><1024 B>, row-major 32x32, and
 //       every file holds 10,000 records (30,730,000 bytes), exactly as the official files.
 //   cifar10_from_folders --check <dir>          sizes, labels 0..9 and per-class counts of the six files
 //   cifar10_from_folders --check-cifar10 <dir>  the same, and the counts must be CIFAR-10's
 //                                               (5,000 per class in train, 1,000 in test)
+// Every entry of a class folder must be such an image (hidden files aside): a subfolder, FIFO or
+// device there is an error, and a file's size and type are checked before it is read.
 // Class order is CIFAR-10's (airplane ... truck) when the folder names are exactly CIFAR-10's ten,
 // else alphabetical (byte order); it is written to batches.meta.txt, one name a line.
 // Records are shuffled with a fixed seed (splitmix64 + Fisher-Yates, no libc rand) so every file
@@ -17,7 +19,8 @@
 // and the summary says so.
 // Outputs are written under temporary names and renamed only once all of them are complete, so a
 // killed conversion never leaves a half-written file under a final name.
-// Plain C: cc -O2 -o data/cifar10_from_folders data/cifar10_from_folders.c -lm
+// Plain C: cc -O2 -o data/cifar10_from_folders data/cifar10_from_folders.c -ljpeg -lm
+//   (needs stb_image.h and libjpeg's headers: Debian's libstb-dev and libjpeg62-turbo-dev)
 #define _POSIX_C_SOURCE 200809L  // clock_gettime, fsync, fileno, opendir under a strict -std=c99 too
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,23 +29,10 @@
 #include <errno.h>
 #include <time.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <sys/stat.h>
-
-// stb_image is header-only: the implementation is compiled into this one translation unit, so no
-// -lstb is needed. Debian's libstb-dev installs it as <stb/stb_image.h>; a plain <stb_image.h>
-// on the include path (-I) is taken first.
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_FAILURE_USERMSG
-#if defined(__has_include)
-#if __has_include(<stb_image.h>)
-#include <stb_image.h>
-#else
-#include <stb/stb_image.h>
-#endif
-#else
-#include <stb/stb_image.h>
-#endif
+#include "image_decode.h"  // JPEG (libjpeg-turbo) and PNG (stb_image) -> one record's pixels
 
 // ----------------------------------------------------------------------------
 // the layout
@@ -121,7 +111,33 @@ static void names_free(NameList* l) {
 
 static int cmp_str(const void* a, const void* b) { return strcmp(*(char* const*)a, *(char* const*)b); }
 
-// entries of `dir` that are directories (want_dirs) or regular files (!want_dirs), sorted by name
+static const char* file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+// errors while decoding first end the "decoding train: N images ..." line on stdout
+static int g_progress_line_open = 0;
+static void end_progress_line(void) {
+    if (!g_progress_line_open) return;
+    printf("\n");
+    fflush(stdout);
+    g_progress_line_open = 0;
+}
+
+static void not_an_image_file(const char* path, const char* what) {
+    end_progress_line();
+    fprintf(stderr, "Error: '%s' is %s, not an image file.\n"
+                    "HINT: a class folder holds only its 32x32 JPEG or PNG images; move the rest out.\n", path, what);
+    exit(EXIT_FAILURE);
+}
+
+// want_dirs: the subdirectories of `dir` (other entries are skipped); else its entries, which must
+// all be regular files (or links to them); sorted by name, hidden entries skipped
 static NameList list_dir(const char* dir, int want_dirs) {
     NameList l = {NULL, 0, 0};
     DIR* d = opendir(dir);
@@ -136,8 +152,16 @@ static NameList list_dir(const char* dir, int want_dirs) {
         if (e->d_name[0] == '.') continue;  // ".", "..", and hidden files such as .DS_Store
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
         struct stat st;
-        if (stat(path, &st) != 0) continue;  // a dangling link: nothing to read
-        if (want_dirs ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)) names_push(&l, e->d_name);
+        if (stat(path, &st) != 0) {
+            if (want_dirs) continue;
+            not_an_image_file(path, "a dangling link or unreadable");
+        }
+        if (want_dirs) {
+            if (S_ISDIR(st.st_mode)) names_push(&l, e->d_name);
+        } else {
+            if (!S_ISREG(st.st_mode)) not_an_image_file(path, file_kind(st.st_mode));
+            names_push(&l, e->d_name);
+        }
     }
     closedir(d);
     qsort(l.names, (size_t)l.n, sizeof(char*), cmp_str);
@@ -216,6 +240,42 @@ typedef struct {
     int count[MAX_CLASSES];
 } Split;
 
+// the bytes of image file `path` (*n of them), or exit with a message naming it. The type and size
+// are checked on the open descriptor before reading: opened non-blocking, so a FIFO put in place
+// of a file after the listing cannot hang the read.
+static uint8_t* read_image_file(const char* path, size_t* n) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        end_progress_line();
+        fprintf(stderr, "Error: cannot open '%s': %s\n", path, strerror(errno));
+        exit(EXIT_FAILURE);
+    }
+    if (!S_ISREG(st.st_mode)) not_an_image_file(path, file_kind(st.st_mode));
+    if (st.st_size > DECODE_MAX_FILE_BYTES) {
+        end_progress_line();
+        fprintf(stderr, "Error: '%s' is %lld bytes, more than the %d a 32x32 image could need.\n"
+                        "HINT: a class folder holds only its 32x32 JPEG or PNG images; move the rest out.\n",
+                path, (long long)st.st_size, DECODE_MAX_FILE_BYTES);
+        exit(EXIT_FAILURE);
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    uint8_t* bytes = (uint8_t*)xmalloc(size + 1);
+    while (got < size) {
+        ssize_t r = read(fd, bytes + got, size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            end_progress_line();
+            fprintf(stderr, "Error: cannot read '%s': %s\n", path, r < 0 ? strerror(errno) : "it shrank while being read");
+            exit(EXIT_FAILURE);
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    *n = size;
+    return bytes;
+}
+
 // decode <root>/<split>/<class>/* into CIFAR records; every image must be 32x32
 static Split read_split(const char* root, const char* split, const Classes* c) {
     Split s;
@@ -235,40 +295,34 @@ static Split read_split(const char* root, const char* split, const Classes* c) {
     s.records = (uint8_t*)xmalloc((size_t)s.n * RECORD_BYTES);
     printf("decoding %s: %d images ...", split, s.n);
     fflush(stdout);
+    g_progress_line_open = 1;
     double t0 = now_seconds();
     int r = 0;
     for (int k = 0; k < c->n; k++) {
         for (int i = 0; i < files[k].n; i++, r++) {
             snprintf(path, sizeof(path), "%s/%s/%s/%s", root, split, c->names[k], files[k].names[i]);
-            int w, h, ch;
-            uint8_t* px = stbi_load(path, &w, &h, &ch, 3);  // force RGB: grey or RGBA images become RGB
-            if (px == NULL) {
-                printf("\n");  // end the progress line before the error
-                fflush(stdout);
-                fprintf(stderr, "Error: cannot decode '%s': %s\n"
-                                "HINT: every file in a class folder must be an image (JPEG, PNG, BMP, PPM, ...); remove the others.\n",
-                        path, stbi_failure_reason());
-                exit(EXIT_FAILURE);
-            }
-            if (w != IMG_SIZE || h != IMG_SIZE) {
-                printf("\n");
-                fflush(stdout);
-                fprintf(stderr, "Error: '%s' is %dx%d; every image must be %dx%d.\n"
-                                "HINT: resize the images to 32x32 first (e.g. ImageMagick: mogrify -resize 32x32! <files>).\n",
-                        path, w, h, IMG_SIZE, IMG_SIZE);
-                exit(EXIT_FAILURE);
-            }
-            // interleaved RGBRGB... (stb) -> planar R plane, G plane, B plane (CIFAR)
+            size_t n;
+            uint8_t* bytes = read_image_file(path, &n);
             uint8_t* rec = s.records + (size_t)r * RECORD_BYTES;
             rec[0] = (uint8_t)k;
-            for (int p = 0; p < IMG_SIZE * IMG_SIZE; p++) {
-                for (int q = 0; q < 3; q++) rec[1 + q * IMG_SIZE * IMG_SIZE + p] = px[3 * p + q];
+            char why[JMSG_LENGTH_MAX + 128];
+            DecodeResult res = decode_image_32(bytes, n, rec + 1, why, sizeof(why));
+            free(bytes);
+            if (res != DECODE_OK) {
+                end_progress_line();
+                fprintf(stderr, "Error: '%s' %s.\n", path, why);
+                if (res == DECODE_BAD_SIZE) {
+                    fprintf(stderr, "HINT: resize the images to 32x32 RGB first (e.g. ImageMagick: mogrify -resize 32x32! <files>).\n");
+                } else {
+                    fprintf(stderr, "HINT: every file in a class folder must be a 32x32 JPEG or PNG image; remove the others.\n");
+                }
+                exit(EXIT_FAILURE);
             }
-            stbi_image_free(px);
         }
         names_free(&files[k]);
     }
     printf(" done in %.1fs\n", now_seconds() - t0);
+    g_progress_line_open = 0;
     return s;
 }
 

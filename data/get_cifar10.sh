@@ -39,12 +39,13 @@ sha256_of() {
     else shasum -a 256 "$1" | cut -d' ' -f1; fi
 }
 
-# the converter is also the validator; rebuilt when its source is newer
+# the converter is also the validator; rebuilt when its sources are newer
 build_converter() {
-    if [ ! -x "$CONVERTER" ] || [ "$REPO_ROOT/data/cifar10_from_folders.c" -nt "$CONVERTER" ]; then
+    if [ ! -x "$CONVERTER" ] || [ "$REPO_ROOT/data/cifar10_from_folders.c" -nt "$CONVERTER" ] \
+       || [ "$REPO_ROOT/data/image_decode.h" -nt "$CONVERTER" ]; then
         echo "building $CONVERTER"
-        "${CC:-cc}" -O2 -o "$CONVERTER" "$REPO_ROOT/data/cifar10_from_folders.c" -lm \
-            || die "could not build the converter (needs a C compiler and stb_image.h: apt install libstb-dev)."
+        "${CC:-cc}" -O2 -o "$CONVERTER" "$REPO_ROOT/data/cifar10_from_folders.c" -ljpeg -lm \
+            || die "could not build the converter (needs a C compiler, stb_image.h and libjpeg: apt install libstb-dev libjpeg62-turbo-dev)."
     fi
 }
 

@@ -5,8 +5,9 @@ Reads ldm.c's TensorBoard event files back with the `tensorboard` package and ch
 
 Every directory under RUN_DIR holding events.out.tfevents.* files is one TensorBoard run. For each:
   - every file's TFRecord framing and both CRCs of every record are verified here (CRC32C from
-    tensorboard's own implementation, not ours), every record parses as a tensorboard.Event, and
-    the first record carries file_version "brain.Event:2";
+    tensorboard's own implementation, not ours), every record parses as a tensorboard.Event, the
+    first record carries file_version "brain.Event:2"; the second one's SessionLog START step is
+    shown (TensorBoard drops what earlier files of the run logged from that step on);
   - the run is loaded with TensorBoard's EventAccumulator, which lists scalar tags (number of
     values, steps, last value) and image tags (number of images, sizes, steps); each image's PNG
     header must agree with the height and width its record states.
@@ -24,11 +25,12 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 
 def check_file(path):
-    """Verifies framing, CRCs and Event parsing; returns (number of records, list of problems)."""
+    """Verifies framing, CRCs and Event parsing; returns (number of records, START step or None,
+    list of problems)."""
     problems = []
     with open(path, "rb") as f:
         data = f.read()
-    pos, n = 0, 0
+    pos, n, start = 0, 0, None
     while pos < len(data):
         if len(data) - pos < 16:
             problems.append(f"truncated record header at byte {pos} ({len(data) - pos} bytes left)")
@@ -53,11 +55,13 @@ def check_file(path):
             event = None
         if n == 0 and (event is None or event.file_version != "brain.Event:2"):
             problems.append("first record is not the file_version \"brain.Event:2\" record")
+        if n == 1 and event is not None and event.session_log.status == event_pb2.SessionLog.START:
+            start = event.step  # files written before tb_open wrote START have none
         pos += 16 + length
         n += 1
     if n == 0:
         problems.append("no records")
-    return n, problems
+    return n, start, problems
 
 
 def png_size(png):
@@ -72,13 +76,13 @@ def check_run(run_dir, files):
     problems = []
     print(f"run {run_dir}")
     for name in files:
-        n, file_problems = check_file(os.path.join(run_dir, name))
-        print(f"  {name}: {n} records, CRCs {'ok' if not file_problems else 'BAD'}")
+        n, start, file_problems = check_file(os.path.join(run_dir, name))
+        print(f"  {name}: {n} records, START at step {start}, CRCs {'ok' if not file_problems else 'BAD'}")
         problems += [f"{name}: {p}" for p in file_problems]
 
-    # everything kept (size 0 = no limit), nothing purged, so the counts are the files' own
+    # everything kept (size 0 = no limit), and what a resume repeats purged, as TensorBoard shows it
     guidance = {k: 0 for k in event_accumulator.DEFAULT_SIZE_GUIDANCE}
-    acc = event_accumulator.EventAccumulator(run_dir, size_guidance=guidance, purge_orphaned_data=False)
+    acc = event_accumulator.EventAccumulator(run_dir, size_guidance=guidance)
     acc.Reload()
     tags = acc.Tags()
     for tag in sorted(tags.get("scalars", [])):
@@ -86,6 +90,8 @@ def check_run(run_dir, files):
         steps = [e.step for e in ev]
         print(f"  scalar {tag}: {len(ev)} values, steps {steps[0]}..{steps[-1]}"
               f" ({len(set(steps))} distinct), last {ev[-1].value:.6g}")
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            problems.append(f"scalar {tag}: the steps do not increase: the curve doubles back")
     for tag in sorted(tags.get("images", [])):
         ev = acc.Images(tag)
         sizes = sorted({(e.height, e.width) for e in ev})

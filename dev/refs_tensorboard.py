@@ -2,8 +2,10 @@
 Reference files for tests/test_tensorboard.h (ldmc/tensorboard.h and ldmc/image.h).
 
 Writes, with TensorBoard's and PyTorch's own code (not ours):
-  dev/ref/tensorboard_ref.tfevents     an event file: the file_version record, six scalars and one
-                                       8x16 RGB image, every record with the same fixed wall_time.
+  dev/ref/tensorboard_ref.tfevents     an event file: the file_version record, a SessionLog START at
+                                       step START_STEP + 1 (what tb_open writes for a run that starts
+                                       after START_STEP steps), six scalars and one 8x16 RGB image,
+                                       every record with the same fixed wall_time.
                                        Summaries come from torch.utils.tensorboard.summary (what
                                        SummaryWriter.add_scalar / add_image write, PNG by Pillow), the
                                        Event protos from tensorboard.compat.proto and the TFRecord
@@ -16,8 +18,8 @@ Writes, with TensorBoard's and PyTorch's own code (not ours):
       raw_records   (2, 3073)         ... as CIFAR-10 binary records with labels 3 and 9
   Pixel mapping (numpy, float32 as the C code): v = (clamp(x, -1, 1) + 1) * 127.5, pixel = floor(v + 0.5).
 
-The test writes the same records with ldmc/tensorboard.h; keep SCALARS / IMAGE_* / WALL_TIME in step
-with the table in tests/test_tensorboard.h.
+The test writes the same records with ldmc/tensorboard.h; keep SCALARS / IMAGE_* / WALL_TIME /
+START_STEP in step with the table in tests/test_tensorboard.h.
 
 Needs the `tensorboard` package next to Debian's python3-torch:
     /usr/bin/python3 -m pip install --break-system-packages tensorboard
@@ -34,6 +36,8 @@ from torch.utils.tensorboard import summary
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ref")
 WALL_TIME = 1712345678.125  # fixed, exactly representable: the C test uses the same number
+# the run starts after 127 steps, so its START record says step 128: a two-byte varint
+START_STEP = 127
 
 # (tag, value, step): value 0 and step 0 (proto3 leaves a zero step out, a oneof keeps a zero value),
 # multi-byte and 64-bit step varints, a NaN loss
@@ -94,13 +98,15 @@ def main():
     with open(path, "wb") as f:
         rw = RecordWriter(f)
         rw.write(event_pb2.Event(wall_time=WALL_TIME, file_version="brain.Event:2").SerializeToString())
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        rw.write(event_pb2.Event(wall_time=WALL_TIME, step=START_STEP + 1, session_log=start).SerializeToString())
         for tag, value, step in SCALARS:
             ev = event_pb2.Event(wall_time=WALL_TIME, step=step, summary=summary.scalar(tag, value))
             rw.write(ev.SerializeToString())
         img = summary.image(IMAGE_TAG, image, dataformats="HWC")
         assert img.value[0].image.height == IMAGE_H and img.value[0].image.width == IMAGE_W
         rw.write(event_pb2.Event(wall_time=WALL_TIME, step=IMAGE_STEP, summary=img).SerializeToString())
-    print(f"wrote {path} ({os.path.getsize(path)} bytes, {2 + len(SCALARS)} records)")
+    print(f"wrote {path} ({os.path.getsize(path)} bytes, {3 + len(SCALARS)} records)")
 
     # --- grid layout and CIFAR-10 records
     grid_images = rng.normal(0.0, 0.8, size=(5, 3, 4, 3)).astype(np.float32)

@@ -4,6 +4,8 @@
 //   ema_decay_at   the warmed-up EMA decay for optimizer step n: min(decay, (1 + n) / (10 + n))
 //   adamw_update   clipping, AdamW (PyTorch semantics) and the EMA update, fused in one pass
 // A training step is: norm = grad_norm(grads); s = clip_scale(norm, 1.0); adamw_update(..., s, t, d).
+// grad_norm_ref and adamw_update_ref are the plain loops (the oracle of the tests); adamw_update_ref is
+// also the CPU path, grad_norm_cpu sums in parallel; then the CUDA kernel; then the dispatchers.
 #pragma once
 
 #include "common.cuh"
@@ -13,12 +15,12 @@
 // host-side helpers
 
 // clip_grad_norm_: grads are multiplied by max_norm / (norm + 1e-6) when that is below 1
-static float clip_scale(float norm, float max_norm) {
+static inline float clip_scale(float norm, float max_norm) {
     float s = max_norm / (norm + 1e-6f);
     return s < 1.0f ? s : 1.0f;
 }
 
-static float ema_decay_at(float decay, long step) {
+static inline float ema_decay_at(float decay, long step) {
     float warm = (float)(1.0 + step) / (float)(10.0 + step);
     return warm < decay ? warm : decay;
 }
@@ -44,7 +46,7 @@ typedef struct {
     float ema_decay;      // d for this step
 } AdamWStep;
 
-static AdamWStep adamw_step_constants(float lr, float beta1, float beta2, float eps, float weight_decay,
+static inline AdamWStep adamw_step_constants(float lr, float beta1, float beta2, float eps, float weight_decay,
                                       float grad_scale, int t, float ema_decay) {
     AdamWStep s;
     s.beta1 = beta1;
@@ -74,17 +76,34 @@ __host__ __device__ static inline void adamw_element(float* p, float* m, float* 
 }
 
 // ----------------------------------------------------------------------------
-// CPU reference
+// reference: one loop over the parameters each; grad_norm's sum in double, in index order.
+// adamw_update_ref is also the CPU path (pure memory traffic: nothing for a faster version to gain).
+
+// sqrt(sum over the n gradients of grad^2)
+static inline float grad_norm_ref(const float* grads, size_t n) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += (double)grads[i] * grads[i];
+    return (float)sqrt(sum);
+}
+
+static inline void adamw_update_ref(float* params, const float* grads, float* m, float* v, float* ema, size_t n,
+                             const AdamWStep s) {
+    // params, grads, m, v, ema (n); ema may be NULL (no EMA)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) adamw_element(params + i, m + i, v + i, ema ? ema + i : NULL, grads[i], s);
+}
+
+// ----------------------------------------------------------------------------
+// CPU: grad_norm's sum in parallel, through reduce_sum_cpu (64 fixed chunks: the same bits for any
+// thread count)
 
 struct SquareTerm {
     const float* a;
     __host__ __device__ float operator()(size_t i) const { return a[i] * a[i]; }
 };
 
-static void adamw_update_cpu(float* params, const float* grads, float* m, float* v, float* ema, size_t n,
-                             const AdamWStep s) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) adamw_element(params + i, m + i, v + i, ema ? ema + i : NULL, grads[i], s);
+static inline float grad_norm_cpu(const float* grads, size_t n) {
+    return (float)sqrt(reduce_sum_cpu(n, SquareTerm{grads}));
 }
 
 // ----------------------------------------------------------------------------
@@ -112,7 +131,7 @@ __global__ static void adamw_kernel(float* params, const float* grads, float* m,
     }
 }
 
-static void adamw_update_cuda(float* params, const float* grads, float* m, float* v, float* ema, size_t n,
+static inline void adamw_update_cuda(float* params, const float* grads, float* m, float* v, float* ema, size_t n,
                               const AdamWStep s) {
     if (n == 0) return;
     const int block = 256;
@@ -129,12 +148,12 @@ static void adamw_update_cuda(float* params, const float* grads, float* m, float
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static float grad_norm(const float* grads, size_t n) {
+static inline float grad_norm(const float* grads, size_t n) {
     if (g_device == DEVICE_CUDA) return sqrtf(reduce_sum_cuda(n, SquareTerm{grads}));
-    return (float)sqrt(reduce_sum_cpu(n, SquareTerm{grads}));
+    return grad_norm_cpu(grads, n);
 }
 
-static void adamw_update(float* params, const float* grads, float* m, float* v, float* ema, size_t n, float lr,
+static inline void adamw_update(float* params, const float* grads, float* m, float* v, float* ema, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, float grad_scale, int t,
                          float ema_decay) {
     if (t < 1) {
@@ -145,6 +164,6 @@ static void adamw_update(float* params, const float* grads, float* m, float* v, 
     if (g_device == DEVICE_CUDA) {
         adamw_update_cuda(params, grads, m, v, ema, n, s);
     } else {
-        adamw_update_cpu(params, grads, m, v, ema, n, s);
+        adamw_update_ref(params, grads, m, v, ema, n, s);
     }
 }

@@ -9,13 +9,13 @@
 #include <errno.h>
 #include <math.h>
 
-static void args_fail(const char* prog, const char* msg) {
+static inline void args_fail(const char* prog, const char* msg) {
     fprintf(stderr, "Error: %s\nRun `%s --help` for the list of flags.\n", msg, prog);
     exit(EXIT_FAILURE);
 }
 
 // the value after flag argv[*i]; advances *i
-static const char* arg_value(int argc, char** argv, int* i) {
+static inline const char* arg_value(int argc, char** argv, int* i) {
     if (*i + 1 >= argc) {
         char msg[160];
         snprintf(msg, sizeof(msg), "flag %s needs a value", argv[*i]);
@@ -25,7 +25,7 @@ static const char* arg_value(int argc, char** argv, int* i) {
     return argv[*i];
 }
 
-static long arg_long(int argc, char** argv, int* i, long lo, long hi) {
+static inline long arg_long(int argc, char** argv, int* i, long lo, long hi) {
     const char* flag = argv[*i];
     const char* s = arg_value(argc, argv, i);
     char* end = NULL;
@@ -39,7 +39,7 @@ static long arg_long(int argc, char** argv, int* i, long lo, long hi) {
     return v;
 }
 
-static float arg_float(int argc, char** argv, int* i, double lo, double hi, int lo_exclusive) {
+static inline float arg_float(int argc, char** argv, int* i, double lo, double hi, int lo_exclusive) {
     const char* flag = argv[*i];
     const char* s = arg_value(argc, argv, i);
     char* end = NULL;
@@ -55,7 +55,7 @@ static float arg_float(int argc, char** argv, int* i, double lo, double hi, int 
     return (float)v;
 }
 
-static const char* arg_choice(int argc, char** argv, int* i, const char* const* choices, int n) {
+static inline const char* arg_choice(int argc, char** argv, int* i, const char* const* choices, int n) {
     const char* flag = argv[*i];
     const char* s = arg_value(argc, argv, i);
     for (int k = 0; k < n; k++) {
@@ -70,7 +70,7 @@ static const char* arg_choice(int argc, char** argv, int* i, const char* const* 
 }
 
 // a run name becomes a directory under runs/: keep it to one plain path component
-static const char* arg_run_name(int argc, char** argv, int* i) {
+static inline const char* arg_run_name(int argc, char** argv, int* i) {
     const char* s = arg_value(argc, argv, i);
     int ok = s[0] != '\0' && s[0] != '.' && strlen(s) < 128;
     for (const char* c = s; ok && *c; c++) ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
@@ -79,7 +79,7 @@ static const char* arg_run_name(int argc, char** argv, int* i) {
     return s;
 }
 
-static void arg_unknown(char** argv, int i) {
+static inline void arg_unknown(char** argv, int i) {
     char msg[256];
     snprintf(msg, sizeof(msg), "unknown flag '%s'", argv[i]);
     args_fail(argv[0], msg);

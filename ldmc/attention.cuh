@@ -8,7 +8,12 @@
 // Backward, per (b, h): dV = dout_h att, datt = dout_h^T V, dS = att * (datt - rowsum(datt * att)) / sqrt(D)
 // (softmax backward with the scale folded in), dQ = K dS^T, dK = Q dS.
 //
-// The matmuls are strided batched GEMMs (gemm.cuh). A head's Q, K, V, out blocks are contiguous
+//   attention_forward_ref / attention_backward_ref    the loops of the definition: the oracle of the tests
+//   attention_forward_cpu / attention_backward_cpu    the fast CPU path: batched packed GEMMs + row loops
+//   attention_forward_cuda / attention_backward_cuda  cuBLAS batched GEMMs + fused row kernels
+//   attention_forward / attention_backward            dispatchers following g_device
+//
+// The fast versions run the matmuls as strided batched GEMMs (gemm.cuh). A head's Q, K, V, out blocks are contiguous
 // (D, HW) slices, but (b, h) pairs are not one stride apart (b steps 3C*HW, h steps D*HW), so the
 // batch runs over b (count B) and the code loops over the heads: NH (4) calls per product rather
 // than B (up to hundreds) calls if it looped over the images. The softmax and its backward are
@@ -24,7 +29,7 @@ typedef void (*GemmBatchedFn)(int transA, int transB, int M, int N, int K, float
                               const float* A, int lda, long strideA, const float* B, int ldb, long strideB,
                               float beta, float* C, int ldc, long strideC, int count);
 
-static void check_attention_heads(int C, int NH) {
+static inline void check_attention_heads(int C, int NH) {
     if (NH <= 0 || C % NH != 0) {
         fprintf(stderr, "Error: attention over %d channels cannot be split into %d heads.\n"
                         "HINT: the channel count at every attention resolution must be a multiple of the "
@@ -34,10 +39,114 @@ static void check_attention_heads(int C, int NH) {
 }
 
 // ----------------------------------------------------------------------------
-// the matmuls, shared by both devices (gb = gemm_batched_cpu or gemm_batched_cuda)
+// reference: one (b, h) pair per thread, every sum in double, the softmax of each row with its
+// maximum subtracted. Q, K, V of head h of image b are the (D, HW) blocks q[d][i] = qkv[b][hD + d][i],
+// k[d][j] = qkv[b][C + hD + d][j], v[d][j] = qkv[b][2C + hD + d][j].
+
+static inline void attention_forward_ref(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+    // out (B, C, HW), att (B, NH, HW, HW), qkv (B, 3C, HW)
+    check_attention_heads(C, NH);
+    int D = C / NH;
+    double scale = 1.0 / sqrt((double)D);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float* q = qkv + ((size_t)b * 3 * C + (size_t)h * D) * HW;  // (D, HW)
+            const float* k = q + (size_t)C * HW;                               // (D, HW)
+            const float* v = k + (size_t)C * HW;                               // (D, HW)
+            float* a = att + ((size_t)b * NH + h) * HW * HW;                   // (HW, HW)
+            float* o = out + ((size_t)b * C + (size_t)h * D) * HW;             // (D, HW)
+            double* s = (double*)mallocCheck((size_t)HW * sizeof(double));    // one row of scores
+            // att[i][j] = softmax over j of S[i][j] = sum_d q[d][i] k[d][j] / sqrt(D)
+            for (int i = 0; i < HW; i++) {
+                double maxval = -INFINITY;
+                for (int j = 0; j < HW; j++) {
+                    double dot = 0.0;
+                    for (int d = 0; d < D; d++) dot += (double)q[(size_t)d * HW + i] * k[(size_t)d * HW + j];
+                    s[j] = dot * scale;
+                    maxval = fmax(maxval, s[j]);
+                }
+                double sum = 0.0;
+                for (int j = 0; j < HW; j++) { s[j] = exp(s[j] - maxval); sum += s[j]; }
+                for (int j = 0; j < HW; j++) a[(size_t)i * HW + j] = (float)(s[j] / sum);
+            }
+            // out[d][i] = sum_j v[d][j] att[i][j]
+            for (int d = 0; d < D; d++) {
+                for (int i = 0; i < HW; i++) {
+                    double acc = 0.0;
+                    for (int j = 0; j < HW; j++) acc += (double)v[(size_t)d * HW + j] * a[(size_t)i * HW + j];
+                    o[(size_t)d * HW + i] = (float)acc;
+                }
+            }
+            free(s);
+        }
+    }
+}
+
+static inline void attention_backward_ref(float* dqkv, float* datt, const float* dout, const float* qkv,
+                                   const float* att, int B, int C, int HW, int NH) {
+    // dqkv (B, 3C, HW) overwritten, datt (B, NH, HW, HW) scratch (holds dS on return), dout (B, C, HW)
+    check_attention_heads(C, NH);
+    int D = C / NH;
+    double scale = 1.0 / sqrt((double)D);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float* q = qkv + ((size_t)b * 3 * C + (size_t)h * D) * HW;  // (D, HW)
+            const float* k = q + (size_t)C * HW;
+            const float* v = k + (size_t)C * HW;
+            const float* a = att + ((size_t)b * NH + h) * HW * HW;             // (HW, HW)
+            const float* g = dout + ((size_t)b * C + (size_t)h * D) * HW;      // (D, HW)
+            float* dq = dqkv + ((size_t)b * 3 * C + (size_t)h * D) * HW;       // (D, HW)
+            float* dk = dq + (size_t)C * HW;
+            float* dv = dk + (size_t)C * HW;
+            float* ds = datt + ((size_t)b * NH + h) * HW * HW;                 // (HW, HW)
+            double* da = (double*)mallocCheck((size_t)HW * sizeof(double));   // one row of datt
+            // dv[d][j] = sum_i dout[d][i] att[i][j]
+            for (int d = 0; d < D; d++) {
+                for (int j = 0; j < HW; j++) {
+                    double acc = 0.0;
+                    for (int i = 0; i < HW; i++) acc += (double)g[(size_t)d * HW + i] * a[(size_t)i * HW + j];
+                    dv[(size_t)d * HW + j] = (float)acc;
+                }
+            }
+            // datt[i][j] = sum_d dout[d][i] v[d][j]; through the softmax and the scale:
+            // dS[i][j] = att[i][j] (datt[i][j] - sum_j' datt[i][j'] att[i][j']) / sqrt(D)
+            for (int i = 0; i < HW; i++) {
+                double dot = 0.0;
+                for (int j = 0; j < HW; j++) {
+                    double acc = 0.0;
+                    for (int d = 0; d < D; d++) acc += (double)g[(size_t)d * HW + i] * v[(size_t)d * HW + j];
+                    da[j] = acc;
+                    dot += acc * a[(size_t)i * HW + j];
+                }
+                for (int j = 0; j < HW; j++) {
+                    ds[(size_t)i * HW + j] = (float)(a[(size_t)i * HW + j] * (da[j] - dot) * scale);
+                }
+            }
+            // dq[d][i] = sum_j k[d][j] dS[i][j];  dk[d][j] = sum_i q[d][i] dS[i][j]
+            for (int d = 0; d < D; d++) {
+                for (int i = 0; i < HW; i++) {
+                    double acc = 0.0;
+                    for (int j = 0; j < HW; j++) acc += (double)k[(size_t)d * HW + j] * ds[(size_t)i * HW + j];
+                    dq[(size_t)d * HW + i] = (float)acc;
+                }
+                for (int j = 0; j < HW; j++) {
+                    double acc = 0.0;
+                    for (int i = 0; i < HW; i++) acc += (double)q[(size_t)d * HW + i] * ds[(size_t)i * HW + j];
+                    dk[(size_t)d * HW + j] = (float)acc;
+                }
+            }
+            free(da);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the matmuls of the fast versions, shared by both devices (gb = gemm_batched_cpu or gemm_batched_cuda)
 
 // att_h (HW, HW) = Q_h^T (HW, D) @ K_h (D, HW), unscaled: the softmax applies 1/sqrt(D)
-static void attention_scores(GemmBatchedFn gb, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_scores(GemmBatchedFn gb, float* att, const float* qkv, int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW;
     for (int h = 0; h < NH; h++) {
@@ -48,7 +157,7 @@ static void attention_scores(GemmBatchedFn gb, float* att, const float* qkv, int
 }
 
 // out_h (D, HW) = V_h (D, HW) @ att_h^T (HW, HW)
-static void attention_values(GemmBatchedFn gb, float* out, const float* att, const float* qkv,
+static inline void attention_values(GemmBatchedFn gb, float* out, const float* att, const float* qkv,
                              int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW, s_out = (long)C * HW;
@@ -60,7 +169,7 @@ static void attention_values(GemmBatchedFn gb, float* out, const float* att, con
 }
 
 // dV_h (D, HW) = dout_h (D, HW) @ att_h (HW, HW);  datt_h (HW, HW) = dout_h^T (HW, D) @ V_h (D, HW)
-static void attention_values_backward(GemmBatchedFn gb, float* dqkv, float* datt, const float* dout,
+static inline void attention_values_backward(GemmBatchedFn gb, float* dqkv, float* datt, const float* dout,
                                       const float* qkv, const float* att, int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW, s_out = (long)C * HW;
@@ -75,7 +184,7 @@ static void attention_values_backward(GemmBatchedFn gb, float* dqkv, float* datt
 }
 
 // with dS in datt (already scaled): dQ_h (D, HW) = K_h (D, HW) @ dS^T;  dK_h (D, HW) = Q_h (D, HW) @ dS
-static void attention_scores_backward(GemmBatchedFn gb, float* dqkv, const float* dS, const float* qkv,
+static inline void attention_scores_backward(GemmBatchedFn gb, float* dqkv, const float* dS, const float* qkv,
                                       int B, int C, int HW, int NH) {
     int D = C / NH;
     long s_qkv = 3L * C * HW, s_att = (long)NH * HW * HW;
@@ -88,10 +197,10 @@ static void attention_scores_backward(GemmBatchedFn gb, float* dqkv, const float
 }
 
 // ----------------------------------------------------------------------------
-// CPU: the row softmax and its backward, then the layer
+// CPU: the fast path, batched packed GEMMs (gemm_batched_cpu) around the row softmax and its backward
 
 // in place on each of the rows (length HW) of att: p = softmax(scale * s), max subtracted for range
-static void attention_softmax_forward_cpu(float* att, int rows, int HW, float scale) {
+static inline void attention_softmax_forward_cpu(float* att, int rows, int HW, float scale) {
     #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
         float* row = att + (size_t)r * HW;
@@ -108,7 +217,7 @@ static void attention_softmax_forward_cpu(float* att, int rows, int HW, float sc
 }
 
 // in place on datt: dS = att * (datt - sum_j datt * att) * scale
-static void attention_softmax_backward_cpu(float* datt, const float* att, int rows, int HW, float scale) {
+static inline void attention_softmax_backward_cpu(float* datt, const float* att, int rows, int HW, float scale) {
     #pragma omp parallel for
     for (int r = 0; r < rows; r++) {
         float* d = datt + (size_t)r * HW;
@@ -119,14 +228,14 @@ static void attention_softmax_backward_cpu(float* datt, const float* att, int ro
     }
 }
 
-static void attention_forward_cpu(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward_cpu(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     // out (B, C, HW), att (B, NH, HW, HW), qkv (B, 3C, HW)
     attention_scores(gemm_batched_cpu, att, qkv, B, C, HW, NH);
     attention_softmax_forward_cpu(att, B * NH * HW, HW, 1.0f / sqrtf((float)(C / NH)));
     attention_values(gemm_batched_cpu, out, att, qkv, B, C, HW, NH);
 }
 
-static void attention_backward_cpu(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward_cpu(float* dqkv, float* datt, const float* dout, const float* qkv,
                                    const float* att, int B, int C, int HW, int NH) {
     // dqkv (B, 3C, HW) overwritten, datt (B, NH, HW, HW) scratch, dout (B, C, HW)
     attention_values_backward(gemm_batched_cpu, dqkv, datt, dout, qkv, att, B, C, HW, NH);
@@ -179,7 +288,7 @@ __global__ static void attention_softmax_backward_kernel(float* datt, const floa
     for (int j = lane; j < HW; j += 32) d[j] = p[j] * (d[j] - dot) * scale;
 }
 
-static void attention_forward_cuda(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward_cuda(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     int rows = B * NH * HW, block = 256;  // 8 rows per block
     attention_scores(gemm_batched_cuda, att, qkv, B, C, HW, NH);
     attention_softmax_forward_kernel<<<ceil_div(rows, block / 32), block>>>(att, rows, HW, 1.0f / sqrtf((float)(C / NH)));
@@ -187,7 +296,7 @@ static void attention_forward_cuda(float* out, float* att, const float* qkv, int
     attention_values(gemm_batched_cuda, out, att, qkv, B, C, HW, NH);
 }
 
-static void attention_backward_cuda(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward_cuda(float* dqkv, float* datt, const float* dout, const float* qkv,
                                     const float* att, int B, int C, int HW, int NH) {
     int rows = B * NH * HW, block = 256;
     attention_values_backward(gemm_batched_cuda, dqkv, datt, dout, qkv, att, B, C, HW, NH);
@@ -199,7 +308,7 @@ static void attention_backward_cuda(float* dqkv, float* datt, const float* dout,
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void attention_forward(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
+static inline void attention_forward(float* out, float* att, const float* qkv, int B, int C, int HW, int NH) {
     check_attention_heads(C, NH);
     if (g_device == DEVICE_CUDA) {
         attention_forward_cuda(out, att, qkv, B, C, HW, NH);
@@ -208,7 +317,7 @@ static void attention_forward(float* out, float* att, const float* qkv, int B, i
     }
 }
 
-static void attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv,
+static inline void attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv,
                                const float* att, int B, int C, int HW, int NH) {
     check_attention_heads(C, NH);
     if (g_device == DEVICE_CUDA) {

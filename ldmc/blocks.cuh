@@ -39,7 +39,7 @@ typedef struct {
     int cin, cout, k, stride;
 } Conv2d;
 
-static Conv2d conv2d_register(ParamStore* ps, const char* name, int cin, int cout, int k, int stride) {
+static inline Conv2d conv2d_register(ParamStore* ps, const char* name, int cin, int cout, int k, int stride) {
     char buf[128];
     Conv2d c = {0, 0, cin, cout, k, stride};
     int fan_in = cin * k * k;
@@ -51,12 +51,12 @@ static Conv2d conv2d_register(ParamStore* ps, const char* name, int cin, int cou
 }
 
 // x (B, cin, H, W) -> out (B, cout, H/stride, W/stride)
-static void conv2d_block_forward(const ParamStore* ps, const Conv2d* c, float* out, const float* x, int B, int H, int W) {
+static inline void conv2d_block_forward(const ParamStore* ps, const Conv2d* c, float* out, const float* x, int B, int H, int W) {
     conv2d_forward(out, x, ps->params + c->weight, ps->params + c->bias, B, c->cin, H, W, c->cout, c->k, c->stride);
 }
 
 // dx (B, cin, H, W) overwritten (NULL: not needed); weight and bias gradients accumulated
-static void conv2d_block_backward(const ParamStore* ps, const Conv2d* c, float* dx, const float* dout,
+static inline void conv2d_block_backward(const ParamStore* ps, const Conv2d* c, float* dx, const float* dout,
                                   const float* x, int B, int H, int W) {
     conv2d_backward(dx, ps->grads + c->weight, ps->grads + c->bias, dout, x, ps->params + c->weight,
                     B, c->cin, H, W, c->cout, c->k, c->stride);
@@ -70,7 +70,7 @@ typedef struct {
     int in, out;
 } Linear;
 
-static Linear linear_register(ParamStore* ps, const char* name, int in, int out) {
+static inline Linear linear_register(ParamStore* ps, const char* name, int in, int out) {
     char buf[128];
     Linear l = {0, 0, in, out};
     snprintf(buf, sizeof(buf), "%s.weight", name);
@@ -80,11 +80,11 @@ static Linear linear_register(ParamStore* ps, const char* name, int in, int out)
     return l;
 }
 
-static void linear_block_forward(const ParamStore* ps, const Linear* l, float* out, const float* x, int N) {
+static inline void linear_block_forward(const ParamStore* ps, const Linear* l, float* out, const float* x, int N) {
     linear_forward(out, x, ps->params + l->weight, ps->params + l->bias, N, l->in, l->out);
 }
 
-static void linear_block_backward(const ParamStore* ps, const Linear* l, float* dx, const float* dout,
+static inline void linear_block_backward(const ParamStore* ps, const Linear* l, float* dx, const float* dout,
                                   const float* x, int N) {
     linear_backward(dx, ps->grads + l->weight, ps->grads + l->bias, dout, x, ps->params + l->weight, N, l->in, l->out);
 }
@@ -101,7 +101,7 @@ typedef struct {
     float* act;   // (B, C, HW) silu(xn)
 } NormSilu;
 
-static size_t groupnorm_register(ParamStore* ps, const char* name, int C, size_t* bias) {
+static inline size_t groupnorm_register(ParamStore* ps, const char* name, int C, size_t* bias) {
     char buf[128];
     snprintf(buf, sizeof(buf), "%s.weight", name);
     size_t w = param_register(ps, buf, INIT_ONES, 0, 1, C, 0, 0, 0);
@@ -110,7 +110,7 @@ static size_t groupnorm_register(ParamStore* ps, const char* name, int C, size_t
     return w;
 }
 
-static NormSilu normsilu_register(ParamStore* ps, const char* name, int C, int HW) {
+static inline NormSilu normsilu_register(ParamStore* ps, const char* name, int C, int HW) {
     NormSilu n;
     memset(&n, 0, sizeof(n));
     n.C = C; n.HW = HW; n.groups = GN_GROUPS;
@@ -118,25 +118,25 @@ static NormSilu normsilu_register(ParamStore* ps, const char* name, int C, int H
     return n;
 }
 
-static void normsilu_alloc(NormSilu* n, int B) {
+static inline void normsilu_alloc(NormSilu* n, int B) {
     n->xn = dev_malloc_floats((size_t)B * n->C * n->HW);
     n->act = dev_malloc_floats((size_t)B * n->C * n->HW);
     n->mean = dev_malloc_floats((size_t)B * n->groups);
     n->rstd = dev_malloc_floats((size_t)B * n->groups);
 }
 
-static void normsilu_free(NormSilu* n) {
+static inline void normsilu_free(NormSilu* n) {
     dev_free(n->xn); dev_free(n->act); dev_free(n->mean); dev_free(n->rstd);
 }
 
-static void normsilu_forward(const ParamStore* ps, NormSilu* n, const float* x, int B) {
+static inline void normsilu_forward(const ParamStore* ps, NormSilu* n, const float* x, int B) {
     groupnorm_forward(n->xn, n->mean, n->rstd, x, ps->params + n->weight, ps->params + n->bias,
                       B, n->C, n->HW, n->groups);
     silu_forward(n->act, n->xn, (size_t)B * n->C * n->HW);
 }
 
 // dact (B, C, HW) is consumed (turned into the gradient of xn in place); dx overwritten
-static void normsilu_backward(const ParamStore* ps, const NormSilu* n, float* dx, float* dact,
+static inline void normsilu_backward(const ParamStore* ps, const NormSilu* n, float* dx, float* dact,
                               const float* x, int B) {
     silu_backward(dact, dact, n->xn, (size_t)B * n->C * n->HW);
     groupnorm_backward(dx, ps->grads + n->weight, ps->grads + n->bias, dact, x, n->mean, n->rstd,
@@ -157,7 +157,7 @@ typedef struct {
     float* out;          // (B, cout, H, W)
 } ResBlock;
 
-static ResBlock resblock_register(ParamStore* ps, const char* name, int cin, int cout, int H, int W) {
+static inline ResBlock resblock_register(ParamStore* ps, const char* name, int cin, int cout, int H, int W) {
     ResBlock rb;
     memset(&rb, 0, sizeof(rb));
     rb.cin = cin; rb.cout = cout; rb.H = H; rb.W = W;
@@ -173,7 +173,7 @@ static ResBlock resblock_register(ParamStore* ps, const char* name, int cin, int
     return rb;
 }
 
-static void resblock_alloc(ResBlock* rb, int B) {
+static inline void resblock_alloc(ResBlock* rb, int B) {
     normsilu_alloc(&rb->ns1, B);
     normsilu_alloc(&rb->ns2, B);
     rb->h1 = dev_malloc_floats((size_t)B * rb->cout * rb->H * rb->W);
@@ -181,13 +181,13 @@ static void resblock_alloc(ResBlock* rb, int B) {
     if (rb->has_skip) rb->skip_out = dev_malloc_floats((size_t)B * rb->cout * rb->H * rb->W);
 }
 
-static void resblock_free(ResBlock* rb) {
+static inline void resblock_free(ResBlock* rb) {
     normsilu_free(&rb->ns1); normsilu_free(&rb->ns2);
     dev_free(rb->h1); dev_free(rb->out); dev_free(rb->skip_out);
 }
 
 // temb_proj (B, cout) or NULL: the U-Net's projected time embedding, added after conv1
-static void resblock_forward(const ParamStore* ps, ResBlock* rb, const float* x, int B, const float* temb_proj) {
+static inline void resblock_forward(const ParamStore* ps, ResBlock* rb, const float* x, int B, const float* temb_proj) {
     int H = rb->H, W = rb->W;
     size_t n = (size_t)B * rb->cout * H * W;
     rb->x = x;
@@ -207,7 +207,7 @@ static void resblock_forward(const ParamStore* ps, ResBlock* rb, const float* x,
 // dout (B, cout, H, W) -> dx (B, cin, H, W) overwritten; dtemb_proj (B, cout) overwritten when the
 // forward had a temb_proj. s1, s2: scratch of B * max(cin, cout) * H * W floats. dx must not alias
 // dout, s1 or s2.
-static void resblock_backward(const ParamStore* ps, const ResBlock* rb, float* dx, const float* dout,
+static inline void resblock_backward(const ParamStore* ps, const ResBlock* rb, float* dx, const float* dout,
                               int B, float* dtemb_proj, float* s1, float* s2) {
     int H = rb->H, W = rb->W;
     conv2d_block_backward(ps, &rb->conv2, s1, dout, rb->ns2.act, B, H, W);   // s1 = d act2
@@ -235,7 +235,7 @@ typedef struct {
     float* d_emb;     // (B, tdim) this block's share of the gradient of silu(embedding)
 } TResBlock;
 
-static TResBlock tresblock_register(ParamStore* ps, const char* name, int cin, int cout, int R, int tdim) {
+static inline TResBlock tresblock_register(ParamStore* ps, const char* name, int cin, int cout, int R, int tdim) {
     TResBlock t;
     memset(&t, 0, sizeof(t));
     char buf[128];
@@ -245,26 +245,26 @@ static TResBlock tresblock_register(ParamStore* ps, const char* name, int cin, i
     return t;
 }
 
-static void tresblock_alloc(TResBlock* t, int B) {
+static inline void tresblock_alloc(TResBlock* t, int B) {
     resblock_alloc(&t->rb, B);
     t->tproj = dev_malloc_floats((size_t)B * t->rb.cout);
     t->d_tproj = dev_malloc_floats((size_t)B * t->rb.cout);
     t->d_emb = dev_malloc_floats((size_t)B * t->temb.in);
 }
 
-static void tresblock_free(TResBlock* t) {
+static inline void tresblock_free(TResBlock* t) {
     resblock_free(&t->rb);
     dev_free(t->tproj); dev_free(t->d_tproj); dev_free(t->d_emb);
 }
 
 // emb_silu (B, tdim): silu of the time (+ class) embedding, shared by every block
-static void tresblock_forward(const ParamStore* ps, TResBlock* t, const float* x, const float* emb_silu, int B) {
+static inline void tresblock_forward(const ParamStore* ps, TResBlock* t, const float* x, const float* emb_silu, int B) {
     linear_block_forward(ps, &t->temb, t->tproj, emb_silu, B);
     resblock_forward(ps, &t->rb, x, B, t->tproj);
 }
 
 // as resblock_backward; this block's share of the embedding gradient is added to d_emb_silu (B, tdim)
-static void tresblock_backward(const ParamStore* ps, const TResBlock* t, float* dx, const float* dout,
+static inline void tresblock_backward(const ParamStore* ps, const TResBlock* t, float* dx, const float* dout,
                                const float* emb_silu, float* d_emb_silu, int B, float* s1, float* s2) {
     resblock_backward(ps, &t->rb, dx, dout, B, t->d_tproj, s1, s2);
     linear_block_backward(ps, &t->temb, t->d_emb, t->d_tproj, emb_silu, B);
@@ -288,7 +288,7 @@ typedef struct {
     float* out;       // (B, C, HW)
 } AttnBlock;
 
-static AttnBlock attnblock_register(ParamStore* ps, const char* name, int C, int R, int heads) {
+static inline AttnBlock attnblock_register(ParamStore* ps, const char* name, int C, int R, int heads) {
     AttnBlock a;
     memset(&a, 0, sizeof(a));
     char buf[128];
@@ -299,7 +299,7 @@ static AttnBlock attnblock_register(ParamStore* ps, const char* name, int C, int
     return a;
 }
 
-static void attnblock_alloc(AttnBlock* a, int B) {
+static inline void attnblock_alloc(AttnBlock* a, int B) {
     size_t n = (size_t)B * a->C * a->HW;
     a->xn = dev_malloc_floats(n);
     a->mean = dev_malloc_floats(B);
@@ -310,12 +310,12 @@ static void attnblock_alloc(AttnBlock* a, int B) {
     a->out = dev_malloc_floats(n);
 }
 
-static void attnblock_free(AttnBlock* a) {
+static inline void attnblock_free(AttnBlock* a) {
     dev_free(a->xn); dev_free(a->mean); dev_free(a->rstd); dev_free(a->qkv_out);
     dev_free(a->att); dev_free(a->attn); dev_free(a->out);
 }
 
-static void attnblock_forward(const ParamStore* ps, AttnBlock* a, const float* x, int B) {
+static inline void attnblock_forward(const ParamStore* ps, AttnBlock* a, const float* x, int B) {
     int R = a->R;
     a->x = x;
     groupnorm_forward(a->xn, a->mean, a->rstd, x, ps->params + a->norm_weight, ps->params + a->norm_bias,
@@ -327,7 +327,7 @@ static void attnblock_forward(const ParamStore* ps, AttnBlock* a, const float* x
 }
 
 // dx overwritten; s1 >= B*C*HW, s2 >= B*3C*HW floats, datt >= B*heads*HW*HW floats
-static void attnblock_backward(const ParamStore* ps, const AttnBlock* a, float* dx, const float* dout, int B,
+static inline void attnblock_backward(const ParamStore* ps, const AttnBlock* a, float* dx, const float* dout, int B,
                                float* s1, float* s2, float* datt) {
     int R = a->R;
     conv2d_block_backward(ps, &a->proj, s1, dout, a->attn, B, R, R);                 // s1 = d attn

@@ -21,9 +21,20 @@
 #endif
 
 // ----------------------------------------------------------------------------
+// bad input ends the program through fail_exit(): exit(EXIT_FAILURE), unless a fuzz harness
+// (dev/fuzz) set g_fail_hook to return to itself instead (it longjmps and never comes back here)
+
+static void (*g_fail_hook)(void) = NULL;
+
+__attribute__((noreturn)) static void fail_exit(void) {
+    if (g_fail_hook) g_fail_hook();
+    exit(EXIT_FAILURE);
+}
+
+// ----------------------------------------------------------------------------
 // checked calls: each failure names the call site and exits non-zero
 
-static void cuda_check(cudaError_t err, const char* file, int line) {
+static inline void cuda_check(cudaError_t err, const char* file, int line) {
     if (err != cudaSuccess) {
         fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(err));
         if (err == cudaErrorMemoryAllocation) {
@@ -34,7 +45,7 @@ static void cuda_check(cudaError_t err, const char* file, int line) {
 }
 #define cudaCheck(err) (cuda_check((err), __FILE__, __LINE__))
 
-static void cublas_check(cublasStatus_t status, const char* file, int line) {
+static inline void cublas_check(cublasStatus_t status, const char* file, int line) {
     if (status != CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "[cuBLAS ERROR] %d at %s:%d\n", (int)status, file, line);
         exit(EXIT_FAILURE);
@@ -42,7 +53,7 @@ static void cublas_check(cublasStatus_t status, const char* file, int line) {
 }
 #define cublasCheck(status) (cublas_check((status), __FILE__, __LINE__))
 
-static FILE* fopen_check(const char* path, const char* mode, const char* file, int line) {
+static inline FILE* fopen_check(const char* path, const char* mode, const char* file, int line) {
     FILE* fp = fopen(path, mode);
     if (fp == NULL) {
         fprintf(stderr, "Error: cannot open '%s' (mode %s): %s\n  at %s:%d\n",
@@ -53,7 +64,7 @@ static FILE* fopen_check(const char* path, const char* mode, const char* file, i
 }
 #define fopenCheck(path, mode) fopen_check(path, mode, __FILE__, __LINE__)
 
-static void fread_check(void* ptr, size_t size, size_t nmemb, FILE* fp, const char* file, int line) {
+static inline void fread_check(void* ptr, size_t size, size_t nmemb, FILE* fp, const char* file, int line) {
     size_t got = fread(ptr, size, nmemb, fp);
     if (got != nmemb) {
         fprintf(stderr, "Error: short read (%zu of %zu items of %zu bytes)%s at %s:%d\n",
@@ -64,7 +75,7 @@ static void fread_check(void* ptr, size_t size, size_t nmemb, FILE* fp, const ch
 }
 #define freadCheck(ptr, size, nmemb, fp) fread_check(ptr, size, nmemb, fp, __FILE__, __LINE__)
 
-static void fwrite_check(const void* ptr, size_t size, size_t nmemb, FILE* fp, const char* file, int line) {
+static inline void fwrite_check(const void* ptr, size_t size, size_t nmemb, FILE* fp, const char* file, int line) {
     if (fwrite(ptr, size, nmemb, fp) != nmemb) {
         fprintf(stderr, "Error: write failed at %s:%d: %s\nHINT: is the disk full?\n",
                 file, line, strerror(errno));
@@ -73,7 +84,7 @@ static void fwrite_check(const void* ptr, size_t size, size_t nmemb, FILE* fp, c
 }
 #define fwriteCheck(ptr, size, nmemb, fp) fwrite_check(ptr, size, nmemb, fp, __FILE__, __LINE__)
 
-static void* malloc_check(size_t size, const char* file, int line) {
+static inline void* malloc_check(size_t size, const char* file, int line) {
     void* ptr = malloc(size);
     if (ptr == NULL && size > 0) {
         fprintf(stderr, "Error: malloc of %zu bytes failed at %s:%d\n", size, file, line);
@@ -93,7 +104,7 @@ static Device g_device = DEVICE_CPU;
 static cublasHandle_t g_cublas;
 static int g_cuda_ordinal = 0;  // the GPU device_init takes (dist_init gives each rank of a node its own)
 
-static int cpu_thread_count(void) {
+static inline int cpu_thread_count(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();
 #else
@@ -102,7 +113,7 @@ static int cpu_thread_count(void) {
 }
 
 // choose the device from "auto" | "cpu" | "cuda" and say which one was picked and why
-static void device_select(Device d) {
+static inline void device_select(Device d) {
     g_device = d;
     if (d == DEVICE_CUDA) {
         cudaCheck(cudaSetDevice(g_cuda_ordinal));
@@ -112,7 +123,7 @@ static void device_select(Device d) {
     }
 }
 
-static Device device_init(const char* want) {
+static inline Device device_init(const char* want) {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     int have_cuda = (err == cudaSuccess && count > g_cuda_ordinal);
@@ -145,7 +156,7 @@ static Device device_init(const char* want) {
 }
 
 // memory on the current device
-static void* dev_malloc(size_t bytes) {
+static inline void* dev_malloc(size_t bytes) {
     void* p = NULL;
     if (g_device == DEVICE_CUDA) {
         cudaCheck(cudaMalloc(&p, bytes));
@@ -155,59 +166,59 @@ static void* dev_malloc(size_t bytes) {
     return p;
 }
 static float* dev_malloc_floats(size_t n) { return (float*)dev_malloc(n * sizeof(float)); }
-static void dev_free(void* p) {
+static inline void dev_free(void* p) {
     if (p == NULL) return;
     if (g_device == DEVICE_CUDA) { cudaCheck(cudaFree(p)); } else { free(p); }
 }
-static void dev_zero(void* p, size_t bytes) {
+static inline void dev_zero(void* p, size_t bytes) {
     if (g_device == DEVICE_CUDA) { cudaCheck(cudaMemset(p, 0, bytes)); } else { memset(p, 0, bytes); }
 }
-static void dev_to_host(void* host_dst, const void* dev_src, size_t bytes) {
+static inline void dev_to_host(void* host_dst, const void* dev_src, size_t bytes) {
     if (g_device == DEVICE_CUDA) {
         cudaCheck(cudaMemcpy(host_dst, dev_src, bytes, cudaMemcpyDeviceToHost));
     } else {
         memcpy(host_dst, dev_src, bytes);
     }
 }
-static void host_to_dev(void* dev_dst, const void* host_src, size_t bytes) {
+static inline void host_to_dev(void* dev_dst, const void* host_src, size_t bytes) {
     if (g_device == DEVICE_CUDA) {
         cudaCheck(cudaMemcpy(dev_dst, host_src, bytes, cudaMemcpyHostToDevice));
     } else {
         memcpy(dev_dst, host_src, bytes);
     }
 }
-static void dev_copy(void* dst, const void* src, size_t bytes) {
+static inline void dev_copy(void* dst, const void* src, size_t bytes) {
     if (g_device == DEVICE_CUDA) {
         cudaCheck(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
     } else {
         memcpy(dst, src, bytes);
     }
 }
-static void dev_synchronize(void) {
+static inline void dev_synchronize(void) {
     if (g_device == DEVICE_CUDA) { cudaCheck(cudaDeviceSynchronize()); }
 }
 
 // ----------------------------------------------------------------------------
 // timing and progress
 
-static double wall_seconds(void) {
+static inline double wall_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int compare_doubles(const void* a, const void* b) {
+static inline int compare_doubles(const void* a, const void* b) {
     double x = *(const double*)a, y = *(const double*)b;
     return (x > y) - (x < y);
 }
 
 // the median of n values (sorts them in place)
-static double median_of(double* v, int n) {
+static inline double median_of(double* v, int n) {
     qsort(v, n, sizeof(double), compare_doubles);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static void format_duration(double s, char* out, size_t n) {
+static inline void format_duration(double s, char* out, size_t n) {
     if (s < 0 || !isfinite(s)) { snprintf(out, n, "?"); return; }
     int t = (int)(s + 0.5);
     if (t >= 3600) snprintf(out, n, "%dh%02dm", t / 3600, (t / 60) % 60);
@@ -217,7 +228,7 @@ static void format_duration(double s, char* out, size_t n) {
 
 // one line per logged step: "step 120/300 | loss 0.0412 | 512.3 img/s | ETA 1m10s"
 // `extra` (may be NULL) holds program-specific fields, e.g. "mse 0.031 | kl 12.5"
-static void format_progress(char* out, size_t n, long step, long total_steps, float loss, const char* extra,
+static inline void format_progress(char* out, size_t n, long step, long total_steps, float loss, const char* extra,
                             double images_per_s, double seconds_per_step) {
     char eta[32];
     format_duration((total_steps - step) * seconds_per_step, eta, sizeof(eta));

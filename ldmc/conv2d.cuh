@@ -1,35 +1,31 @@
 // ldmc/conv2d.cuh — 2-D convolution with bias, NCHW, the hot path of both models:
 //   x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) -> out (B, Cout, Ho, Wo)
 //   K in {1, 3}, pad = K/2, stride in {1, 2}, Ho = (H + 2*pad - K)/stride + 1
-//   conv2d_forward / conv2d_backward dispatch to the _cpu or _cuda versions by g_device.
-// Every conv is a GEMM over the im2col matrix col (Cin*K*K, Ho*Wo) of each image:
+//   conv2d_forward_ref / conv2d_backward_ref      the seven loops of the definition: the oracle of the tests
+//   conv2d_forward_cpu / conv2d_backward_cpu      the fast CPU path (ldmc/cpu_conv2d.h: GEMM with implicit im2col)
+//   conv2d_forward_cuda / conv2d_backward_cuda    im2col + cuBLAS
+//   conv2d_forward / conv2d_backward              dispatchers following g_device
+// The fast versions see every conv as a GEMM over the im2col matrix col (Cin*K*K, Ho*Wo) of each image:
 //   forward   out_b    = weight (Cout, Cin*K*K) @ col_b
 //   backward  dweight += sum_b dout_b (Cout, Ho*Wo) @ col_b^T,  dbias += sums of dout,
 //             dx_b     = col2im(weight^T @ dout_b)
-// CPU: the GEMM building blocks of gemm.cuh with the im2col done inside the packing of the GEMM
-// panels (implicit im2col: no col buffer), from a zero-padded copy of the input. The batch is one
-// GEMM with N = B*Ho*Wo columns, cut into column blocks that the threads take one at a time, so
-// the 8x8 and 4x4 layers (tiny per-image GEMMs) are as efficient as the 32x32 ones.
-// dweight packs from a channels-last copy of x, where the GEMM's inner index (positions) is the
-// slow one, so its panels are contiguous copies rather than transposes. For stride 1, dx is itself
-// a convolution (of dout with the flipped, transposed weights) and reuses the forward path; for
-// stride 2 it is weight^T @ dout followed by col2im.
 // CUDA: im2col of a chunk of images into a (Cin*K*K, nb*Ho*Wo) matrix and one cuBLAS SGEMM per
 // chunk, with small gather kernels for the layout changes and col2im.
-// Workspace (packed panels, padded copies, col buffers) lives in this module: buffers grown on
-// demand, one set per device, since tests switch g_device between the CPU and CUDA. The module is
-// not reentrant: call it from one host thread at a time (each call parallelises internally).
+// Workspace (packed panels, padded copies, col buffers) lives in buffers grown on demand and kept,
+// one set per device (the CPU's in cpu_conv2d.h). The module is not reentrant: call it from one
+// host thread at a time (each call parallelises internally).
 #pragma once
+#define LDMC_CONV2D_CUH  // cpu_conv2d.h checks that it is included from here
 
 #include "common.cuh"
 #include "gemm.cuh"
 
 // ----------------------------------------------------------------------------
-// shapes, argument checks, workspace
+// shapes and argument checks
 
 static inline int conv2d_out_size(int n, int K, int stride) { return (n + 2 * (K / 2) - K) / stride + 1; }
 
-static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+static inline void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     if (K != 1 && K != 3) {
         fprintf(stderr, "Error: %s: kernel size K=%d is not supported.\nHINT: ldm.c convolutions are 1x1 or 3x3 (pad K/2).\n", fn, K);
         exit(EXIT_FAILURE);
@@ -45,487 +41,129 @@ static void conv2d_check_args(const char* fn, int B, int Cin, int H, int W, int 
     }
 }
 
-// workspace slots, one buffer each per device: slot 0 packed panels (CPU) or col matrices (CUDA),
-// slot 1 a padded copy of the input (CPU), slot 2 the flipped weights of the stride-1 dx, which
-// must survive the forward call that uses slots 0 and 1
-#define CONV2D_SLOTS 3
-static float* g_conv2d_ws[2][CONV2D_SLOTS];
-static size_t g_conv2d_ws_floats[2][CONV2D_SLOTS];
-
-// a buffer of at least `floats` floats in host memory (DEVICE_CPU) or GPU memory (DEVICE_CUDA),
-// aligned to 64 bytes (packed panels are read as SIMD vectors); its contents do not survive the
-// next call for the same slot. The device is the caller's, not g_device: a _cpu function called
-// while g_device is CUDA (a CPU reference in a lab or test) still needs host memory.
-static float* conv2d_workspace(Device device, int slot, size_t floats) {
-    int d = device == DEVICE_CUDA;
-    if (floats > g_conv2d_ws_floats[d][slot]) {
-        if (d) {
-            if (g_conv2d_ws[d][slot]) cudaCheck(cudaFree(g_conv2d_ws[d][slot]));
-            cudaCheck(cudaMalloc((void**)&g_conv2d_ws[d][slot], (floats + 16) * sizeof(float)));
-        } else {
-            free(g_conv2d_ws[d][slot]);
-            g_conv2d_ws[d][slot] = (float*)mallocCheck((floats + 16) * sizeof(float));
-        }
-        g_conv2d_ws_floats[d][slot] = floats;
-    }
-    return (float*)(((uintptr_t)g_conv2d_ws[d][slot] + 63) & ~(uintptr_t)63);
-}
-
-// sub-buffer sizes are rounded to 16 floats so every sub-buffer stays 64-byte aligned
-static inline size_t conv2d_round16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-static inline int conv2d_thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 // ----------------------------------------------------------------------------
-// CPU: implicit im2col
-// The im2col matrix is never formed: its entries are copied from the input straight into the
-// packed GEMM panels. The input is first copied once with a zero border of `pad` pixels, so
-// every copy is branch-free (the padding reads zeros) — an extra pass over x that costs about
-// 1/(K*K) of the im2col it replaces.
+// reference: the definition as loops
+//   out[b][co][oy][ox] = bias[co] + sum_{ci, ky, kx} weight[co][ci][ky][kx] * x[b][ci][iy][ix]
+// where output (oy, ox) reads input pixel iy = oy*stride + ky - pad, ix = ox*stride + kx - pad
+// through tap (ky, kx), and x is 0 outside the image (zero padding). The backward is the same
+// seven loops with the product sent to each of the other operands:
+//   dbias[co]               += sum_{b, oy, ox} dout[b][co][oy][ox]
+//   dweight[co][ci][ky][kx] += sum_{b, oy, ox} dout[b][co][oy][ox] * x[b][ci][iy][ix]
+//   dx[b][ci][iy][ix]        = sum of dout[b][co][oy][ox] * weight[co][ci][ky][kx] over every
+//                              (co, oy, ox, ky, kx) that reads pixel (iy, ix)
+// Every sum is taken in double and rounded once. No blocking, no vectorisation: for tests and labs.
 
-// GEMM columns are output positions of the whole batch, n = (b*Ho + oy)*Wo + ox. A run is a
-// stretch of consecutive columns inside one output row of one image: along a run, tap
-// (c, ky, kx) of the im2col matrix reads one input row at a fixed stride.
-typedef struct { int b, oy, ox, len; } ConvRun;
-
-// cut columns [n0, n0 + n) into runs; `runs` needs room for n entries (runs are never empty)
-static int conv2d_runs(ConvRun* runs, long n0, int n, int Ho, int Wo) {
-    int count = 0;
-    while (n > 0) {
-        long img = n0 / ((long)Ho * Wo);
-        int p = (int)(n0 - img * Ho * Wo);
-        int ox = p % Wo;
-        int len = Wo - ox < n ? Wo - ox : n;
-        runs[count].b = (int)img;
-        runs[count].oy = p / Wo;
-        runs[count].ox = ox;
-        runs[count].len = len;
-        count++;
-        n0 += len;
-        n -= len;
-    }
-    return count;
-}
-
-// dst[t] = src[t * stride], t < len. The lengths that occur (image widths 32, 16, 8, 4, and
-// channel counts) get fixed-size copies, which gcc turns into a few vector moves; a general
-// memcpy call would cost more than the copy for runs this short.
-static inline void conv2d_copy(float* __restrict__ dst, const float* __restrict__ src, int len, int stride) {
-    if (stride == 1) {
-        switch (len) {
-            case 32: memcpy(dst, src, 32 * sizeof(float)); return;
-            case 16: memcpy(dst, src, 16 * sizeof(float)); return;
-            case 8:  memcpy(dst, src, 8 * sizeof(float)); return;
-            case 4:  memcpy(dst, src, 4 * sizeof(float)); return;
-            default: for (int t = 0; t < len; t++) dst[t] = src[t]; return;
-        }
-    }
-    for (int t = 0; t < len; t++) dst[t] = src[t * stride];
-}
-
-// xp (B, C, H + 2*pad, W + 2*pad) = x (B, C, H, W) with a zero border
-static void conv2d_pad_nchw(float* xp, const float* x, int B, int C, int H, int W, int pad) {
-    int Hp = H + 2 * pad, Wp = W + 2 * pad;
-    #pragma omp parallel for schedule(static)
-    for (long plane = 0; plane < (long)B * C; plane++) {
-        float* dst = xp + plane * Hp * Wp;
-        const float* src = x + plane * H * W;
-        memset(dst, 0, (size_t)pad * Wp * sizeof(float));
-        for (int iy = 0; iy < H; iy++) {
-            float* row = dst + (size_t)(iy + pad) * Wp;
-            for (int i = 0; i < pad; i++) { row[i] = 0.0f; row[pad + W + i] = 0.0f; }
-            memcpy(row + pad, src + (size_t)iy * W, (size_t)W * sizeof(float));
-        }
-        memset(dst + (size_t)(H + pad) * Wp, 0, (size_t)pad * Wp * sizeof(float));
-    }
-}
-
-// xn (B, H + 2*pad, W + 2*pad, C) = x (B, C, H, W) with a zero border, channels last
-static void conv2d_pad_nhwc(float* xn, const float* x, int B, int C, int H, int W, int pad) {
-    int Hp = H + 2 * pad, Wp = W + 2 * pad;
-    #pragma omp parallel for schedule(static)
-    for (long row = 0; row < (long)B * Hp; row++) {
-        long b = row / Hp;
-        int iy = (int)(row - b * Hp) - pad;
-        float* dst = xn + row * Wp * C;
-        if (iy < 0 || iy >= H) {
-            memset(dst, 0, (size_t)Wp * C * sizeof(float));
-            continue;
-        }
-        memset(dst, 0, (size_t)pad * C * sizeof(float));
-        memset(dst + (size_t)(pad + W) * C, 0, (size_t)pad * C * sizeof(float));
-        // four source rows at a time, each written as 4 consecutive floats per pixel. Reading
-        // many channels at once would stride by H*W floats (4 KiB at 32x32), which maps the
-        // reads to one L1 set; four rows fit its ways. The output row (Wp*C floats) stays in L1.
-        const float* src = x + ((size_t)b * C * H + iy) * W;
-        size_t plane = (size_t)H * W;
-        int c = 0;
-        for (; c + 4 <= C; c += 4) {
-            const float* s0 = src + c * plane;
-            float* d = dst + (size_t)pad * C + c;
-            for (int ix = 0; ix < W; ix++) {
-                d[(size_t)ix * C + 0] = s0[ix];
-                d[(size_t)ix * C + 1] = s0[plane + ix];
-                d[(size_t)ix * C + 2] = s0[2 * plane + ix];
-                d[(size_t)ix * C + 3] = s0[3 * plane + ix];
-            }
-        }
-        for (; c < C; c++) {
-            for (int ix = 0; ix < W; ix++) dst[(size_t)(ix + pad) * C + c] = src[c * plane + ix];
-        }
-    }
-}
-
-// Pack the B panel of the forward GEMM, col[pc : pc+kc, columns n0 : n0+nc], in NR-column strips
-// (the layout of gemm_pack_b_strip), from the padded input xp (B, Cin, Hp, Wp).
-static void conv2d_pack_col(float* Bp, const float* xp, int Cin, int Hp, int Wp, int K, int stride,
-                            int Ho, int Wo, long n0, int nc, int pc, int kc) {
-    ConvRun runs[GEMM_NR];
-    long run_src[GEMM_NR];  // offset of each run's first input pixel for tap (0, 0, 0)
-    for (int j = 0; j < nc; j += GEMM_NR) {
-        int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
-        int nruns = conv2d_runs(runs, n0 + j, nr, Ho, Wo);
-        for (int r = 0; r < nruns; r++) {
-            run_src[r] = ((long)runs[r].b * Cin * Hp + (long)runs[r].oy * stride) * Wp + (long)runs[r].ox * stride;
-        }
-        float* strip = Bp + (size_t)j * kc;
-        // tap pc + k = (c, ky, kx), stepped without divisions (they would cost more than the copies)
-        int c = pc / (K * K), ky = (pc / K) % K, kx = pc % K;
-        for (int k = 0; k < kc; k++) {
-            const float* base = xp + ((size_t)c * Hp + ky) * Wp + kx;
-            float* dst = strip + (size_t)k * GEMM_NR;
-            for (int r = 0; r < nruns; r++) {
-                conv2d_copy(dst, base + run_src[r], runs[r].len, stride);
-                dst += runs[r].len;
-            }
-            for (int t = nr; t < GEMM_NR; t++) dst[t - nr] = 0.0f;
-            if (++kx == K) { kx = 0; if (++ky == K) { ky = 0; c++; } }
-        }
-    }
-}
-
-// Pack all of op(A) (M, Kd) as the A operand for every KC-deep block: block pc starts at
-// Ap + pc * Mpad and holds ceil(M/MR) strips of (kc, MR). Used for weights shared by all threads.
-static void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, int lda, float* Ap) {
-    int m_strips = ceil_div(M, GEMM_MR);
-    size_t Mpad = (size_t)m_strips * GEMM_MR;
-    int k_blocks = ceil_div(Kd, GEMM_KC);
-    #pragma omp parallel for collapse(2) schedule(static)
-    for (int kb = 0; kb < k_blocks; kb++) {
-        for (int s = 0; s < m_strips; s++) {
-            int pc = kb * GEMM_KC, i = s * GEMM_MR;
-            int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
-            gemm_pack_a_strip(transA, M - i < GEMM_MR ? M - i : GEMM_MR, kc, gemm_at(A, transA, lda, i, pc),
-                              lda, Ap + (size_t)pc * Mpad + (size_t)i * kc);
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------
-// CPU: forward
-
-// columns per work item: enough to amortise packing, small enough that the B panel (KC x NCB)
-// and the output block stay in L2
-#define CONV2D_NCB ((256 / GEMM_NR) * GEMM_NR)
-
-// out (B, Cout, Ho, Wo) = conv(x, weight) + bias; bias may be NULL (no bias)
-static void conv2d_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward_ref(float* out, const float* x, const float* weight, const float* bias,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
-    conv2d_check_args("conv2d_forward_cpu", B, Cin, H, W, Cout, K, stride);
-    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
-    int Kd = Cin * K * K;
-    long HWo = (long)Ho * Wo, N = (long)B * HWo;
-    // the padded input; a 1x1 stride-1 conv reads x as is, and as an image of one row of H*W
-    // pixels, so its runs span whole images instead of stopping at each row
-    const float* xp = x;
-    int Hp = H, Wp = W, Hr = Ho, Wr = Wo;
-    if (K == 1 && stride == 1) {
-        Hp = Hr = 1;
-        Wp = Wr = H * W;
-    } else if (K > 1) {
-        Hp = H + 2 * (K / 2);
-        Wp = W + 2 * (K / 2);
-        float* pad_buf = conv2d_workspace(DEVICE_CPU, 1, (size_t)B * Cin * Hp * Wp);
-        conv2d_pad_nchw(pad_buf, x, B, Cin, H, W, K / 2);
-        xp = pad_buf;
-    }
-    int nthreads = cpu_thread_count();
-    size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
-    int kc_max = Kd < GEMM_KC ? Kd : GEMM_KC;
-    size_t per_thread = conv2d_round16((size_t)kc_max * CONV2D_NCB) + conv2d_round16((size_t)Cout * CONV2D_NCB);
-    float* ws = conv2d_workspace(DEVICE_CPU, 0, conv2d_round16(Mpad * Kd) + per_thread * nthreads);
-    float* w_packed = ws;  // packed weights, shared
-    conv2d_pack_a_all(0, Cout, Kd, weight, Kd, w_packed);
-
-    long n_blocks = (N + CONV2D_NCB - 1) / CONV2D_NCB;
-    #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
-    for (long blk = 0; blk < n_blocks; blk++) {
-        float* Bp = ws + conv2d_round16(Mpad * Kd) + per_thread * conv2d_thread_id();
-        float* Cb = Bp + conv2d_round16((size_t)kc_max * CONV2D_NCB);  // (Cout, nc) block of outputs
-        long n0 = blk * CONV2D_NCB;
-        int nc = N - n0 < CONV2D_NCB ? (int)(N - n0) : CONV2D_NCB;
-        for (int pc = 0; pc < Kd; pc += GEMM_KC) {
-            int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
-            conv2d_pack_col(Bp, xp, Cin, Hp, Wp, K, stride, Hr, Wr, n0, nc, pc, kc);
-            gemm_macro_kernel(Cout, nc, kc, 1.0f, w_packed + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
-        }
-        // columns -> NCHW, one stretch of consecutive positions of one image at a time
-        for (long n = n0; n < n0 + nc;) {
-            long img = n / HWo, p = n - img * HWo;
-            int len = (int)(HWo - p < n0 + nc - n ? HWo - p : n0 + nc - n);
-            for (int co = 0; co < Cout; co++) {
-                const float* src = Cb + (size_t)co * nc + (n - n0);
-                float* dst = out + ((size_t)img * Cout + co) * HWo + p;
-                float bv = bias ? bias[co] : 0.0f;
-                for (int t = 0; t < len; t++) dst[t] = src[t] + bv;
-            }
-            n += len;
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------
-// CPU: backward
-
-// dbias (Cout) += sum over b, positions of dout (B, Cout, HWo)
-static void conv2d_dbias_cpu(float* dbias, const float* dout, int B, int Cout, long HWo) {
-    #pragma omp parallel for schedule(static)
-    for (int co = 0; co < Cout; co++) {
-        double sum = 0.0;  // double across images: a sum over up to B*HWo ~ 10^5 terms
-        for (int b = 0; b < B; b++) {
-            const float* d = dout + ((size_t)b * Cout + co) * HWo;
-            // 16 interleaved partial sums: independent adds that gcc vectorises (one running sum
-            // would be a chain of dependent adds, and gcc may not reorder float adds itself)
-            float lane[16] = {0.0f};
-            long p = 0;
-            for (; p + 16 <= HWo; p += 16) {
-                for (int l = 0; l < 16; l++) lane[l] += d[p + l];
-            }
-            for (; p < HWo; p++) lane[0] += d[p];
-            float s = 0.0f;
-            for (int l = 0; l < 16; l++) s += lane[l];
-            sum += s;
-        }
-        dbias[co] += (float)sum;
-    }
-}
-
-// dweight (Cout, Kd) += dout (Cout, N) @ col^T (N, Kd), the inner dimension running over the N
-// output positions of the batch. The GEMM's k index is the position, so both operands must be
-// packed position-major; in NCHW that is a transpose. Instead x is copied once to a padded
-// channels-last layout xn (B, Hp, Wp, Cin) and the taps are ordered (ky, kx, c): then the taps of
-// one position in a B strip are a few contiguous runs of xn (one per ky). dout (Cout per position, a
-// fraction 1/(K*K*Cin/Cout) of the data) is transposed while packing A.
-// Threads take chunks of positions and accumulate into private partial sums (in the (ky, kx, c)
-// tap order), which are added into dweight (in PyTorch's (c, ky, kx) order) at the end.
-static void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
-                               int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    // out (B, Cout, Ho, Wo), x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) or NULL (no bias)
+    conv2d_check_args("conv2d_forward_ref", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
-    int Hp = H + 2 * pad, Wp = W + 2 * pad;
-    int Kd = Cin * K * K;
-    long HWo = (long)Ho * Wo, N = (long)B * HWo;
-    float* xn = conv2d_workspace(DEVICE_CPU, 1, (size_t)B * Hp * Wp * Cin);
-    conv2d_pad_nhwc(xn, x, B, Cin, H, W, pad);
-    int nthreads = cpu_thread_count();
-    size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
-    int nc_max = Kd < GEMM_NC ? ceil_div(Kd, GEMM_NR) * GEMM_NR : GEMM_NC;
-    // per thread: packed A (Mpad, KC), packed B (KC, nc_max), partial dweight (Cout, Kd)
-    size_t b_off = conv2d_round16(Mpad * GEMM_KC);
-    size_t partial_off = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
-    size_t per_thread = partial_off + conv2d_round16((size_t)Cout * Kd);
-    float* ws = conv2d_workspace(DEVICE_CPU, 0, per_thread * nthreads);
-    // chunks of 2 KC-deep steps: enough work per chunk, enough chunks to balance the threads
-    long chunk = 2L * GEMM_KC;
-    long n_chunks = (N + chunk - 1) / chunk;
-
-    #pragma omp parallel num_threads(nthreads)
-    {
-        float* Ap = ws + per_thread * conv2d_thread_id();
-        float* Bp = Ap + b_off;
-        float* partial = Ap + partial_off;
-        memset(partial, 0, (size_t)Cout * Kd * sizeof(float));
-        ConvRun runs[GEMM_KC];
-        // one B strip's taps as runs of consecutive floats in xn: source offset relative to a
-        // position's first pixel, destination column in the strip, length
-        int seg_src[GEMM_NR], seg_dst[GEMM_NR], seg_len[GEMM_NR];
-        #pragma omp for schedule(dynamic)
-        for (long ch = 0; ch < n_chunks; ch++) {
-            long chunk_end = (ch + 1) * chunk < N ? (ch + 1) * chunk : N;
-            for (long pc = ch * chunk; pc < chunk_end; pc += GEMM_KC) {
-                int kc = chunk_end - pc < GEMM_KC ? (int)(chunk_end - pc) : GEMM_KC;
-                int nruns = conv2d_runs(runs, pc, kc, Ho, Wo);
-                // A strips: Ap[k*MR + r] = dout[b][co = i + r][position k]
-                for (int i = 0; i < Cout; i += GEMM_MR) {
-                    float* strip = Ap + (size_t)i * kc;
-                    for (int r = 0; r < GEMM_MR; r++) {
-                        if (i + r >= Cout) {  // zero rows pad the last strip
-                            for (int k = 0; k < kc; k++) strip[(size_t)k * GEMM_MR + r] = 0.0f;
-                            continue;
-                        }
-                        int k = 0;
-                        for (int q = 0; q < nruns; q++) {
-                            const float* src = dout + ((size_t)runs[q].b * Cout + i + r) * HWo +
-                                               (size_t)runs[q].oy * Wo + runs[q].ox;
-                            for (int t = 0; t < runs[q].len; t++, k++) strip[(size_t)k * GEMM_MR + r] = src[t];
-                        }
-                    }
-                }
-                for (int jc = 0; jc < Kd; jc += GEMM_NC) {
-                    int nc = Kd - jc < GEMM_NC ? Kd - jc : GEMM_NC;
-                    // B strips: Bp[k*NR + jj] = xn[b][oy*stride + ky][ox*stride + kx][c] for
-                    // tap jc + j + jj = (ky*K + kx)*Cin + c and position k = (b, oy, ox)
-                    for (int j = 0; j < nc; j += GEMM_NR) {
-                        int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
-                        // taps of one ky, (kx, c), are K*Cin consecutive floats of one xn row
-                        int nseg = 0;
-                        for (int jj = 0; jj < nr;) {
-                            int tap = jc + j + jj;
-                            int ky = tap / (K * Cin), kxc = tap % (K * Cin);
-                            int len = K * Cin - kxc < nr - jj ? K * Cin - kxc : nr - jj;
-                            seg_src[nseg] = ky * Wp * Cin + kxc;
-                            seg_dst[nseg] = jj;
-                            seg_len[nseg] = len;
-                            nseg++;
-                            jj += len;
-                        }
-                        float* dst = Bp + (size_t)j * kc;
-                        for (int q = 0; q < nruns; q++) {
-                            const float* pos = xn + (((size_t)runs[q].b * Hp + runs[q].oy * stride) * Wp +
-                                                     runs[q].ox * stride) * Cin;
-                            for (int t = 0; t < runs[q].len; t++) {
-                                for (int sgi = 0; sgi < nseg; sgi++) {
-                                    conv2d_copy(dst + seg_dst[sgi], pos + seg_src[sgi], seg_len[sgi], 1);
-                                }
-                                for (int jj = nr; jj < GEMM_NR; jj++) dst[jj] = 0.0f;
-                                dst += GEMM_NR;
-                                pos += (size_t)stride * Cin;
-                            }
-                        }
-                    }
-                    gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, 1.0f, partial + jc, Kd);
-                }
-            }
-        }
-        // after the implicit barrier of the omp for every partial is complete: add them up
-        // (over the team actually running, which may be smaller than asked for), reordering
-        // the taps from (ky, kx, c) to PyTorch's (c, ky, kx)
-        int team = 1;
-#ifdef _OPENMP
-        team = omp_get_num_threads();
-#endif
-        #pragma omp for schedule(static)
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
         for (int co = 0; co < Cout; co++) {
-            for (int tap = 0; tap < Kd; tap++) {
-                int kk = tap / Cin, c = tap % Cin;
-                float s = 0.0f;
-                for (int t = 0; t < team; t++) s += ws[per_thread * t + partial_off + (size_t)co * Kd + tap];
-                dweight[((size_t)co * Cin + c) * K * K + kk] += s;
+            for (int oy = 0; oy < Ho; oy++) {
+                for (int ox = 0; ox < Wo; ox++) {
+                    double acc = bias ? bias[co] : 0.0;
+                    for (int ci = 0; ci < Cin; ci++) {
+                        for (int ky = 0; ky < K; ky++) {
+                            for (int kx = 0; kx < K; kx++) {
+                                int iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;  // zero padding
+                                acc += (double)weight[(((size_t)co * Cin + ci) * K + ky) * K + kx] *
+                                       x[(((size_t)b * Cin + ci) * H + iy) * W + ix];
+                            }
+                        }
+                    }
+                    out[(((size_t)b * Cout + co) * Ho + oy) * Wo + ox] = (float)acc;
+                }
             }
         }
     }
 }
 
-// dx for stride 2: dcol (Kd, n) = weight^T @ dout over blocks of whole images (so no two threads
-// write the same dx pixel), then col2im adds every tap's contribution into dx.
-static void conv2d_dx_strided_cpu(float* dx, const float* dout, const float* weight,
-                                  int B, int Cin, int H, int W, int Cout, int K, int stride) {
+static inline void conv2d_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                                const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
+    // dout (B, Cout, Ho, Wo), x (B, Cin, H, W), weight (Cout, Cin, K, K);
+    // dx (B, Cin, H, W) OVERWRITTEN (NULL: skipped), dweight (Cout, Cin, K, K) and dbias (Cout) ACCUMULATED
+    conv2d_check_args("conv2d_backward_ref", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
-    int Kd = Cin * K * K;
-    long HWo = (long)Ho * Wo;
-    int nthreads = cpu_thread_count();
-    // images per block: ~CONV2D_NCB columns, but at least one block per thread
-    int g = HWo >= CONV2D_NCB ? 1 : (int)(CONV2D_NCB / HWo);
-    int g_balance = ceil_div(B, nthreads);
-    if (g > g_balance) g = g_balance;
-    int n_blocks = ceil_div(B, g);
-    long nc_max = (long)g * HWo;
-    size_t nc_pad = (size_t)ceil_div((int)nc_max, GEMM_NR) * GEMM_NR;
-    size_t Kdpad = (size_t)ceil_div(Kd, GEMM_MR) * GEMM_MR;
-    int kc_max = Cout < GEMM_KC ? Cout : GEMM_KC;
-    size_t per_thread = conv2d_round16((size_t)kc_max * nc_pad) + conv2d_round16((size_t)Kd * nc_max);
-    float* ws = conv2d_workspace(DEVICE_CPU, 0, conv2d_round16(Kdpad * Cout) + per_thread * nthreads);
-    float* WTp = ws;  // packed weight^T (Kd, Cout), shared
-    conv2d_pack_a_all(1, Kd, Cout, weight, Kd, WTp);
-
-    #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
-    for (int blk = 0; blk < n_blocks; blk++) {
-        float* Bp = ws + conv2d_round16(Kdpad * Cout) + per_thread * conv2d_thread_id();
-        float* dcol = Bp + conv2d_round16((size_t)kc_max * nc_pad);  // (Kd, nc)
-        int b0 = blk * g, nb = B - b0 < g ? B - b0 : g;
-        int nc = (int)(nb * HWo);
-        for (int pc = 0; pc < Cout; pc += GEMM_KC) {
-            int kc = Cout - pc < GEMM_KC ? Cout - pc : GEMM_KC;
-            // B strips: Bp[k*NR + t] = dout[b][co = pc + k][position], columns image after image
-            for (int j = 0; j < nc; j += GEMM_NR) {
-                int nr = nc - j < GEMM_NR ? nc - j : GEMM_NR;
-                float* strip = Bp + (size_t)j * kc;
-                for (int k = 0; k < kc; k++) {
-                    for (int t = 0; t < GEMM_NR; t++) {
-                        long n = j + t;
-                        long img = n / HWo;
-                        strip[(size_t)k * GEMM_NR + t] = t < nr ?
-                            dout[((size_t)(b0 + img) * Cout + pc + k) * HWo + (n - img * HWo)] : 0.0f;
+    // parameter gradients: one output channel per thread, so each thread owns its dweight and dbias
+    #pragma omp parallel for
+    for (int co = 0; co < Cout; co++) {
+        double db = 0.0;
+        for (int b = 0; b < B; b++) {
+            for (int oy = 0; oy < Ho; oy++) {
+                for (int ox = 0; ox < Wo; ox++) db += dout[(((size_t)b * Cout + co) * Ho + oy) * Wo + ox];
+            }
+        }
+        dbias[co] += (float)db;
+        for (int ci = 0; ci < Cin; ci++) {
+            for (int ky = 0; ky < K; ky++) {
+                for (int kx = 0; kx < K; kx++) {
+                    double dw = 0.0;
+                    for (int b = 0; b < B; b++) {
+                        for (int oy = 0; oy < Ho; oy++) {
+                            for (int ox = 0; ox < Wo; ox++) {
+                                int iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                dw += (double)dout[(((size_t)b * Cout + co) * Ho + oy) * Wo + ox] *
+                                      x[(((size_t)b * Cin + ci) * H + iy) * W + ix];
+                            }
+                        }
                     }
+                    dweight[(((size_t)co * Cin + ci) * K + ky) * K + kx] += (float)dw;
                 }
             }
-            gemm_macro_kernel(Kd, nc, kc, 1.0f, WTp + (size_t)pc * Kdpad, Bp, pc == 0 ? 0.0f : 1.0f, dcol, nc);
         }
-        // col2im: dx[b][c][oy*stride + ky - pad][ox*stride + kx - pad] += dcol[(c, ky, kx)][b, oy, ox]
-        for (int bi = 0; bi < nb; bi++) {
-            for (int c = 0; c < Cin; c++) {
-                float* plane = dx + ((size_t)(b0 + bi) * Cin + c) * H * W;
-                memset(plane, 0, (size_t)H * W * sizeof(float));
-                for (int ky = 0; ky < K; ky++) {
-                    for (int kx = 0; kx < K; kx++) {
-                        const float* src = dcol + (size_t)((c * K + ky) * K + kx) * nc + bi * HWo;
-                        for (int oy = 0; oy < Ho; oy++) {
-                            int iy = oy * stride + ky - pad;
-                            if (iy < 0 || iy >= H) continue;
-                            for (int ox = 0; ox < Wo; ox++) {
-                                int ix = ox * stride + kx - pad;
-                                if (ix >= 0 && ix < W) plane[(size_t)iy * W + ix] += src[oy * Wo + ox];
+    }
+    if (dx == NULL) return;
+    // input gradient: one image per thread; each output position adds its gradient, through every
+    // tap, into the input pixels it read (sums in a double copy of the image's dx)
+    #pragma omp parallel for
+    for (int b = 0; b < B; b++) {
+        double* acc = (double*)mallocCheck((size_t)Cin * H * W * sizeof(double));  // (Cin, H, W)
+        for (size_t i = 0; i < (size_t)Cin * H * W; i++) acc[i] = 0.0;
+        for (int co = 0; co < Cout; co++) {
+            for (int oy = 0; oy < Ho; oy++) {
+                for (int ox = 0; ox < Wo; ox++) {
+                    double g = dout[(((size_t)b * Cout + co) * Ho + oy) * Wo + ox];
+                    for (int ci = 0; ci < Cin; ci++) {
+                        for (int ky = 0; ky < K; ky++) {
+                            for (int kx = 0; kx < K; kx++) {
+                                int iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                                acc[((size_t)ci * H + iy) * W + ix] +=
+                                    g * weight[(((size_t)co * Cin + ci) * K + ky) * K + kx];
                             }
                         }
                     }
                 }
             }
         }
+        for (size_t i = 0; i < (size_t)Cin * H * W; i++) dx[(size_t)b * Cin * H * W + i] = (float)acc[i];
+        free(acc);
     }
 }
 
-// dx (OVERWRITTEN; may be NULL: skipped), dweight and dbias ACCUMULATED (+=)
-static void conv2d_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
-                                const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
-    conv2d_check_args("conv2d_backward_cpu", B, Cin, H, W, Cout, K, stride);
-    int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
-    conv2d_dbias_cpu(dbias, dout, B, Cout, (long)Ho * Wo);
-    conv2d_dweight_cpu(dweight, dout, x, B, Cin, H, W, Cout, K, stride);
-    if (dx == NULL) return;
-    if (stride == 1) {
-        // With stride 1 and pad K/2 the input gradient is a convolution of dout with the weights
-        // transposed (Cin <-> Cout) and flipped in space:
-        //   dx[ci][y][x] = sum_{co,ky,kx} w[co][ci][ky][kx] dout[co][y - ky + pad][x - kx + pad]
-        //                = conv(dout, wf)[ci][y][x]  with wf[ci][co][ky][kx] = w[co][ci][K-1-ky][K-1-kx]
-        // so it runs on the forward path, without a col2im pass.
-        float* wf = conv2d_workspace(DEVICE_CPU, 2, (size_t)Cout * Cin * K * K);
-        #pragma omp parallel for schedule(static)
-        for (int ci = 0; ci < Cin; ci++) {
-            for (int co = 0; co < Cout; co++) {
-                for (int t = 0; t < K * K; t++) {
-                    wf[((size_t)ci * Cout + co) * K * K + t] = weight[((size_t)co * Cin + ci) * K * K + (K * K - 1 - t)];
-                }
-            }
-        }
-        conv2d_forward_cpu(dx, dout, wf, NULL, B, Cout, H, W, Cin, K, 1);
-    } else {
-        conv2d_dx_strided_cpu(dx, dout, weight, B, Cin, H, W, Cout, K, stride);
+// ----------------------------------------------------------------------------
+// CPU: the fast path, conv2d_forward_cpu and conv2d_backward_cpu, in its own module
+
+#include "cpu_conv2d.h"
+
+// ----------------------------------------------------------------------------
+// CUDA workspace: the col matrices of one chunk of images, in one GPU buffer grown on demand
+
+static float* g_conv2d_cuda_ws = NULL;
+static size_t g_conv2d_cuda_ws_floats = 0;
+
+// a GPU buffer of at least `floats` floats; its contents do not survive the next call
+static inline float* conv2d_cuda_workspace(size_t floats) {
+    if (floats > g_conv2d_cuda_ws_floats) {
+        if (g_conv2d_cuda_ws) cudaCheck(cudaFree(g_conv2d_cuda_ws));
+        cudaCheck(cudaMalloc((void**)&g_conv2d_cuda_ws, floats * sizeof(float)));
+        g_conv2d_cuda_ws_floats = floats;
     }
+    return g_conv2d_cuda_ws;
 }
 
 // ----------------------------------------------------------------------------
@@ -607,28 +245,28 @@ __global__ void conv2d_dbias_kernel(float* dbias, const float* dout, int B, int 
 // CUDA launchers
 
 // grid for a grid-stride loop over `total` elements
-static int conv2d_grid(long total, int block) {
+static inline int conv2d_grid(long total, int block) {
     long g = (total + block - 1) / block;
     return (int)(g < 65536 ? (g > 0 ? g : 1) : 65536);
 }
 
 // images per chunk: the col matrix (Kd rows) plus a Cout-row matrix of nb*HWo columns each stay
 // under 2^26 floats (256 MiB) of workspace
-static int conv2d_chunk_images(int B, int Kd, int Cout, long HWo) {
+static inline int conv2d_chunk_images(int B, int Kd, int Cout, long HWo) {
     long per_image = (long)(Kd + Cout) * HWo;
     long nb = (1L << 26) / per_image;
     if (nb < 1) nb = 1;
     return (int)(nb < B ? nb : B);
 }
 
-static void conv2d_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
                                 int B, int Cin, int H, int W, int Cout, int K, int stride) {
     conv2d_check_args("conv2d_forward_cuda", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
     int Kd = Cin * K * K;
     long HWo = (long)Ho * Wo;
     int chunk = conv2d_chunk_images(B, Kd, Cout, HWo);
-    float* col = conv2d_workspace(DEVICE_CUDA, 0, (size_t)(Kd + Cout) * chunk * HWo);
+    float* col = conv2d_cuda_workspace((size_t)(Kd + Cout) * chunk * HWo);
     float* y = col + (size_t)Kd * chunk * HWo;  // (Cout, nb*HWo)
     const int block = 256;
     for (int b0 = 0; b0 < B; b0 += chunk) {
@@ -644,7 +282,7 @@ static void conv2d_forward_cuda(float* out, const float* x, const float* weight,
     }
 }
 
-static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                  const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     conv2d_check_args("conv2d_backward_cuda", B, Cin, H, W, Cout, K, stride);
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
@@ -654,7 +292,7 @@ static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const 
     conv2d_dbias_kernel<<<Cout, block>>>(dbias, dout, B, Cout, HWo);
     cudaCheck(cudaGetLastError());
     int chunk = conv2d_chunk_images(B, Kd, Cout, HWo);
-    float* col = conv2d_workspace(DEVICE_CUDA, 0, (size_t)(Kd + Cout) * chunk * HWo);  // (Kd, nb*HWo), later dcol
+    float* col = conv2d_cuda_workspace((size_t)(Kd + Cout) * chunk * HWo);  // (Kd, nb*HWo), later dcol
     float* dy = col + (size_t)Kd * chunk * HWo;                            // (Cout, nb*HWo)
     for (int b0 = 0; b0 < B; b0 += chunk) {
         int nb = B - b0 < chunk ? B - b0 : chunk;
@@ -682,7 +320,7 @@ static void conv2d_backward_cuda(float* dx, float* dweight, float* dbias, const 
 // dispatchers: pointers live on the current device
 
 // x (B, Cin, H, W), weight (Cout, Cin, K, K), bias (Cout) -> out (B, Cout, Ho, Wo)
-static void conv2d_forward(float* out, const float* x, const float* weight, const float* bias,
+static inline void conv2d_forward(float* out, const float* x, const float* weight, const float* bias,
                            int B, int Cin, int H, int W, int Cout, int K, int stride) {
     if (g_device == DEVICE_CUDA) {
         conv2d_forward_cuda(out, x, weight, bias, B, Cin, H, W, Cout, K, stride);
@@ -693,7 +331,7 @@ static void conv2d_forward(float* out, const float* x, const float* weight, cons
 
 // dout (B, Cout, Ho, Wo) -> dx (B, Cin, H, W) OVERWRITTEN (NULL: skipped),
 // dweight (Cout, Cin, K, K) and dbias (Cout) ACCUMULATED
-static void conv2d_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void conv2d_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                             const float* weight, int B, int Cin, int H, int W, int Cout, int K, int stride) {
     if (g_device == DEVICE_CUDA) {
         conv2d_backward_cuda(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
@@ -701,3 +339,4 @@ static void conv2d_backward(float* dx, float* dweight, float* dbias, const float
         conv2d_backward_cpu(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
     }
 }
+

@@ -17,7 +17,7 @@ typedef enum { SCHEDULE_COSINE, SCHEDULE_LINEAR } Schedule;
 typedef enum { SAMPLER_DDPM, SAMPLER_DDIM, SAMPLER_DPMPP_2M } Sampler;
 
 static const char* schedule_name(Schedule s) { return s == SCHEDULE_COSINE ? "cosine" : "linear"; }
-static const char* sampler_name(Sampler s) {
+static inline const char* sampler_name(Sampler s) {
     return s == SAMPLER_DDPM ? "ddpm" : s == SAMPLER_DDIM ? "ddim" : "dpm++2m";
 }
 
@@ -27,7 +27,7 @@ static const char* sampler_name(Sampler s) {
 // abar (T): abar_t = prod_{i <= t} (1 - beta_i).
 // cosine (Nichol & Dhariwal): beta_t = 1 - f((t+1)/T) / f(t/T), f(u) = cos((u + s)/(1 + s) * pi/2)^2,
 // s = 0.008, clipped at 0.999; linear: beta from 1e-4 to 0.02.
-static void diffusion_schedule(Schedule s, double* abar) {
+static inline void diffusion_schedule(Schedule s, double* abar) {
     double prod = 1.0;
     for (int t = 0; t < DIFFUSION_T; t++) {
         double beta;
@@ -46,7 +46,7 @@ static void diffusion_schedule(Schedule s, double* abar) {
 }
 
 // z_t (B, dim) = sqrt(abar_t[b]) z0 + sqrt(1 - abar_t[b]) eps, per batch item (host)
-static void diffusion_q_sample(float* zt, const float* z0, const float* eps, const int* t, const double* abar,
+static inline void diffusion_q_sample(float* zt, const float* z0, const float* eps, const int* t, const double* abar,
                                int B, size_t dim) {
     for (int b = 0; b < B; b++) {
         double a = abar[t[b]], sa = sqrt(a), sn = sqrt(1.0 - a);
@@ -77,7 +77,7 @@ static inline double step_noise_at(const float* fixed, uint64_t seed, uint64_t i
 // counter = step_index * n * dim + element, so a run is reproducible on any device; tests pass their
 // own in step_noise (steps, n, dim) instead. trace (steps, n, dim), when not NULL, receives z after
 // every step.
-static void sample_latents(Sampler sampler, int steps, float eta, const double* abar, EpsModelFn model,
+static inline void sample_latents(Sampler sampler, int steps, float eta, const double* abar, EpsModelFn model,
                            void* ctx, float* z, int n, size_t dim, uint64_t noise_seed,
                            const float* step_noise, float* trace) {
     size_t N = (size_t)n * dim;

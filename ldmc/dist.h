@@ -52,15 +52,15 @@ typedef struct {
 
 static Dist g_dist = {0, 1, 0, 1, "one process", 0};
 
-static int dist_rank(void) { return g_dist.rank; }
-static int dist_world(void) { return g_dist.world; }
-static int dist_is_main(void) { return g_dist.rank == 0; }
+static inline int dist_rank(void) { return g_dist.rank; }
+static inline int dist_world(void) { return g_dist.world; }
+static inline int dist_is_main(void) { return g_dist.rank == 0; }
 
 // ----------------------------------------------------------------------------
 // checked calls
 
 #ifdef LDMC_MPI
-static void mpi_check(int err, const char* file, int line) {
+static inline void mpi_check(int err, const char* file, int line) {
     if (err == MPI_SUCCESS) return;
     char msg[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -72,7 +72,7 @@ static void mpi_check(int err, const char* file, int line) {
 #endif
 
 #ifdef LDMC_NCCL
-static void nccl_check(ncclResult_t r, const char* file, int line) {
+static inline void nccl_check(ncclResult_t r, const char* file, int line) {
     if (r == ncclSuccess) return;
     fprintf(stderr, "[NCCL ERROR] at %s:%d: %s\nHINT: run with NCCL_DEBUG=INFO for NCCL's own account.\n", file,
             line, ncclGetErrorString(r));
@@ -93,7 +93,7 @@ typedef enum {
 #ifdef LDMC_MPI
 #define DIST_MPI_PIECE ((size_t)1 << 30)  // MPI counts are int: big buffers go in pieces
 
-static void dist_mpi(DistOp op, float* host, size_t n) {
+static inline void dist_mpi(DistOp op, float* host, size_t n) {
     if (op == DIST_GATHER) {
         if (n > INT_MAX) { fprintf(stderr, "Error: dist_allgather_host: %zu floats per rank is over MPI's int count.\n", n); exit(EXIT_FAILURE); }
         mpiCheck(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, host, (int)n, MPI_FLOAT, MPI_COMM_WORLD));
@@ -109,7 +109,7 @@ static void dist_mpi(DistOp op, float* host, size_t n) {
 #endif
 
 #ifdef LDMC_NCCL
-static void dist_nccl(DistOp op, float* dev, size_t n) {
+static inline void dist_nccl(DistOp op, float* dev, size_t n) {
     switch (op) {
         case DIST_MEAN: ncclCheck(ncclAllReduce(dev, dev, n, ncclFloat, ncclAvg, g_dist.nccl, 0)); break;
         case DIST_BCAST: ncclCheck(ncclBroadcast(dev, dev, n, ncclFloat, 0, g_dist.nccl, 0)); break;
@@ -119,7 +119,7 @@ static void dist_nccl(DistOp op, float* dev, size_t n) {
 }
 
 // a device buffer of at least n floats for staging host data (kept for the next call)
-static float* dist_staging(size_t n) {
+static inline float* dist_staging(size_t n) {
     if (n > g_dist.staging_n) {
         if (g_dist.staging) cudaCheck(cudaFree(g_dist.staging));
         cudaCheck(cudaMalloc(&g_dist.staging, n * sizeof(float)));
@@ -130,7 +130,7 @@ static float* dist_staging(size_t n) {
 #endif
 
 // an op on a host buffer: MPI when the job has it, else NCCL through a device copy
-static void dist_host(DistOp op, float* host, size_t n) {
+static inline void dist_host(DistOp op, float* host, size_t n) {
 #ifdef LDMC_MPI
     if (g_dist.mpi) { dist_mpi(op, host, n); return; }
 #endif
@@ -145,7 +145,7 @@ static void dist_host(DistOp op, float* host, size_t n) {
 
 // an op on a buffer of the current device: NCCL on GPUs, the host path on the CPU (and on GPUs
 // of a build without NCCL, through a host copy)
-static void dist_dev(DistOp op, float* buf, size_t n) {
+static inline void dist_dev(DistOp op, float* buf, size_t n) {
 #ifdef LDMC_NCCL
     if (g_dist.nccl) { dist_nccl(op, buf, n); return; }
 #endif
@@ -165,25 +165,25 @@ static void dist_dev(DistOp op, float* buf, size_t n) {
 // each rank's equal slice of the batch, so the mean of the ranks' gradients is the gradient of the
 // global batch's loss. The whole flat gradient goes as one bucket (ParamStore keeps it contiguous),
 // after the backward pass.
-static void dist_allreduce_mean(float* buf, size_t n) {
+static inline void dist_allreduce_mean(float* buf, size_t n) {
     if (g_dist.world > 1) dist_dev(DIST_MEAN, buf, n);
 }
 
-static void dist_allreduce_mean_host(float* host, size_t n) {
+static inline void dist_allreduce_mean_host(float* host, size_t n) {
     if (g_dist.world > 1) dist_host(DIST_MEAN, host, n);
 }
 
 // buf (n) on the current device: rank 0's values on every rank
-static void dist_broadcast(float* buf, size_t n) {
+static inline void dist_broadcast(float* buf, size_t n) {
     if (g_dist.world > 1) dist_dev(DIST_BCAST, buf, n);
 }
 
 // host (world, chunk): rank r has filled chunk r; afterwards every rank has every chunk
-static void dist_allgather_host(float* host, size_t chunk) {
+static inline void dist_allgather_host(float* host, size_t chunk) {
     if (g_dist.world > 1) dist_host(DIST_GATHER, host, chunk);
 }
 
-static void dist_barrier(void) {
+static inline void dist_barrier(void) {
     if (g_dist.world == 1) return;
 #ifdef LDMC_MPI
     if (g_dist.mpi) { mpiCheck(MPI_Barrier(MPI_COMM_WORLD)); return; }
@@ -195,7 +195,7 @@ static void dist_barrier(void) {
 // a failure every rank meets alike (the global loss is not finite): rank 0 reports it and exits,
 // which aborts the job; the other ranks wait here for that rather than race it with their own abort,
 // which could kill rank 0 before its message is out
-static void dist_wait_for_abort(void) {
+static inline void dist_wait_for_abort(void) {
 #ifdef LDMC_MPI
     if (g_dist.mpi && !dist_is_main()) MPI_Barrier(MPI_COMM_WORLD);  // rank 0 never arrives
 #endif
@@ -205,7 +205,7 @@ static void dist_wait_for_abort(void) {
 // ----------------------------------------------------------------------------
 // joining and leaving the job
 
-static void dist_finalize(void) {
+static inline void dist_finalize(void) {
 #ifdef LDMC_NCCL
     if (g_dist.nccl) { ncclCheck(ncclCommDestroy(g_dist.nccl)); g_dist.nccl = NULL; }
     if (g_dist.staging) { cudaCheck(cudaFree(g_dist.staging)); g_dist.staging = NULL; g_dist.staging_n = 0; }
@@ -230,7 +230,7 @@ static void dist_finalize(void) {
 
 // registered with on_exit, which passes the exit status: a failure on this rank aborts every rank
 // (MPI_Abort ends the whole job); a clean exit before the end of main (--help) leaves MPI properly
-static void dist_on_exit(int status, void* arg) {
+static inline void dist_on_exit(int status, void* arg) {
     (void)arg;
 #ifdef LDMC_MPI
     if (!g_dist.mpi) return;
@@ -244,7 +244,7 @@ static void dist_on_exit(int status, void* arg) {
 #endif
 }
 
-static int env_int(const char* name, int fallback) {
+static inline int env_int(const char* name, int fallback) {
     const char* s = getenv(name);
     if (s == NULL || s[0] == '\0') return fallback;
     char* end = NULL;
@@ -257,12 +257,12 @@ static int env_int(const char* name, int fallback) {
 }
 
 // the first of two environment variables that is set (ours, then Slurm's), else fallback
-static int env_int2(const char* ours, const char* slurm, int fallback) {
+static inline int env_int2(const char* ours, const char* slurm, int fallback) {
     return env_int(ours, env_int(slurm, fallback));
 }
 
 // the number of ranks an MPI launcher started, from what it puts in the environment (0: none did)
-static int dist_launcher_world(void) {
+static inline int dist_launcher_world(void) {
     int n = env_int("OMPI_COMM_WORLD_SIZE", 0);                                    // Open MPI's mpirun
     if (n == 0) n = env_int("PMI_SIZE", 0);                           // MPICH's mpiexec, srun --mpi=pmi2
     if (n == 0 && getenv("PMIX_RANK")) n = env_int("SLURM_STEP_NUM_TASKS", 1);     // srun --mpi=pmix
@@ -270,7 +270,7 @@ static int dist_launcher_world(void) {
 }
 
 #ifdef LDMC_MPI
-static void dist_join_mpi(int* argc, char*** argv) {
+static inline void dist_join_mpi(int* argc, char*** argv) {
     mpiCheck(MPI_Init(argc, argv));
     g_dist.mpi = 1;
     g_dist.via = "MPI";
@@ -287,7 +287,7 @@ static void dist_join_mpi(int* argc, char*** argv) {
 
 // every rank must run with the same flags (argv[0] aside): ranks with other settings would train
 // other models and average their gradients into nonsense
-static void dist_check_same_args(int argc, char** argv) {
+static inline void dist_check_same_args(int argc, char** argv) {
     uint64_t h = 1469598103934665603ULL;  // FNV-1a over the flags, '\0'-separated
     for (int i = 1; i < argc; i++) {
         for (const char* c = argv[i]; ; c++) { h = (h ^ (uint8_t)*c) * 1099511628211ULL; if (*c == '\0') break; }
@@ -310,7 +310,7 @@ static void dist_check_same_args(int argc, char** argv) {
 // the file rendezvous: rank 0 writes NCCL's unique id to $LDMC_DIST_DIR/ldmc_nccl_id.<job> (a
 // temporary name, then rename, so no reader sees half a file); the others poll for it. <job> is
 // $LDMC_DIST_JOB, else Slurm's job and step id, so an old file of another launch is never read.
-static void dist_nccl_id_from_file(ncclUniqueId* id, char* path, size_t n) {
+static inline void dist_nccl_id_from_file(ncclUniqueId* id, char* path, size_t n) {
     const char* job = getenv("LDMC_DIST_JOB");
     char slurm_job[64];
     if (job == NULL && getenv("SLURM_JOB_ID")) {
@@ -354,7 +354,7 @@ static void dist_nccl_id_from_file(ncclUniqueId* id, char* path, size_t n) {
 #endif
 
 // the job from the environment, for the file rendezvous (no MPI)
-static void dist_join_env(void) {
+static inline void dist_join_env(void) {
 #ifndef LDMC_NCCL
     fprintf(stderr, "Error: $LDMC_DIST_DIR is set, but this build has no NCCL: the file rendezvous starts NCCL on GPUs.\n"
                     "HINT: launch with mpirun (or srun with PMI) on a build with MPI, or build where nccl.h is found.\n");
@@ -376,7 +376,7 @@ static void dist_join_env(void) {
 // call first in main: joins the job, makes ranks > 0 quiet on stdout (their errors still go to
 // stderr) and picks this rank's GPU (its index among the node's ranks, modulo the visible GPUs, so
 // that one GPU per rank bound by the launcher works too)
-static void dist_init(int* argc, char*** argv) {
+static inline void dist_init(int* argc, char*** argv) {
     if (dist_launcher_world() > 1) {
 #ifdef LDMC_MPI
         dist_join_mpi(argc, argv);
@@ -408,7 +408,7 @@ static void dist_init(int* argc, char*** argv) {
 
 // call after device_init: checks that every rank got the same kind of device and, on GPUs, starts
 // NCCL; says how gradients will be averaged
-static void dist_init_device(void) {
+static inline void dist_init_device(void) {
     if (g_dist.world == 1) return;
 #ifdef LDMC_MPI
     if (g_dist.mpi) {

@@ -8,8 +8,10 @@
 //   map1_cuda / map2_cuda     launch an elementwise functor, vectorised when the pointers allow it
 //   reduce_sum_cpu / reduce_sum_cuda    deterministic sums of a per-index term (any thread count, no atomics)
 //   reduce_warp_sum / reduce_block_sum  the warp and block reductions under them
-// Each layer has a plain C reference (*_cpu), a CUDA launcher (*_cuda) and a dispatcher that
-// follows g_device. In backward, gradients of inputs are overwritten.
+// Each layer has a plain reference (*_ref: one loop over the elements, the math of the layer), a
+// CUDA launcher (*_cuda) and a dispatcher that follows g_device. The reference is also the CPU
+// path: these layers are one read and one write per element, and the loops are already as fast as
+// the memory allows. In backward, gradients of inputs are overwritten.
 #pragma once
 
 #include "common.cuh"
@@ -75,7 +77,7 @@ __global__ static void map2_kernel(float* out, const float* a, const float* b, s
 }
 
 template <class Op>
-static void map1_cuda(float* out, const float* a, size_t n, Op op) {
+static inline void map1_cuda(float* out, const float* a, size_t n, Op op) {
     if (n == 0) return;
     const int block = 256;
     if (n % 4 == 0 && is_aligned16(out) && is_aligned16(a)) {
@@ -87,7 +89,7 @@ static void map1_cuda(float* out, const float* a, size_t n, Op op) {
 }
 
 template <class Op>
-static void map2_cuda(float* out, const float* a, const float* b, size_t n, Op op) {
+static inline void map2_cuda(float* out, const float* a, const float* b, size_t n, Op op) {
     if (n == 0) return;
     const int block = 256;
     if (n % 4 == 0 && is_aligned16(out) && is_aligned16(a) && is_aligned16(b)) {
@@ -144,7 +146,7 @@ __global__ static void reduce_final_kernel(float* result, const float* partial, 
 }
 
 template <class Term>
-static float reduce_sum_cuda(size_t n, Term term) {
+static inline float reduce_sum_cuda(size_t n, Term term) {
     if (g_reduce_scratch == NULL) {
         cudaCheck(cudaMalloc(&g_reduce_scratch, (REDUCE_MAX_BLOCKS + 1) * sizeof(float)));
     }
@@ -163,7 +165,7 @@ static float reduce_sum_cuda(size_t n, Term term) {
 // The CPU counterpart: term(i) summed in double over a fixed number of chunks (not one per thread),
 // the chunk sums then added in order, so the result does not depend on OMP_NUM_THREADS.
 template <class Term>
-static double reduce_sum_cpu(size_t n, Term term) {
+static inline double reduce_sum_cpu(size_t n, Term term) {
     const int chunks = 64;
     double partial[chunks];
     #pragma omp parallel for
@@ -190,6 +192,19 @@ __host__ __device__ static inline float silu_grad_value(float dout, float x) {
     return dout * s * (1.0f + x * (1.0f - s));
 }
 
+static inline void silu_forward_ref(float* out, const float* x, size_t n) {
+    // out, x (n)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = silu_value(x[i]);
+}
+
+static inline void silu_backward_ref(float* dx, const float* dout, const float* x, size_t n) {
+    // dx, dout, x (n); dx may be dout
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) dx[i] = silu_grad_value(dout[i], x[i]);
+}
+
+// CUDA: the same per-element math as functors for map1_cuda / map2_cuda
 struct SiluOp {
     __device__ float operator()(float x) const { return silu_value(x); }
 };
@@ -197,33 +212,36 @@ struct SiluBackwardOp {
     __device__ float operator()(float dout, float x) const { return silu_grad_value(dout, x); }
 };
 
-static void silu_forward_cpu(float* out, const float* x, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) out[i] = silu_value(x[i]);
-}
-
-static void silu_backward_cpu(float* dx, const float* dout, const float* x, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) dx[i] = silu_grad_value(dout[i], x[i]);
-}
-
 static void silu_forward_cuda(float* out, const float* x, size_t n) { map1_cuda(out, x, n, SiluOp()); }
 
-static void silu_backward_cuda(float* dx, const float* dout, const float* x, size_t n) {
+static inline void silu_backward_cuda(float* dx, const float* dout, const float* x, size_t n) {
     map2_cuda(dx, dout, x, n, SiluBackwardOp());
 }
 
-static void silu_forward(float* out, const float* x, size_t n) {
-    if (g_device == DEVICE_CUDA) { silu_forward_cuda(out, x, n); } else { silu_forward_cpu(out, x, n); }
+static inline void silu_forward(float* out, const float* x, size_t n) {
+    if (g_device == DEVICE_CUDA) { silu_forward_cuda(out, x, n); } else { silu_forward_ref(out, x, n); }
 }
 
-static void silu_backward(float* dx, const float* dout, const float* x, size_t n) {
-    if (g_device == DEVICE_CUDA) { silu_backward_cuda(dx, dout, x, n); } else { silu_backward_cpu(dx, dout, x, n); }
+static inline void silu_backward(float* dx, const float* dout, const float* x, size_t n) {
+    if (g_device == DEVICE_CUDA) { silu_backward_cuda(dx, dout, x, n); } else { silu_backward_ref(dx, dout, x, n); }
 }
 
 // ----------------------------------------------------------------------------
 // add and scale: out = a + b (out may alias a or b), a += b, a *= s
 
+static inline void add_forward_ref(float* out, const float* a, const float* b, size_t n) {
+    // out, a, b (n)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static inline void scale_inplace_ref(float* a, float s, size_t n) {
+    // a (n)
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) a[i] *= s;
+}
+
+// CUDA: functors for map1_cuda / map2_cuda
 struct AddOp {
     __device__ float operator()(float a, float b) const { return a + b; }
 };
@@ -232,24 +250,14 @@ struct ScaleOp {
     __device__ float operator()(float a) const { return a * s; }
 };
 
-static void add_forward_cpu(float* out, const float* a, const float* b, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
-}
-
-static void scale_inplace_cpu(float* a, float s, size_t n) {
-    #pragma omp parallel for
-    for (size_t i = 0; i < n; i++) a[i] *= s;
-}
-
-static void add_forward(float* out, const float* a, const float* b, size_t n) {
-    if (g_device == DEVICE_CUDA) { map2_cuda(out, a, b, n, AddOp()); } else { add_forward_cpu(out, a, b, n); }
+static inline void add_forward(float* out, const float* a, const float* b, size_t n) {
+    if (g_device == DEVICE_CUDA) { map2_cuda(out, a, b, n, AddOp()); } else { add_forward_ref(out, a, b, n); }
 }
 
 static void add_inplace(float* a, const float* b, size_t n) { add_forward(a, a, b, n); }
 
-static void scale_inplace(float* a, float s, size_t n) {
-    if (g_device == DEVICE_CUDA) { map1_cuda(a, a, n, ScaleOp{s}); } else { scale_inplace_cpu(a, s, n); }
+static inline void scale_inplace(float* a, float s, size_t n) {
+    if (g_device == DEVICE_CUDA) { map1_cuda(a, a, n, ScaleOp{s}); } else { scale_inplace_ref(a, s, n); }
 }
 
 // ----------------------------------------------------------------------------
@@ -264,7 +272,7 @@ __host__ __device__ static inline float upsample2x_grad_value(const float* dplan
     return (top[0] + top[1]) + (bottom[0] + bottom[1]);
 }
 
-static void upsample2x_forward_cpu(float* out, const float* x, int B, int C, int H, int W) {
+static inline void upsample2x_forward_ref(float* out, const float* x, int B, int C, int H, int W) {
     // out (B, C, 2H, 2W), x (B, C, H, W)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -276,7 +284,7 @@ static void upsample2x_forward_cpu(float* out, const float* x, int B, int C, int
     }
 }
 
-static void upsample2x_backward_cpu(float* dx, const float* dout, int B, int C, int H, int W) {
+static inline void upsample2x_backward_ref(float* dx, const float* dout, int B, int C, int H, int W) {
     // dx (B, C, H, W) overwritten, dout (B, C, 2H, 2W)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -325,7 +333,7 @@ __global__ static void upsample2x_backward_kernel(float* dx, const float* dout, 
     }
 }
 
-static unsigned upsample2x_count(int B, int C, int H, int W) {
+static inline unsigned upsample2x_count(int B, int C, int H, int W) {
     size_t total = (size_t)B * C * H * W;
     if (total > 0xFFFFFFFFull / 4) {
         fprintf(stderr, "Error: upsample2x input of %zu values is too large for 32-bit indexing.\n"
@@ -335,7 +343,7 @@ static unsigned upsample2x_count(int B, int C, int H, int W) {
     return (unsigned)total;
 }
 
-static void upsample2x_forward_cuda(float* out, const float* x, int B, int C, int H, int W) {
+static inline void upsample2x_forward_cuda(float* out, const float* x, int B, int C, int H, int W) {
     const int block = 256;
     unsigned total = upsample2x_count(B, C, H, W);
     if (((uintptr_t)out & 7) == 0) {
@@ -346,7 +354,7 @@ static void upsample2x_forward_cuda(float* out, const float* x, int B, int C, in
     cudaCheck(cudaGetLastError());
 }
 
-static void upsample2x_backward_cuda(float* dx, const float* dout, int B, int C, int H, int W) {
+static inline void upsample2x_backward_cuda(float* dx, const float* dout, int B, int C, int H, int W) {
     const int block = 256;
     unsigned total = upsample2x_count(B, C, H, W);
     if (((uintptr_t)dout & 7) == 0) {
@@ -357,18 +365,18 @@ static void upsample2x_backward_cuda(float* dx, const float* dout, int B, int C,
     cudaCheck(cudaGetLastError());
 }
 
-static void upsample2x_forward(float* out, const float* x, int B, int C, int H, int W) {
+static inline void upsample2x_forward(float* out, const float* x, int B, int C, int H, int W) {
     if (g_device == DEVICE_CUDA) {
         upsample2x_forward_cuda(out, x, B, C, H, W);
     } else {
-        upsample2x_forward_cpu(out, x, B, C, H, W);
+        upsample2x_forward_ref(out, x, B, C, H, W);
     }
 }
 
-static void upsample2x_backward(float* dx, const float* dout, int B, int C, int H, int W) {
+static inline void upsample2x_backward(float* dx, const float* dout, int B, int C, int H, int W) {
     if (g_device == DEVICE_CUDA) {
         upsample2x_backward_cuda(dx, dout, B, C, H, W);
     } else {
-        upsample2x_backward_cpu(dx, dout, B, C, H, W);
+        upsample2x_backward_ref(dx, dout, B, C, H, W);
     }
 }

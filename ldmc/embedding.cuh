@@ -3,8 +3,10 @@
 //   embedding            table lookup (the class embedding), backward scatter-adds into the table
 //   broadcast_add        h (B, C, HW) += v (B, C): the ResBlock's time-embedding injection
 //   concat_channels      out = cat(a, b) along channels: the U-Net's skip connections
-// Each has a plain C reference (*_cpu), CUDA kernels with launchers (*_cuda) and a dispatcher
-// that follows g_device. In backward, gradients of inputs are overwritten, of the table accumulated.
+// Each has a plain reference (*_ref: the loops of the definition), CUDA kernels with launchers
+// (*_cuda) and a dispatcher that follows g_device. The reference is also the CPU path: these layers
+// are copies and sums of a few values per element, memory-bound, with nothing for a blocked
+// version to gain. In backward, gradients of inputs are overwritten, of the table accumulated.
 #pragma once
 
 #include "common.cuh"
@@ -15,7 +17,7 @@
 // The argument t f_i reaches 999 radians: in float32 it would carry an absolute error of ~6e-5, so
 // frequency and argument are computed in double on both devices and only the result is rounded.
 
-static void check_timestep_embedding_dim(int dim) {
+static inline void check_timestep_embedding_dim(int dim) {
     if (dim <= 0 || dim % 2 != 0) {
         fprintf(stderr, "Error: timestep embedding width must be a positive even number (got %d).\n"
                         "HINT: set the U-Net's time-embedding width (tdim) to an even value.\n", dim);
@@ -29,7 +31,7 @@ __host__ __device__ static inline float timestep_embedding_value(int t, int i, i
     return (float)(i < half ? cos(arg) : sin(arg));
 }
 
-static void timestep_embedding_forward_cpu(float* out, const int* t, int B, int dim) {
+static inline void timestep_embedding_forward_ref(float* out, const int* t, int B, int dim) {
     // out (B, dim), t (B)
     int half = dim / 2;
     #pragma omp parallel for collapse(2)
@@ -46,18 +48,18 @@ __global__ static void timestep_embedding_kernel(float* out, const int* t, int B
     out[idx] = timestep_embedding_value(t[idx / dim], idx % dim, dim / 2);
 }
 
-static void timestep_embedding_forward_cuda(float* out, const int* t, int B, int dim) {
+static inline void timestep_embedding_forward_cuda(float* out, const int* t, int B, int dim) {
     int block = 256;
     timestep_embedding_kernel<<<ceil_div(B * dim, block), block>>>(out, t, B, dim);
     cudaCheck(cudaGetLastError());
 }
 
-static void timestep_embedding_forward(float* out, const int* t, int B, int dim) {
+static inline void timestep_embedding_forward(float* out, const int* t, int B, int dim) {
     check_timestep_embedding_dim(dim);
     if (g_device == DEVICE_CUDA) {
         timestep_embedding_forward_cuda(out, t, B, dim);
     } else {
-        timestep_embedding_forward_cpu(out, t, B, dim);
+        timestep_embedding_forward_ref(out, t, B, dim);
     }
 }
 
@@ -71,7 +73,7 @@ static void timestep_embedding_forward(float* out, const int* t, int B, int dim)
 // The table's row count is not passed: ids are class labels validated by the caller (the data
 // loader checks labels, CFG dropout only writes the "no class" row).
 
-static void embedding_forward_cpu(float* out, const int* ids, const float* table, int B, int dim) {
+static inline void embedding_forward_ref(float* out, const int* ids, const float* table, int B, int dim) {
     // out (B, dim), ids (B), table (rows, dim)
     #pragma omp parallel for
     for (int b = 0; b < B; b++) {
@@ -79,7 +81,7 @@ static void embedding_forward_cpu(float* out, const int* ids, const float* table
     }
 }
 
-static void embedding_backward_cpu(float* dtable, const float* dout, const int* ids, int B, int dim) {
+static inline void embedding_backward_ref(float* dtable, const float* dout, const int* ids, int B, int dim) {
     // dtable (rows, dim) accumulated, dout (B, dim); parallel over columns so no two threads
     // ever add into the same element
     #pragma omp parallel for
@@ -114,38 +116,38 @@ __global__ static void embedding_backward_kernel(float* dtable, const float* dou
     dtable[(size_t)id * dim + c] = sum;
 }
 
-static void embedding_forward_cuda(float* out, const int* ids, const float* table, int B, int dim) {
+static inline void embedding_forward_cuda(float* out, const int* ids, const float* table, int B, int dim) {
     int block = 256;
     embedding_forward_kernel<<<ceil_div(B * dim, block), block>>>(out, ids, table, B, dim);
     cudaCheck(cudaGetLastError());
 }
 
-static void embedding_backward_cuda(float* dtable, const float* dout, const int* ids, int B, int dim) {
+static inline void embedding_backward_cuda(float* dtable, const float* dout, const int* ids, int B, int dim) {
     int block = 256;
     embedding_backward_kernel<<<ceil_div(B * dim, block), block>>>(dtable, dout, ids, B, dim);
     cudaCheck(cudaGetLastError());
 }
 
-static void embedding_forward(float* out, const int* ids, const float* table, int B, int dim) {
+static inline void embedding_forward(float* out, const int* ids, const float* table, int B, int dim) {
     if (g_device == DEVICE_CUDA) {
         embedding_forward_cuda(out, ids, table, B, dim);
     } else {
-        embedding_forward_cpu(out, ids, table, B, dim);
+        embedding_forward_ref(out, ids, table, B, dim);
     }
 }
 
-static void embedding_backward(float* dtable, const float* dout, const int* ids, int B, int dim) {
+static inline void embedding_backward(float* dtable, const float* dout, const int* ids, int B, int dim) {
     if (g_device == DEVICE_CUDA) {
         embedding_backward_cuda(dtable, dout, ids, B, dim);
     } else {
-        embedding_backward_cpu(dtable, dout, ids, B, dim);
+        embedding_backward_ref(dtable, dout, ids, B, dim);
     }
 }
 
 // ----------------------------------------------------------------------------
 // per-channel broadcast add: h[b, c, :] += v[b, c]; backward dv[b, c] = sum over HW of dh[b, c, :]
 
-static void broadcast_add_forward_cpu(float* h, const float* v, int B, int C, int HW) {
+static inline void broadcast_add_forward_ref(float* h, const float* v, int B, int C, int HW) {
     // h (B, C, HW) in place, v (B, C)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -154,7 +156,7 @@ static void broadcast_add_forward_cpu(float* h, const float* v, int B, int C, in
     }
 }
 
-static void broadcast_add_backward_cpu(float* dv, const float* dh, int B, int C, int HW) {
+static inline void broadcast_add_backward_ref(float* dv, const float* dh, int B, int C, int HW) {
     // dv (B, C) overwritten, dh (B, C, HW)
     #pragma omp parallel for
     for (int bc = 0; bc < B * C; bc++) {
@@ -183,32 +185,32 @@ __global__ static void broadcast_add_backward_kernel(float* dv, const float* dh,
     if (lane == 0) dv[row] = sum;
 }
 
-static void broadcast_add_forward_cuda(float* h, const float* v, int B, int C, int HW) {
+static inline void broadcast_add_forward_cuda(float* h, const float* v, int B, int C, int HW) {
     int block = 256;
     size_t n = (size_t)B * C * HW;
     broadcast_add_forward_kernel<<<(unsigned)((n + block - 1) / block), block>>>(h, v, B, C, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void broadcast_add_backward_cuda(float* dv, const float* dh, int B, int C, int HW) {
+static inline void broadcast_add_backward_cuda(float* dv, const float* dh, int B, int C, int HW) {
     int block = 256;  // 8 warps = 8 rows per block
     broadcast_add_backward_kernel<<<ceil_div(B * C * 32, block), block>>>(dv, dh, B, C, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void broadcast_add_forward(float* h, const float* v, int B, int C, int HW) {
+static inline void broadcast_add_forward(float* h, const float* v, int B, int C, int HW) {
     if (g_device == DEVICE_CUDA) {
         broadcast_add_forward_cuda(h, v, B, C, HW);
     } else {
-        broadcast_add_forward_cpu(h, v, B, C, HW);
+        broadcast_add_forward_ref(h, v, B, C, HW);
     }
 }
 
-static void broadcast_add_backward(float* dv, const float* dh, int B, int C, int HW) {
+static inline void broadcast_add_backward(float* dv, const float* dh, int B, int C, int HW) {
     if (g_device == DEVICE_CUDA) {
         broadcast_add_backward_cuda(dv, dh, B, C, HW);
     } else {
-        broadcast_add_backward_cpu(dv, dh, B, C, HW);
+        broadcast_add_backward_ref(dv, dh, B, C, HW);
     }
 }
 
@@ -216,7 +218,7 @@ static void broadcast_add_backward(float* dv, const float* dh, int B, int C, int
 // channel concat: out[b] = [a[b]; b[b]] (a's Ca channels first); backward splits dout back.
 // In NCHW each batch item of a and b is one contiguous block, so this is two copies per item.
 
-static void concat_channels_forward_cpu(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_forward_ref(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
     // out (B, Ca+Cb, HW), a (B, Ca, HW), b (B, Cb, HW)
     size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
     #pragma omp parallel for
@@ -226,7 +228,7 @@ static void concat_channels_forward_cpu(float* out, const float* a, const float*
     }
 }
 
-static void concat_channels_backward_cpu(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_backward_ref(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
     // da (B, Ca, HW), db (B, Cb, HW) overwritten, dout (B, Ca+Cb, HW)
     size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
     #pragma omp parallel for
@@ -253,32 +255,32 @@ __global__ static void concat_channels_backward_kernel(float* da, float* db, con
     if (r < na) { da[n * na + r] = dout[idx]; } else { db[n * nb + (r - na)] = dout[idx]; }
 }
 
-static void concat_channels_forward_cuda(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_forward_cuda(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
     int block = 256;
     size_t n = (size_t)B * (Ca + Cb) * HW;
     concat_channels_forward_kernel<<<(unsigned)((n + block - 1) / block), block>>>(out, a, b, B, Ca, Cb, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void concat_channels_backward_cuda(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_backward_cuda(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
     int block = 256;
     size_t n = (size_t)B * (Ca + Cb) * HW;
     concat_channels_backward_kernel<<<(unsigned)((n + block - 1) / block), block>>>(da, db, dout, B, Ca, Cb, HW);
     cudaCheck(cudaGetLastError());
 }
 
-static void concat_channels_forward(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_forward(float* out, const float* a, const float* b, int B, int Ca, int Cb, int HW) {
     if (g_device == DEVICE_CUDA) {
         concat_channels_forward_cuda(out, a, b, B, Ca, Cb, HW);
     } else {
-        concat_channels_forward_cpu(out, a, b, B, Ca, Cb, HW);
+        concat_channels_forward_ref(out, a, b, B, Ca, Cb, HW);
     }
 }
 
-static void concat_channels_backward(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
+static inline void concat_channels_backward(float* da, float* db, const float* dout, int B, int Ca, int Cb, int HW) {
     if (g_device == DEVICE_CUDA) {
         concat_channels_backward_cuda(da, db, dout, B, Ca, Cb, HW);
     } else {
-        concat_channels_backward_cpu(da, db, dout, B, Ca, Cb, HW);
+        concat_channels_backward_ref(da, db, dout, B, Ca, Cb, HW);
     }
 }

@@ -14,21 +14,30 @@
 // ----------------------------------------------------------------------------
 // inputs
 
+// what a file that is not a regular one is, for the refusal ("a FIFO (named pipe)", ...)
+static inline const char* file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
 // NULL when `path` names a regular file (symlinks followed); otherwise what it is instead.
 // Only stat(): nothing is opened, so a FIFO or a device cannot block or feed endless bytes.
-static const char* regular_file_problem(const char* path) {
+static inline const char* regular_file_problem(const char* path) {
+    static char problem[64];
     struct stat sb;
     if (stat(path, &sb) != 0) return strerror(errno);
     if (S_ISREG(sb.st_mode)) return NULL;
-    if (S_ISDIR(sb.st_mode)) return "a directory, not a regular file";
-    if (S_ISFIFO(sb.st_mode)) return "a FIFO (named pipe), not a regular file";
-    if (S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode)) return "a device, not a regular file";
-    return "not a regular file";
+    snprintf(problem, sizeof(problem), "%s, not a regular file", file_kind(sb.st_mode));
+    return problem;
 }
 
 // exits with one clear message unless `path` is a regular file; `what` names it for the user
 // ("VAE checkpoint", "--init-noise file")
-static void check_regular_file(const char* path, const char* what) {
+static inline void check_regular_file(const char* path, const char* what) {
     const char* problem = regular_file_problem(path);
     if (problem != NULL) {
         fprintf(stderr, "Error: %s '%s': %s\nHINT: check the path; it must name a regular file (not a "
@@ -43,7 +52,7 @@ static void check_regular_file(const char* path, const char* what) {
 typedef struct { const void* data; size_t size; } FileChunk;
 
 // a failure before the rename: remove the temporary file and exit
-static void file_write_fail(int fd, const char* tmp, const char* path, const char* step) {
+static inline void file_write_fail(int fd, const char* tmp, const char* path, const char* step) {
     int saved = errno;
     if (fd >= 0) close(fd);
     unlink(tmp);
@@ -53,7 +62,7 @@ static void file_write_fail(int fd, const char* tmp, const char* path, const cha
 }
 
 // the directory entry made by rename() is only durable once the directory itself is synced
-static void file_sync_dir(const char* path) {
+static inline void file_sync_dir(const char* path) {
     const char* slash = strrchr(path, '/');
     char dir[4096] = ".";
     if (slash != NULL) snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
@@ -70,7 +79,7 @@ static void file_sync_dir(const char* path) {
 }
 
 // writes the chunks, in order, as the file `path`, through "<path>.tmp"
-static void file_write_atomic(const char* path, const FileChunk* chunks, int n) {
+static inline void file_write_atomic(const char* path, const FileChunk* chunks, int n) {
     char tmp[4096 + 8];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
         fprintf(stderr, "Error: output path too long (%zu bytes): '%s'\n", strlen(path), path);

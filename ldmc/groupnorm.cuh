@@ -4,7 +4,13 @@
 // and shifted by bias[c]. The VAE and U-Net use G = 8; the attention block's GroupNorm(1) is G = 1.
 //   groupnorm_forward   out (B, C, HW), and the per-(b, g) mean and rstd = 1/sqrt(var + eps) for backward
 //   groupnorm_backward  dx overwritten, dweight and dbias accumulated
-// Plain C reference (*_cpu), CUDA kernels with launchers (*_cuda), dispatchers following g_device.
+//   groupnorm_forward_ref / groupnorm_backward_ref    the loops of the definition (statistics in double):
+//                                                      the oracle of the tests, and also the CPU path
+//   groupnorm_forward_cuda / groupnorm_backward_cuda  CUDA kernels and their launchers
+//   groupnorm_forward / groupnorm_backward            dispatchers following g_device
+// The reference serves as the CPU path because GroupNorm is memory-bound: these loops, one (b, g)
+// group (or one channel) per thread, read each value two or three times, and a blocked or
+// vectorised version would have little to gain.
 #pragma once
 
 #include "common.cuh"
@@ -12,7 +18,7 @@
 
 static const float GROUPNORM_EPS = 1e-5f;
 
-static void groupnorm_check(int C, int G) {
+static inline void groupnorm_check(int C, int G) {
     if (G <= 0 || C % G != 0) {
         fprintf(stderr, "Error: GroupNorm needs the channel count to be a multiple of the group count "
                         "(got %d channels, %d groups).\nHINT: choose channel widths (ch * mult) divisible "
@@ -22,11 +28,11 @@ static void groupnorm_check(int C, int G) {
 }
 
 // ----------------------------------------------------------------------------
-// CPU reference
+// reference, also the CPU path
 // The values of group (b, g) are contiguous: channels g*C/G .. (g+1)*C/G - 1 of item b, so the
 // group is the flat range [(b*G + g) * N, (b*G + g + 1) * N) with N = C/G * HW.
 
-static void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const float* x, const float* weight,
+static inline void groupnorm_forward_ref(float* out, float* mean, float* rstd, const float* x, const float* weight,
                                   const float* bias, int B, int C, int HW, int G) {
     // out, x (B, C, HW); mean, rstd (B, G); weight, bias (C)
     int Cg = C / G;
@@ -59,7 +65,7 @@ static void groupnorm_forward_cpu(float* out, float* mean, float* rstd, const fl
 // through the group's mean and variance is
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      (means over the group's N values)
 // and the affine parameters get dweight[c] += sum over (b, hw) of dout * xhat, dbias[c] += sum of dout.
-static void groupnorm_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void groupnorm_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                    const float* mean, const float* rstd, const float* weight,
                                    int B, int C, int HW, int G) {
     // dx, dout, x (B, C, HW); mean, rstd (B, G); weight, dweight, dbias (C)
@@ -221,7 +227,7 @@ __global__ static void groupnorm_backward_params_kernel(float* dweight, float* d
 static float* g_groupnorm_partial = NULL;
 static size_t g_groupnorm_partial_floats = 0;
 
-static void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* x, const float* weight,
+static inline void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const float* x, const float* weight,
                                    const float* bias, int B, int C, int HW, int G) {
     if (HW % 4 == 0 && is_aligned16(out) && is_aligned16(x)) {
         groupnorm_forward_kernel<4><<<B * G, GROUPNORM_BLOCK>>>(out, mean, rstd, x, weight, bias, C, HW, G);
@@ -231,7 +237,7 @@ static void groupnorm_forward_cuda(float* out, float* mean, float* rstd, const f
     cudaCheck(cudaGetLastError());
 }
 
-static void groupnorm_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void groupnorm_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                     const float* mean, const float* rstd, const float* weight,
                                     int B, int C, int HW, int G) {
     size_t need = (size_t)B * C * 2;
@@ -255,23 +261,23 @@ static void groupnorm_backward_cuda(float* dx, float* dweight, float* dbias, con
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void groupnorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
+static inline void groupnorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
                               const float* bias, int B, int C, int HW, int G) {
     groupnorm_check(C, G);
     if (g_device == DEVICE_CUDA) {
         groupnorm_forward_cuda(out, mean, rstd, x, weight, bias, B, C, HW, G);
     } else {
-        groupnorm_forward_cpu(out, mean, rstd, x, weight, bias, B, C, HW, G);
+        groupnorm_forward_ref(out, mean, rstd, x, weight, bias, B, C, HW, G);
     }
 }
 
-static void groupnorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void groupnorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                const float* mean, const float* rstd, const float* weight,
                                int B, int C, int HW, int G) {
     groupnorm_check(C, G);
     if (g_device == DEVICE_CUDA) {
         groupnorm_backward_cuda(dx, dweight, dbias, dout, x, mean, rstd, weight, B, C, HW, G);
     } else {
-        groupnorm_backward_cpu(dx, dweight, dbias, dout, x, mean, rstd, weight, B, C, HW, G);
+        groupnorm_backward_ref(dx, dweight, dbias, dout, x, mean, rstd, weight, B, C, HW, G);
     }
 }

@@ -1,14 +1,14 @@
 // ldmc/image.h — images out of the programs: float images -> uint8 RGB grids, PNG encoding (to a
-// file, atomically, or to bytes in memory for TensorBoard) through stb_image_write, CIFAR-10 binary
-// records (sample_ldm --out-raw), and the atomic file write they share.
+// file, atomically through files.h's file_write_atomic, or to bytes in memory for TensorBoard) through
+// stb_image_write, and CIFAR-10 binary records (sample_ldm --out-raw).
 // Float images are host NCHW (N, 3, H, W) in [-1, 1]; a pixel is round((clamp(x, -1, 1) + 1) * 127.5),
 // the inverse of the data loader's x/127.5 - 1. RGB buffers are HWC: (height, width, 3) uint8.
 // stb_image_write's implementation is compiled here (every program is one translation unit): include
 // this header, never define STB_IMAGE_WRITE_IMPLEMENTATION elsewhere.
 #pragma once
 
-#include <unistd.h>
 #include "common.cuh"
+#include "files.h"
 
 // stb_image_write, static (no external symbols) and without its FILE* writers (we write ourselves)
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -27,7 +27,7 @@ static inline uint8_t image_pixel(float x) {
 // A grid of n images (n, 3, h, w), `cols` per row, rows = ceil(n / cols), row-major cells, no gaps
 // (so a grid of 32x32 images stays 32-pixel aligned), cells past the last image black.
 // Returns a malloc'd RGB buffer (height, width, 3) with *height = rows*h, *width = cols*w (free with free).
-static uint8_t* image_grid_rgb(const float* images, int n, int h, int w, int cols,
+static inline uint8_t* image_grid_rgb(const float* images, int n, int h, int w, int cols,
                                int* height, int* width) {
     if (n <= 0 || h <= 0 || w <= 0 || cols <= 0) {
         fprintf(stderr, "Error: image_grid_rgb needs n, h, w, cols > 0 (got n=%d h=%d w=%d cols=%d)\n",
@@ -55,31 +55,6 @@ static uint8_t* image_grid_rgb(const float* images, int n, int h, int w, int col
 }
 
 // ----------------------------------------------------------------------------
-// files
-
-// Writes size bytes to path atomically: a temporary file beside it, fsync, rename, so a killed
-// program never leaves a half-written file under the final name.
-static void image_write_file_atomic(const char* path, const void* data, size_t size) {
-    char tmp[1100];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
-        fprintf(stderr, "Error: output path too long (%zu characters): %s\n", strlen(path), path);
-        exit(EXIT_FAILURE);
-    }
-    FILE* fp = fopenCheck(tmp, "wb");
-    fwriteCheck(data, 1, size, fp);
-    if (fflush(fp) != 0 || fsync(fileno(fp)) != 0 || fclose(fp) != 0) {
-        fprintf(stderr, "Error: writing '%s' failed: %s\nHINT: is the disk full?\n", tmp, strerror(errno));
-        remove(tmp);
-        exit(EXIT_FAILURE);
-    }
-    if (rename(tmp, path) != 0) {
-        fprintf(stderr, "Error: cannot rename '%s' to '%s': %s\n", tmp, path, strerror(errno));
-        remove(tmp);
-        exit(EXIT_FAILURE);
-    }
-}
-
-// ----------------------------------------------------------------------------
 // PNG
 
 // a growable byte buffer: the PNG stream stb_image_write hands over in pieces
@@ -89,7 +64,7 @@ typedef struct {
     size_t capacity;
 } ImageBytes;
 
-static void image_bytes_append(void* context, void* chunk, int size) {
+static inline void image_bytes_append(void* context, void* chunk, int size) {
     ImageBytes* b = (ImageBytes*)context;
     if (size <= 0) return;
     if (b->size + (size_t)size > b->capacity) {
@@ -107,14 +82,14 @@ static void image_bytes_append(void* context, void* chunk, int size) {
     b->size += (size_t)size;
 }
 
-static void image_bytes_free(ImageBytes* b) {
+static inline void image_bytes_free(ImageBytes* b) {
     free(b->data);
     b->data = NULL;
     b->size = b->capacity = 0;
 }
 
 // rgb (height, width, 3) -> PNG bytes in *png (start from a zeroed ImageBytes; free with image_bytes_free)
-static void image_encode_png(ImageBytes* png, const uint8_t* rgb, int height, int width) {
+static inline void image_encode_png(ImageBytes* png, const uint8_t* rgb, int height, int width) {
     if (height <= 0 || width <= 0) {
         fprintf(stderr, "Error: cannot encode a %dx%d PNG\n", height, width);
         exit(EXIT_FAILURE);
@@ -127,19 +102,12 @@ static void image_encode_png(ImageBytes* png, const uint8_t* rgb, int height, in
 }
 
 // rgb (height, width, 3) -> PNG file at path, atomically
-static void image_write_png(const char* path, const uint8_t* rgb, int height, int width) {
+static inline void image_write_png(const char* path, const uint8_t* rgb, int height, int width) {
     ImageBytes png = {0};
     image_encode_png(&png, rgb, height, width);
-    image_write_file_atomic(path, png.data, png.size);
+    FileChunk chunk = {png.data, png.size};
+    file_write_atomic(path, &chunk, 1);
     image_bytes_free(&png);
-}
-
-// n float images (n, 3, h, w) -> a PNG grid with `cols` per row (see image_grid_rgb)
-static void image_write_grid_png(const char* path, const float* images, int n, int h, int w, int cols) {
-    int height, width;
-    uint8_t* rgb = image_grid_rgb(images, n, h, w, cols, &height, &width);
-    image_write_png(path, rgb, height, width);
-    free(rgb);
 }
 
 // ----------------------------------------------------------------------------
@@ -150,7 +118,7 @@ static void image_write_grid_png(const char* path, const float* images, int n, i
 
 // n float images (n, 3, 32, 32) -> records (n, 3073): label byte (labels[i], or 255 for every image
 // when labels is NULL: unconditional samples), then the pixels; the plane order is NCHW's own.
-static void image_to_cifar_records(uint8_t* records, const float* images, const int* labels, int n) {
+static inline void image_to_cifar_records(uint8_t* records, const float* images, const int* labels, int n) {
     for (int i = 0; i < n; i++) {
         int label = labels ? labels[i] : 255;
         if (label < 0 || label > 255) {

@@ -1,17 +1,70 @@
 // ldmc/linear.cuh — the fully connected layer (the U-Net's time-embedding MLP and each ResBlock's
 // time projection): out (N, outdim) = x (N, in) @ weight^T + bias, weight (outdim, in) as PyTorch.
-// Both matmuls go through gemm.cuh (blocked GEMM on the CPU, cuBLAS fp32 on CUDA); the bias is
-// written into out first and the GEMM accumulates onto it (beta = 1), so no extra pass is needed.
 // Backward: dx overwritten (NULL when the input needs no gradient), dweight and dbias accumulated.
+//   linear_forward_ref / linear_backward_ref     the loops of the definition: the oracle of the tests
+//   linear_forward_cpu / linear_backward_cpu     the fast CPU path: the packed GEMM of ldmc/cpu_gemm.h
+//   linear_forward_cuda / linear_backward_cuda   cuBLAS fp32 through gemm.cuh
+//   linear_forward / linear_backward             dispatchers following g_device
+// The fast versions write the bias into out first and let the GEMM accumulate onto it (beta = 1),
+// so no extra pass is needed.
 #pragma once
 
 #include "common.cuh"
 #include "gemm.cuh"
 
 // ----------------------------------------------------------------------------
-// CPU
+// reference: the sums in double, one output element at a time
+//   out[n][o]      = bias[o] + sum_i x[n][i] * weight[o][i]
+//   dx[n][i]       = sum_o dout[n][o] * weight[o][i]
+//   dweight[o][i] += sum_n dout[n][o] * x[n][i]
+//   dbias[o]      += sum_n dout[n][o]
 
-static void linear_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward_ref(float* out, const float* x, const float* weight, const float* bias,
+                               int N, int in, int outdim) {
+    // out (N, outdim), x (N, in), weight (outdim, in), bias (outdim)
+    #pragma omp parallel for collapse(2)
+    for (int n = 0; n < N; n++) {
+        for (int o = 0; o < outdim; o++) {
+            double acc = bias[o];
+            for (int i = 0; i < in; i++) acc += (double)x[(size_t)n * in + i] * weight[(size_t)o * in + i];
+            out[(size_t)n * outdim + o] = (float)acc;
+        }
+    }
+}
+
+static inline void linear_backward_ref(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                                const float* weight, int N, int in, int outdim) {
+    // dx (N, in) overwritten or NULL, dweight (outdim, in) and dbias (outdim) accumulated, dout (N, outdim)
+    if (dx != NULL) {
+        #pragma omp parallel for collapse(2)
+        for (int n = 0; n < N; n++) {
+            for (int i = 0; i < in; i++) {
+                double acc = 0.0;
+                for (int o = 0; o < outdim; o++) {
+                    acc += (double)dout[(size_t)n * outdim + o] * weight[(size_t)o * in + i];
+                }
+                dx[(size_t)n * in + i] = (float)acc;
+            }
+        }
+    }
+    // one output unit per thread: each owns its row of dweight and its dbias
+    #pragma omp parallel for
+    for (int o = 0; o < outdim; o++) {
+        double db = 0.0;
+        for (int n = 0; n < N; n++) db += dout[(size_t)n * outdim + o];
+        dbias[o] += (float)db;
+        for (int i = 0; i < in; i++) {
+            double dw = 0.0;
+            for (int n = 0; n < N; n++) dw += (double)dout[(size_t)n * outdim + o] * x[(size_t)n * in + i];
+            dweight[(size_t)o * in + i] += (float)dw;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// CPU: the fast path, two packed GEMMs (gemm_cpu) and a plain loop for dbias
+
+static inline void linear_forward_cpu(float* out, const float* x, const float* weight, const float* bias,
                                int N, int in, int outdim) {
     // out (N, outdim), x (N, in), weight (outdim, in), bias (outdim)
     #pragma omp parallel for
@@ -21,7 +74,7 @@ static void linear_forward_cpu(float* out, const float* x, const float* weight, 
     gemm_cpu(0, 1, N, outdim, in, 1.0f, x, in, weight, in, 1.0f, out, outdim);
 }
 
-static void linear_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward_cpu(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                 const float* weight, int N, int in, int outdim) {
     // dx (N, in) overwritten or NULL, dweight (outdim, in) and dbias (outdim) accumulated, dout (N, outdim)
     if (dx != NULL) {
@@ -56,7 +109,7 @@ __global__ static void linear_dbias_kernel(float* dbias, const float* dout, int 
     dbias[o] += sum;
 }
 
-static void linear_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward_cuda(float* out, const float* x, const float* weight, const float* bias,
                                 int N, int in, int outdim) {
     int block = 256;
     size_t n = (size_t)N * outdim;
@@ -65,7 +118,7 @@ static void linear_forward_cuda(float* out, const float* x, const float* weight,
     gemm_cuda(0, 1, N, outdim, in, 1.0f, x, in, weight, in, 1.0f, out, outdim);
 }
 
-static void linear_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward_cuda(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                                  const float* weight, int N, int in, int outdim) {
     if (dx != NULL) {
         gemm_cuda(0, 0, N, in, outdim, 1.0f, dout, outdim, weight, in, 0.0f, dx, in);
@@ -79,7 +132,7 @@ static void linear_backward_cuda(float* dx, float* dweight, float* dbias, const 
 // ----------------------------------------------------------------------------
 // dispatchers
 
-static void linear_forward(float* out, const float* x, const float* weight, const float* bias,
+static inline void linear_forward(float* out, const float* x, const float* weight, const float* bias,
                            int N, int in, int outdim) {
     if (g_device == DEVICE_CUDA) {
         linear_forward_cuda(out, x, weight, bias, N, in, outdim);
@@ -88,7 +141,7 @@ static void linear_forward(float* out, const float* x, const float* weight, cons
     }
 }
 
-static void linear_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+static inline void linear_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                             const float* weight, int N, int in, int outdim) {
     if (g_device == DEVICE_CUDA) {
         linear_backward_cuda(dx, dweight, dbias, dout, x, weight, N, in, outdim);

@@ -23,7 +23,7 @@ typedef struct {
 } OptState;
 
 // zero moments; the EMA (when asked for) starts as a copy of the current weights (SPEC §6)
-static void optstate_init(OptState* o, const ParamStore* ps, int with_ema) {
+static inline void optstate_init(OptState* o, const ParamStore* ps, int with_ema) {
     size_t bytes = ps->total * sizeof(float);
     o->m = dev_malloc_floats(ps->total);
     o->v = dev_malloc_floats(ps->total);
@@ -37,7 +37,7 @@ static void optstate_init(OptState* o, const ParamStore* ps, int with_ema) {
     o->step = 0;
 }
 
-static void optstate_free(OptState* o) {
+static inline void optstate_free(OptState* o) {
     dev_free(o->m); dev_free(o->v); dev_free(o->ema);
     memset(o, 0, sizeof(*o));
 }
@@ -46,7 +46,7 @@ static void optstate_free(OptState* o) {
 // 1e-8, no weight decay) and, when there is one, the EMA with decay min(ema_decay, (1+n)/(10+n));
 // returns the pre-clip norm. Every rank then holds the same gradient and takes the same step, so the
 // replicas stay equal.
-static float optimizer_step(ParamStore* ps, OptState* o, float lr, float ema_decay) {
+static inline float optimizer_step(ParamStore* ps, OptState* o, float lr, float ema_decay) {
     dist_allreduce_mean(ps->grads, ps->total);
     float norm = grad_norm(ps->grads, ps->total);
     adamw_update(ps->params, ps->grads, o->m, o->v, o->ema, ps->total, lr, 0.9f, 0.999f, 1e-8f, 0.0f,
@@ -57,7 +57,7 @@ static float optimizer_step(ParamStore* ps, OptState* o, float lr, float ema_dec
 
 // adds the weights, moments, EMA and step to a writer that already holds the caller's metadata, and
 // writes it atomically
-static void train_state_write(const ParamStore* ps, const OptState* o, SafeTensorsWriter* w, const char* path) {
+static inline void train_state_write(const ParamStore* ps, const OptState* o, SafeTensorsWriter* w, const char* path) {
     size_t n = ps->total;
     int parts = o->ema ? 4 : 3;
     float* host = (float*)mallocCheck(parts * n * sizeof(float));
@@ -76,7 +76,7 @@ static void train_state_write(const ParamStore* ps, const OptState* o, SafeTenso
 }
 
 // the inverse of train_state_write, onto an allocated store and state of the same model
-static void train_state_restore(ParamStore* ps, OptState* o, const SafeTensors* st) {
+static inline void train_state_restore(ParamStore* ps, OptState* o, const SafeTensors* st) {
     size_t n = ps->total, bytes = n * sizeof(float);
     host_to_dev(ps->params, safetensors_get_f32(st, "params", n), bytes);
     host_to_dev(o->m, safetensors_get_f32(st, "adam_m", n), bytes);
@@ -87,7 +87,7 @@ static void train_state_restore(ParamStore* ps, OptState* o, const SafeTensors* 
 
 // rank 0's weights, moments and EMA to every rank (the step count is the same everywhere), so the
 // replicas start bit-equal whatever each rank initialised or read
-static void train_state_broadcast(ParamStore* ps, OptState* o) {
+static inline void train_state_broadcast(ParamStore* ps, OptState* o) {
     dist_broadcast(ps->params, ps->total);
     dist_broadcast(o->m, ps->total);
     dist_broadcast(o->v, ps->total);
@@ -97,18 +97,19 @@ static void train_state_broadcast(ParamStore* ps, OptState* o) {
 // the weights "<prefix><name>" of a safetensors file onto the device, via `host` (total floats, which
 // keeps a copy); a tensor missing or of another shape (a checkpoint of another preset) is an error
 // naming it
-static void params_upload_named(ParamStore* ps, const SafeTensors* st, const char* prefix, float* host,
+static inline void params_upload_named(ParamStore* ps, const SafeTensors* st, const char* prefix, float* host,
                                 const char* path, const char* what) {
     char err[512];
     if (params_load_named(ps, st, prefix, host, err, sizeof(err)) != 0) {
-        fprintf(stderr, "Error: '%s' does not match the %s its config describes: %s\n", path, what, err);
+        fprintf(stderr, "Error: '%s' does not match the %s its config describes: %s\nHINT: the file is damaged, "
+                        "edited, or not from this ldm.c; use a file train_vae / train_ldm wrote.\n", path, what, err);
         exit(EXIT_FAILURE);
     }
     host_to_dev(ps->params, host, ps->total * sizeof(float));
 }
 
 // a checkpoint's weights (named as in tensor-names.txt) onto the device
-static void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, const char* path, const char* what) {
+static inline void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, const char* path, const char* what) {
     float* host = (float*)mallocCheck(ps->total * sizeof(float));
     params_upload_named(ps, st, "", host, path, what);
     free(host);
@@ -116,7 +117,7 @@ static void params_upload_checkpoint(ParamStore* ps, const SafeTensors* st, cons
 
 // the file must be one of ours (metadata format "ldm.c") and hold `model` ("vae", "unet",
 // "vae-train-state", ...); `what` and `hint` make the refusal say what was expected and how to fix it
-static void file_expect_model(const SafeTensors* st, const char* path, const char* model, const char* what,
+static inline void file_expect_model(const SafeTensors* st, const char* path, const char* model, const char* what,
                               const char* hint) {
     const char* format = safetensors_meta(st, "format");
     const char* got = safetensors_meta(st, "model");

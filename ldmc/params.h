@@ -6,7 +6,8 @@
 //   param_register   add a tensor, get its offset (before params_allocate)
 //   params_allocate  device memory for weights and gradients
 //   params_init      PyTorch defaults: conv/linear U(+-1/sqrt(fan_in)), GroupNorm 1/0, embedding N(0,1)
-//   params_add_to_writer / params_load_named  checkpoint I/O by name, strict about names and shapes
+//   params_add_to_writer / params_load_named  checkpoint I/O by name, strict about names, shapes, unused
+//                    tensors and non-finite values
 #pragma once
 
 #include "common.cuh"
@@ -36,7 +37,7 @@ typedef struct {
     float* grads;    // (total) on the current device
 } ParamStore;
 
-static size_t param_register(ParamStore* ps, const char* name, ParamInit init, int fan_in,
+static inline size_t param_register(ParamStore* ps, const char* name, ParamInit init, int fan_in,
                              int ndim, int d0, int d1, int d2, int d3) {
     if (ps->count == ps->capacity) {
         ps->capacity = ps->capacity ? 2 * ps->capacity : 64;
@@ -57,13 +58,13 @@ static size_t param_register(ParamStore* ps, const char* name, ParamInit init, i
     return p->offset;
 }
 
-static void params_allocate(ParamStore* ps) {
+static inline void params_allocate(ParamStore* ps) {
     ps->params = dev_malloc_floats(ps->total);
     ps->grads = dev_malloc_floats(ps->total);
     dev_zero(ps->grads, ps->total * sizeof(float));
 }
 
-static void params_free(ParamStore* ps) {
+static inline void params_free(ParamStore* ps) {
     dev_free(ps->params);
     dev_free(ps->grads);
     free(ps->info);
@@ -72,7 +73,7 @@ static void params_free(ParamStore* ps) {
 
 // PyTorch's default initialisation; the numbers come from the counter-based RNG at counter
 // (parameter offset), so the same seed gives the same model on every device.
-static void params_init(ParamStore* ps, uint64_t seed) {
+static inline void params_init(ParamStore* ps, uint64_t seed) {
     float* host = (float*)mallocCheck(ps->total * sizeof(float));
     for (int i = 0; i < ps->count; i++) {
         const ParamInfo* p = &ps->info[i];
@@ -91,7 +92,7 @@ static void params_init(ParamStore* ps, uint64_t seed) {
     free(host);
 }
 
-static const ParamInfo* params_find(const ParamStore* ps, const char* name) {
+static inline const ParamInfo* params_find(const ParamStore* ps, const char* name) {
     for (int i = 0; i < ps->count; i++) {
         if (strcmp(ps->info[i].name, name) == 0) return &ps->info[i];
     }
@@ -103,7 +104,7 @@ static const ParamInfo* params_find(const ParamStore* ps, const char* name) {
 
 // adds every parameter of `host_flat` (a host copy of a flat buffer with the store's layout)
 // to a safetensors writer as "<prefix><name>", shaped as in PyTorch
-static void params_add_to_writer(const ParamStore* ps, SafeTensorsWriter* w, const float* host_flat,
+static inline void params_add_to_writer(const ParamStore* ps, SafeTensorsWriter* w, const float* host_flat,
                                  const char* prefix) {
     for (int i = 0; i < ps->count; i++) {
         const ParamInfo* p = &ps->info[i];
@@ -113,11 +114,29 @@ static void params_add_to_writer(const ParamStore* ps, SafeTensorsWriter* w, con
     }
 }
 
+// the first tensor "<prefix>..." of st that is no parameter of the store, or NULL. A tensor the model does
+// not use means the file describes another model than its config says (or was edited): loading the rest
+// would silently drop it.
+static inline const char* params_first_unused(const ParamStore* ps, const SafeTensors* st, const char* prefix) {
+    size_t np = strlen(prefix);
+    for (int i = 0; i < st->num_tensors; i++) {
+        const char* name = st->tensors[i].name;
+        if (strncmp(name, prefix, np) == 0 && params_find(ps, name + np) == NULL) return name;
+    }
+    return NULL;
+}
+
 // fills `host_flat` from the tensors "<prefix><name>" of a checkpoint; every parameter must be
-// there with exactly its shape (a checkpoint of another preset fails here, naming the tensor).
+// there with exactly its shape (a checkpoint of another preset fails here, naming the tensor), every
+// value finite, and every tensor under the prefix a parameter of the model.
 // Returns 0, or -1 with `err` filled.
-static int params_load_named(const ParamStore* ps, const SafeTensors* st, const char* prefix,
+static inline int params_load_named(const ParamStore* ps, const SafeTensors* st, const char* prefix,
                              float* host_flat, char* err, size_t errlen) {
+    const char* unused = params_first_unused(ps, st, prefix);
+    if (unused != NULL) {
+        snprintf(err, errlen, "tensor '%s' is not a parameter of this model (unused)", unused);
+        return -1;
+    }
     for (int i = 0; i < ps->count; i++) {
         const ParamInfo* p = &ps->info[i];
         char name[160];
@@ -137,6 +156,13 @@ static int params_load_named(const ParamStore* ps, const SafeTensors* st, const 
             return -1;
         }
         memcpy(host_flat + p->offset, t->data, p->numel * sizeof(float));
+        for (size_t j = 0; j < p->numel; j++) {
+            if (!isfinite(host_flat[p->offset + j])) {
+                snprintf(err, errlen, "tensor '%s' holds %g at element %zu (weights must be finite)", name,
+                         host_flat[p->offset + j], j);
+                return -1;
+            }
+        }
     }
     return 0;
 }

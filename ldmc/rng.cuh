@@ -42,12 +42,12 @@ __host__ __device__ static inline float rng_normal(uint64_t seed, uint64_t count
 // ----------------------------------------------------------------------------
 // filling buffers: out[i] = rng_*(seed, offset + i)
 
-static void rng_fill_normal_cpu(float* out, size_t n, uint64_t seed, uint64_t offset) {
+static inline void rng_fill_normal_cpu(float* out, size_t n, uint64_t seed, uint64_t offset) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) out[i] = rng_normal(seed, offset + i);
 }
 
-static void rng_fill_uniform_cpu(float* out, size_t n, uint64_t seed, uint64_t offset) {
+static inline void rng_fill_uniform_cpu(float* out, size_t n, uint64_t seed, uint64_t offset) {
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) out[i] = rng_uniform(seed, offset + i);
 }
@@ -57,7 +57,7 @@ __global__ static void rng_fill_kernel(float* out, size_t n, uint64_t seed, uint
     if (i < n) out[i] = normal ? rng_normal(seed, offset + i) : rng_uniform(seed, offset + i);
 }
 
-static void rng_fill_normal(float* out, size_t n, uint64_t seed, uint64_t offset) {
+static inline void rng_fill_normal(float* out, size_t n, uint64_t seed, uint64_t offset) {
     if (g_device == DEVICE_CUDA) {
         rng_fill_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, n, seed, offset, 1);
         cudaCheck(cudaGetLastError());
@@ -66,7 +66,7 @@ static void rng_fill_normal(float* out, size_t n, uint64_t seed, uint64_t offset
     }
 }
 
-static void rng_fill_uniform(float* out, size_t n, uint64_t seed, uint64_t offset) {
+static inline void rng_fill_uniform(float* out, size_t n, uint64_t seed, uint64_t offset) {
     if (g_device == DEVICE_CUDA) {
         rng_fill_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, n, seed, offset, 0);
         cudaCheck(cudaGetLastError());

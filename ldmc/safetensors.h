@@ -58,12 +58,12 @@ typedef struct {
 
 // bytes per element of the two dtypes ldm.c stores (weights, activations: F32; steps, labels, RNG
 // state: I64), 0 for any other
-static size_t st_dtype_size(const char* dtype) {
+static inline size_t st_dtype_size(const char* dtype) {
     return strcmp(dtype, "F32") == 0 ? 4 : strcmp(dtype, "I64") == 0 ? 8 : 0;
 }
 
 // "[4, 3, 3, 3]"
-static void st_shape_str(const SafeTensorInfo* t, char* out, size_t n) {
+static inline void st_shape_str(const SafeTensorInfo* t, char* out, size_t n) {
     size_t len = (size_t)snprintf(out, n, "[");
     for (int d = 0; d < t->ndim && len < n; d++) {
         len += (size_t)snprintf(out + len, n - len, d ? ", %lld" : "%lld", (long long)t->shape[d]);
@@ -72,7 +72,7 @@ static void st_shape_str(const SafeTensorInfo* t, char* out, size_t n) {
 }
 
 // room for one more element in a growing array (exits when out of memory)
-static void st_grow(void** array, int* cap, int count, size_t elem) {
+static inline void st_grow(void** array, int* cap, int count, size_t elem) {
     if (count < *cap) return;
     *cap = *cap ? 2 * *cap : 16;
     *array = realloc(*array, (size_t)*cap * elem);
@@ -80,13 +80,14 @@ static void st_grow(void** array, int* cap, int count, size_t elem) {
 }
 
 // qsort/bsearch order of SafeTensorInfo or SafeTensorsMeta (or of a bare name, as a key): by the name
-static int st_by_name(const void* a, const void* b) {
+static inline int st_by_name(const void* a, const void* b) {
     return strcmp(*(const char* const*)a, *(const char* const*)b);
 }
 
 // sorts n structs of `size` bytes that begin with their name by name; returns a name that appears twice,
 // or NULL. O(n log n): 100,000 names take milliseconds (comparing each with those before took minutes)
-static const char* st_sort_by_name(void* items, int n, size_t size) {
+static inline const char* st_sort_by_name(void* items, int n, size_t size) {
+    if (n < 2) return NULL;   // items may be NULL when n is 0, and qsort's pointer must never be NULL
     qsort(items, (size_t)n, size, st_by_name);
     for (int i = 1; i < n; i++) {
         const char* prev = (const char*)items + (size_t)(i - 1) * size;
@@ -96,7 +97,7 @@ static const char* st_sort_by_name(void* items, int n, size_t size) {
 }
 
 // the header must be UTF-8 (Python refuses the file otherwise); checks lead and continuation bytes
-static int st_utf8_valid(const char* s, size_t n) {
+static inline int st_utf8_valid(const char* s, size_t n) {
     const unsigned char* p = (const unsigned char*)s;
     for (size_t i = 0; i < n;) {
         int extra = p[i] < 0x80 ? 0 : (p[i] >> 5) == 0x6 ? 1 : (p[i] >> 4) == 0xE ? 2 : (p[i] >> 3) == 0x1E ? 3 : -1;
@@ -118,24 +119,24 @@ typedef struct {
     char error[160];     // the first failure: what was expected and at which byte
 } JsonCursor;
 
-static void json_init(JsonCursor* c, const char* text, size_t len) {
+static inline void json_init(JsonCursor* c, const char* text, size_t len) {
     c->start = c->p = text;
     c->end = text + len;
     c->error[0] = '\0';
 }
 
-static int json_fail(JsonCursor* c, const char* what) {
+static inline int json_fail(JsonCursor* c, const char* what) {
     if (c->error[0] == '\0') snprintf(c->error, sizeof(c->error), "%s at byte %ld", what, (long)(c->p - c->start));
     return -1;
 }
 
 // the next non-blank character, or -1 at the end of the text
-static int json_peek(JsonCursor* c) {
+static inline int json_peek(JsonCursor* c) {
     while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
     return c->p < c->end ? (unsigned char)*c->p : -1;
 }
 
-static int json_expect(JsonCursor* c, char ch) {
+static inline int json_expect(JsonCursor* c, char ch) {
     int got = json_peek(c);
     if (got == ch) { c->p++; return 0; }
     char what[64];
@@ -146,7 +147,7 @@ static int json_expect(JsonCursor* c, char ch) {
 }
 
 // opens an object or array: 1 if an element follows, 0 if it closes at once, -1 if `open` is not there
-static int json_open(JsonCursor* c, char open, char close) {
+static inline int json_open(JsonCursor* c, char open, char close) {
     if (json_expect(c, open)) return -1;
     if (json_peek(c) != close) return 1;
     c->p++;
@@ -154,7 +155,7 @@ static int json_open(JsonCursor* c, char open, char close) {
 }
 
 // after an element: 1 if ',' (another follows), 0 if `close` (consumed), -1 for anything else
-static int json_more(JsonCursor* c, char close) {
+static inline int json_more(JsonCursor* c, char close) {
     if (json_peek(c) == ',') { c->p++; return 1; }
     return json_expect(c, close) ? -1 : 0;
 }
@@ -162,7 +163,7 @@ static int json_more(JsonCursor* c, char close) {
 // a string, unescaped into out (cap bytes with the NUL), or only stepped over when out is NULL.
 // out may be the string's own opening quote: unescaping only shrinks the text, so every byte is
 // written after it was read (the header's strings are unescaped in place this way).
-static int json_string(JsonCursor* c, char* out, size_t cap) {
+static inline int json_string(JsonCursor* c, char* out, size_t cap) {
     if (json_expect(c, '"')) return -1;
     for (size_t n = 0;; n++) {
         if (c->p >= c->end) return json_fail(c, "unterminated string");
@@ -199,7 +200,7 @@ static int json_string(JsonCursor* c, char* out, size_t cap) {
 }
 
 // the text of a number token into tok[32]; strtoll / strtod then check its syntax
-static int json_number(JsonCursor* c, char* tok) {
+static inline int json_number(JsonCursor* c, char* tok) {
     json_peek(c);
     size_t n = 0;
     while (c->p < c->end && *c->p != '\0' && strchr("+-.eE0123456789", *c->p) != NULL) {
@@ -211,7 +212,7 @@ static int json_number(JsonCursor* c, char* tok) {
 }
 
 // an integer as JSON writes it (no '+', fraction, exponent or leading zero) that fits in int64
-static int json_int(JsonCursor* c, int64_t* out) {
+static inline int json_int(JsonCursor* c, int64_t* out) {
     char tok[32], *end;
     if (json_number(c, tok)) return -1;
     const char* digits = tok + (tok[0] == '-');
@@ -226,7 +227,7 @@ static int json_int(JsonCursor* c, int64_t* out) {
 }
 
 // [i0, i1, ...]: stores the first `max` values, counts all of them
-static int json_int_array(JsonCursor* c, int64_t* out, int max, int* count) {
+static inline int json_int_array(JsonCursor* c, int64_t* out, int max, int* count) {
     *count = 0;
     int more = json_open(c, '[', ']');
     while (more > 0) {
@@ -242,7 +243,7 @@ static int json_int_array(JsonCursor* c, int64_t* out, int max, int* count) {
 // ----------------------------------------------------------------------------
 // reader: any problem is one message naming the file and what is wrong, then exit
 
-static void st_fail(const char* path, const char* fmt, ...) {
+static inline void st_fail(const char* path, const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "Error: %s: ", path);
@@ -251,16 +252,16 @@ static void st_fail(const char* path, const char* fmt, ...) {
     fprintf(stderr, "\nHINT: the file must be a safetensors file written by ldm.c or Python's safetensors (save_file); "
                     "check the path, and if a run was killed mid-write, the last complete checkpoint is still under "
                     "its final name.\n");
-    exit(EXIT_FAILURE);
+    fail_exit();
 }
 
 // a step of the header's JSON that failed (rc != 0) ends the program, saying where
-static void st_json(int rc, const JsonCursor* c, const char* path) {
+static inline void st_json(int rc, const JsonCursor* c, const char* path) {
     if (rc != 0) st_fail(path, "the header is not valid safetensors JSON: %s of the header", c->error);
 }
 
 // a string of the header, unescaped in place and NUL-terminated there
-static const char* st_string(JsonCursor* c, const char* path) {
+static inline const char* st_string(JsonCursor* c, const char* path) {
     json_peek(c);
     char* s = (char*)c->p;
     st_json(json_string(c, s, (size_t)(c->end - c->p)), c, path);
@@ -268,7 +269,7 @@ static const char* st_string(JsonCursor* c, const char* path) {
 }
 
 // {"key": "value", ...}
-static void st_parse_metadata(JsonCursor* c, SafeTensors* st) {
+static inline void st_parse_metadata(JsonCursor* c, SafeTensors* st) {
     int cap = 0;
     if (json_peek(c) != '{') st_fail(st->path, "\"__metadata__\" is not a JSON object of strings");
     int more = json_open(c, '{', '}');
@@ -286,7 +287,7 @@ static void st_parse_metadata(JsonCursor* c, SafeTensors* st) {
 }
 
 // {"dtype": .., "shape": [..], "data_offsets": [begin, end]}, each once, checked against the data section
-static void st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data, size_t data_size, const char* path) {
+static inline void st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* data, size_t data_size, const char* path) {
     int64_t shape[8], offsets[2];
     int ndim = -1, noffsets = -1;
     if (json_peek(c) != '{') st_fail(path, "tensor '%s' is not a JSON object {\"dtype\", \"shape\", \"data_offsets\"}", t->name);
@@ -339,7 +340,7 @@ static void st_parse_tensor(JsonCursor* c, SafeTensorInfo* t, const uint8_t* dat
 }
 
 // qsort order of SafeTensorInfo: by where their data begins, empty tensors first
-static int st_by_offset(const void* a, const void* b) {
+static inline int st_by_offset(const void* a, const void* b) {
     const SafeTensorInfo* x = (const SafeTensorInfo*)a;
     const SafeTensorInfo* y = (const SafeTensorInfo*)b;
     if (x->data != y->data) return (const uint8_t*)x->data < (const uint8_t*)y->data ? -1 : 1;
@@ -347,7 +348,7 @@ static int st_by_offset(const void* a, const void* b) {
 }
 
 // the tensors' byte ranges, in order of where they begin, must tile the data section exactly
-static void st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_size) {
+static inline void st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_size) {
     qsort(st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_offset);
     size_t expected = 0;   // where the next tensor must begin
     for (int i = 0; i < st->num_tensors; i++) {
@@ -369,7 +370,7 @@ static void st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_si
     }
 }
 
-static void st_parse_header(SafeTensors* st, const char* header, size_t header_len, const uint8_t* data, size_t data_size) {
+static inline void st_parse_header(SafeTensors* st, const char* header, size_t header_len, const uint8_t* data, size_t data_size) {
     const char* path = st->path;
     if (!st_utf8_valid(header, header_len)) st_fail(path, "the header is not valid UTF-8");
     JsonCursor c;
@@ -404,7 +405,7 @@ static void st_parse_header(SafeTensors* st, const char* header, size_t header_l
 
 // reads the whole file `path` into st (free with safetensors_free); a file that is not a regular file
 // or not a valid safetensors file ends the program with one message naming the problem
-static void safetensors_load(const char* path, SafeTensors* st) {
+static inline void safetensors_load(const char* path, SafeTensors* st) {
     memset(st, 0, sizeof(*st));
     snprintf(st->path, sizeof(st->path), "%s", path);
     const char* problem = regular_file_problem(path);
@@ -430,7 +431,7 @@ static void safetensors_load(const char* path, SafeTensors* st) {
                     size - 8 - (size_t)header_len);
 }
 
-static void safetensors_free(SafeTensors* st) {
+static inline void safetensors_free(SafeTensors* st) {
     free(st->tensors);
     free(st->meta);
     free(st->buffer);
@@ -440,18 +441,18 @@ static void safetensors_free(SafeTensors* st) {
 // ----------------------------------------------------------------------------
 // lookups
 
-static const SafeTensorInfo* safetensors_find(const SafeTensors* st, const char* name) {
+static inline const SafeTensorInfo* safetensors_find(const SafeTensors* st, const char* name) {
     return (const SafeTensorInfo*)bsearch(&name, st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_name);
 }
 
-static const char* safetensors_meta(const SafeTensors* st, const char* key) {
+static inline const char* safetensors_meta(const SafeTensors* st, const char* key) {
     const SafeTensorsMeta* m = (const SafeTensorsMeta*)bsearch(&key, st->meta, (size_t)st->num_meta,
                                                                sizeof(SafeTensorsMeta), st_by_name);
     return m != NULL ? m->value : NULL;
 }
 
 // the tensor `name` of dtype `dtype` and (unless expected_numel == 0) that many elements, or exit
-static const SafeTensorInfo* st_get_checked(const SafeTensors* st, const char* name, const char* dtype,
+static inline const SafeTensorInfo* st_get_checked(const SafeTensors* st, const char* name, const char* dtype,
                                             size_t expected_numel) {
     const SafeTensorInfo* t = safetensors_find(st, name);
     char s[160];
@@ -483,11 +484,11 @@ static const SafeTensorInfo* st_get_checked(const SafeTensors* st, const char* n
     return t;
 }
 
-static const float* safetensors_get_f32(const SafeTensors* st, const char* name, size_t expected_numel) {
+static inline const float* safetensors_get_f32(const SafeTensors* st, const char* name, size_t expected_numel) {
     return (const float*)st_get_checked(st, name, "F32", expected_numel)->data;
 }
 
-static const int64_t* safetensors_get_i64(const SafeTensors* st, const char* name, size_t expected_numel) {
+static inline const int64_t* safetensors_get_i64(const SafeTensors* st, const char* name, size_t expected_numel) {
     return (const int64_t*)st_get_checked(st, name, "I64", expected_numel)->data;
 }
 
@@ -495,7 +496,7 @@ static const int64_t* safetensors_get_i64(const SafeTensors* st, const char* nam
 // values of a flat JSON object (the `config` metadata): 0 on success, -1 if absent or malformed
 
 // steps over a value json_get_* was not asked for: a string, a number or an array of numbers
-static int json_skip_value(JsonCursor* c) {
+static inline int json_skip_value(JsonCursor* c) {
     char tok[32];
     if (json_peek(c) == '"') return json_string(c, NULL, 0);
     if (json_peek(c) != '[') return json_number(c, tok);
@@ -505,7 +506,7 @@ static int json_skip_value(JsonCursor* c) {
 }
 
 // leaves the cursor on the value of `key` at the top level of the flat object `json` (NULL: absent)
-static int json_find_key(JsonCursor* c, const char* json, const char* key) {
+static inline int json_find_key(JsonCursor* c, const char* json, const char* key) {
     if (json == NULL) return -1;
     json_init(c, json, strlen(json));
     int more = json_open(c, '{', '}');
@@ -519,12 +520,12 @@ static int json_find_key(JsonCursor* c, const char* json, const char* key) {
 }
 
 // a value must be followed by ',' or '}' (so "16x" is not read as 16)
-static int json_value_ends(JsonCursor* c) {
+static inline int json_value_ends(JsonCursor* c) {
     int ch = json_peek(c);
     return (ch == ',' || ch == '}') ? 0 : -1;
 }
 
-static int json_get_int(const char* json, const char* key, int* out) {
+static inline int json_get_int(const char* json, const char* key, int* out) {
     JsonCursor c;
     int64_t v;
     if (json_find_key(&c, json, key) || json_int(&c, &v) || json_value_ends(&c) || v < INT_MIN || v > INT_MAX) return -1;
@@ -532,7 +533,7 @@ static int json_get_int(const char* json, const char* key, int* out) {
     return 0;
 }
 
-static int json_get_float(const char* json, const char* key, float* out) {
+static inline int json_get_float(const char* json, const char* key, float* out) {
     JsonCursor c;
     char tok[32], *end;
     if (json_find_key(&c, json, key) || json_number(&c, tok) || json_value_ends(&c)) return -1;
@@ -542,14 +543,14 @@ static int json_get_float(const char* json, const char* key, float* out) {
     return 0;
 }
 
-static int json_get_string(const char* json, const char* key, char* out, size_t n) {
+static inline int json_get_string(const char* json, const char* key, char* out, size_t n) {
     JsonCursor c;
     if (json_find_key(&c, json, key) || json_peek(&c) != '"' || json_string(&c, out, n) || json_value_ends(&c)) return -1;
     return 0;
 }
 
 // a flat array of at most `max` (<= 64) integers, e.g. "mult":[1,2,4]
-static int json_get_int_array(const char* json, const char* key, int* out, int max, int* count) {
+static inline int json_get_int_array(const char* json, const char* key, int* out, int max, int* count) {
     JsonCursor c;
     int64_t v[64];
     int n;
@@ -569,11 +570,11 @@ static int json_get_int_array(const char* json, const char* key, int* out, int m
 // name, so every tensor is aligned to its element size; the header is padded with spaces to a multiple
 // of 8 bytes; strings are escaped as serde_json does (\" \\ \b \f \n \r \t, other control bytes \u00XX).
 
-static void st_writer_init(SafeTensorsWriter* w) {
+static inline void st_writer_init(SafeTensorsWriter* w) {
     memset(w, 0, sizeof(*w));
 }
 
-static void st_writer_free(SafeTensorsWriter* w) {
+static inline void st_writer_free(SafeTensorsWriter* w) {
     for (int i = 0; i < w->num_tensors; i++) free((void*)w->tensors[i].name);
     for (int i = 0; i < w->num_meta; i++) {
         free((void*)w->meta[i].key);
@@ -584,12 +585,12 @@ static void st_writer_free(SafeTensorsWriter* w) {
     memset(w, 0, sizeof(*w));
 }
 
-static char* st_strdup(const char* s) {
+static inline char* st_strdup(const char* s) {
     size_t n = strlen(s) + 1;
     return (char*)memcpy(mallocCheck(n), s, n);
 }
 
-static void st_writer_add(SafeTensorsWriter* w, const char* name, const char* dtype, const void* host_data,
+static inline void st_writer_add(SafeTensorsWriter* w, const char* name, const char* dtype, const void* host_data,
                           int ndim, const int64_t* shape) {
     const char* problem = NULL;
     if (name[0] == '\0') problem = "the name is empty";
@@ -619,7 +620,7 @@ static void st_writer_add(SafeTensorsWriter* w, const char* name, const char* dt
     t->data = host_data;
 }
 
-static void st_writer_add_meta(SafeTensorsWriter* w, const char* key, const char* value) {
+static inline void st_writer_add_meta(SafeTensorsWriter* w, const char* key, const char* value) {
     if (!st_utf8_valid(key, strlen(key)) || !st_utf8_valid(value, strlen(value))) {
         fprintf(stderr, "Error: st_writer_add_meta('%s'): key and value must be valid UTF-8\n", key);
         exit(EXIT_FAILURE);
@@ -630,7 +631,7 @@ static void st_writer_add_meta(SafeTensorsWriter* w, const char* key, const char
     w->num_meta++;
 }
 
-static void st_put_json_string(FILE* f, const char* s) {
+static inline void st_put_json_string(FILE* f, const char* s) {
     const char* specials = "\"\\\b\f\n\r\t";
     fputc('"', f);
     for (const unsigned char* p = (const unsigned char*)s; *p; p++) {
@@ -643,7 +644,7 @@ static void st_put_json_string(FILE* f, const char* s) {
 }
 
 // Python's order: larger elements first (I64 before F32), then names byte by byte
-static int st_writer_order(const void* a, const void* b) {
+static inline int st_writer_order(const void* a, const void* b) {
     const SafeTensorInfo* x = (const SafeTensorInfo*)a;
     const SafeTensorInfo* y = (const SafeTensorInfo*)b;
     size_t sx = st_dtype_size(x->dtype), sy = st_dtype_size(y->dtype);
@@ -651,10 +652,14 @@ static int st_writer_order(const void* a, const void* b) {
     return strcmp(x->name, y->name);
 }
 
-static void st_writer_write(SafeTensorsWriter* w, const char* path) {
-    // a name added twice is a bug in the caller, found by sorting as in the reader
+static inline void st_writer_write(SafeTensorsWriter* w, const char* path) {
+    // a name added twice is a bug in the caller, found by sorting as in the reader; metadata keeps the
+    // order it was added in (a sorted copy finds the duplicates), so a file's bytes depend only on its writer
     const char* dup = st_sort_by_name(w->tensors, w->num_tensors, sizeof(SafeTensorInfo));
-    const char* dup_key = st_sort_by_name(w->meta, w->num_meta, sizeof(SafeTensorsMeta));
+    SafeTensorsMeta* keys = (SafeTensorsMeta*)mallocCheck((size_t)(w->num_meta + 1) * sizeof(SafeTensorsMeta));
+    memcpy(keys, w->meta, (size_t)w->num_meta * sizeof(SafeTensorsMeta));
+    const char* dup_key = st_sort_by_name(keys, w->num_meta, sizeof(SafeTensorsMeta));
+    free(keys);
     if (dup != NULL || dup_key != NULL) {
         fprintf(stderr, "Error: st_writer_write('%s'): %s '%s' was added twice\n", path, dup ? "tensor" : "metadata key",
                 dup ? dup : dup_key);

@@ -28,7 +28,7 @@ static const uint32_t SHA256_K[64] = {
 static inline uint32_t sha256_rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
 // one 64-byte block (big-endian words) into the running hash: the 64-round compression function
-static void sha256_block(Sha256* s, const uint8_t* p) {
+static inline void sha256_block(Sha256* s, const uint8_t* p) {
     uint32_t w[64];
     for (int i = 0; i < 16; i++) w[i] = (uint32_t)p[4*i] << 24 | (uint32_t)p[4*i+1] << 16 | (uint32_t)p[4*i+2] << 8 | p[4*i+3];
     for (int i = 16; i < 64; i++) {
@@ -45,7 +45,7 @@ static void sha256_block(Sha256* s, const uint8_t* p) {
     s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d; s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
 }
 
-static void sha256_init(Sha256* s) {
+static inline void sha256_init(Sha256* s) {
     // the first 32 bits of the fractional parts of the square roots of the first 8 primes
     const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     memcpy(s->h, h0, sizeof(h0));
@@ -53,7 +53,7 @@ static void sha256_init(Sha256* s) {
     s->len = 0;
 }
 
-static void sha256_update(Sha256* s, const void* data, size_t n) {
+static inline void sha256_update(Sha256* s, const void* data, size_t n) {
     const uint8_t* p = (const uint8_t*)data;
     s->len += n;
     for (size_t i = 0; i < n; i++) {
@@ -63,7 +63,7 @@ static void sha256_update(Sha256* s, const void* data, size_t n) {
 }
 
 // pads the message (0x80, zeros, its length in bits as 64-bit big-endian) and writes 64 hex digits + NUL
-static void sha256_final(Sha256* s, char out[65]) {
+static inline void sha256_final(Sha256* s, char out[65]) {
     uint64_t bits = s->len * 8;
     uint8_t pad[72] = {0x80};
     size_t npad = (s->fill < 56 ? 56 : 120) - s->fill;   // so that fill + npad + 8 ends a block
@@ -73,7 +73,7 @@ static void sha256_final(Sha256* s, char out[65]) {
 }
 
 // the hex digest (65 bytes with the NUL) of the regular file `path`; exits on any problem
-static void sha256_file(const char* path, char out[65]) {
+static inline void sha256_file(const char* path, char out[65]) {
     check_regular_file(path, "file to hash");
     FILE* f = fopenCheck(path, "rb");
     Sha256 s;

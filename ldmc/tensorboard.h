@@ -1,16 +1,18 @@
 // ldmc/tensorboard.h — a TensorBoard event-file writer (scalars and PNG images) with no protobuf
-// library: the four messages it needs are encoded by hand.
+// library: the five messages it needs are encoded by hand.
 // An event file (events.out.tfevents.*) is a sequence of TFRecords, each
 //   uint64 length (little-endian) | uint32 masked CRC32C of those 8 bytes | data | uint32 masked CRC32C of data
 // and each record's data is one serialized tensorboard.Event (tensorboard/compat/proto/event.proto,
 // summary.proto; proto3, so zero-valued scalar fields are left out, as protobuf's own writer does):
-//   Event   { double wall_time = 1; int64 step = 2; oneof what { string file_version = 3; Summary summary = 5; } }
-//   Summary { repeated Value value = 1; }
-//   Value   { string tag = 1; oneof value { float simple_value = 2; Image image = 4; } }
-//   Image   { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }
-// The first record carries file_version "brain.Event:2". These are the "legacy" summaries
-// torch.utils.tensorboard.SummaryWriter writes; TensorBoard reads them as scalars and images.
-// Usage: tb_open(&tb, "runs/name"); tb_add_scalar(&tb, "train/loss", loss, step); ...; tb_close(&tb);
+//   Event      { double wall_time = 1; int64 step = 2;
+//                oneof what { string file_version = 3; Summary summary = 5; SessionLog session_log = 7; } }
+//   SessionLog { SessionStatus status = 1; }   (enum: START = 1)
+//   Summary    { repeated Value value = 1; }
+//   Value      { string tag = 1; oneof value { float simple_value = 2; Image image = 4; } }
+//   Image      { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4; }
+// A file starts with file_version "brain.Event:2", then a SessionLog START (see tb_open). Summaries are
+// the "legacy" ones torch.utils.tensorboard.SummaryWriter writes; TensorBoard reads them as scalars and images.
+// Usage: tb_open(&tb, "runs/name", opt.step); tb_add_scalar(&tb, "train/loss", loss, step); ...; tb_close(&tb);
 #pragma once
 
 #include <unistd.h>
@@ -23,7 +25,7 @@
 
 static uint32_t tb_crc_table[256];
 
-static void tb_crc_init(void) {
+static inline void tb_crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
@@ -31,7 +33,7 @@ static void tb_crc_init(void) {
     }
 }
 
-static uint32_t tb_crc32c(const uint8_t* data, size_t n) {
+static inline uint32_t tb_crc32c(const uint8_t* data, size_t n) {
     if (tb_crc_table[1] == 0) tb_crc_init();  // entry 1 is the polynomial once built
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; i++) c = tb_crc_table[(c ^ data[i]) & 0xFFu] ^ (c >> 8);
@@ -40,7 +42,7 @@ static uint32_t tb_crc32c(const uint8_t* data, size_t n) {
 
 // TFRecord stores CRCs "masked" (rotated and offset), so a CRC of data that itself holds CRCs
 // does not degenerate
-static uint32_t tb_masked_crc32c(const uint8_t* data, size_t n) {
+static inline uint32_t tb_masked_crc32c(const uint8_t* data, size_t n) {
     uint32_t c = tb_crc32c(data, n);
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
@@ -52,7 +54,7 @@ typedef ImageBytes TBBuf;  // the growable byte buffer of image.h
 
 static void tb_put(TBBuf* b, const void* data, size_t n) { image_bytes_append(b, (void*)data, (int)n); }
 
-static void tb_put_varint(TBBuf* b, uint64_t v) {
+static inline void tb_put_varint(TBBuf* b, uint64_t v) {
     uint8_t bytes[10];
     int n = 0;
     while (v >= 0x80) { bytes[n++] = (uint8_t)(v | 0x80); v >>= 7; }
@@ -63,20 +65,20 @@ static void tb_put_varint(TBBuf* b, uint64_t v) {
 // wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32
 static void tb_put_key(TBBuf* b, int field, int wire_type) { tb_put_varint(b, ((uint64_t)field << 3) | wire_type); }
 
-static void tb_put_le(TBBuf* b, uint64_t v, int nbytes) {
+static inline void tb_put_le(TBBuf* b, uint64_t v, int nbytes) {
     uint8_t bytes[8];
     for (int i = 0; i < nbytes; i++) bytes[i] = (uint8_t)(v >> (8 * i));
     tb_put(b, bytes, nbytes);
 }
 
-static void tb_put_double(TBBuf* b, int field, double v) {
+static inline void tb_put_double(TBBuf* b, int field, double v) {
     uint64_t bits;
     memcpy(&bits, &v, 8);
     tb_put_key(b, field, 1);
     tb_put_le(b, bits, 8);
 }
 
-static void tb_put_float(TBBuf* b, int field, float v) {
+static inline void tb_put_float(TBBuf* b, int field, float v) {
     uint32_t bits;
     memcpy(&bits, &v, 4);
     tb_put_key(b, field, 5);
@@ -84,12 +86,12 @@ static void tb_put_float(TBBuf* b, int field, float v) {
 }
 
 // int32/int64 fields are varints of the two's-complement 64-bit value (a negative one takes 10 bytes)
-static void tb_put_int(TBBuf* b, int field, int64_t v) {
+static inline void tb_put_int(TBBuf* b, int field, int64_t v) {
     tb_put_key(b, field, 0);
     tb_put_varint(b, (uint64_t)v);
 }
 
-static void tb_put_bytes(TBBuf* b, int field, const void* data, size_t n) {
+static inline void tb_put_bytes(TBBuf* b, int field, const void* data, size_t n) {
     tb_put_key(b, field, 2);
     tb_put_varint(b, n);
     tb_put(b, data, n);
@@ -109,14 +111,14 @@ typedef struct {
 // this far behind while records keep coming; tb_flush after a logging round publishes at once
 #define TB_FLUSH_SECONDS 2.0
 
-static double tb_wall_time(const TBWriter* tb) {
+static inline double tb_wall_time(const TBWriter* tb) {
     if (tb->fixed_wall_time >= 0) return tb->fixed_wall_time;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void tb_flush(TBWriter* tb) {
+static inline void tb_flush(TBWriter* tb) {
     if (fflush(tb->fp) != 0) {
         fprintf(stderr, "Error: writing TensorBoard events to '%s' failed: %s\nHINT: is the disk full?\n",
                 tb->path, strerror(errno));
@@ -125,7 +127,7 @@ static void tb_flush(TBWriter* tb) {
     tb->last_flush = wall_seconds();
 }
 
-static void tb_write_record(TBWriter* tb, const TBBuf* data) {
+static inline void tb_write_record(TBWriter* tb, const TBBuf* data) {
     uint8_t header[12];
     uint64_t len = data->size;
     for (int i = 0; i < 8; i++) header[i] = (uint8_t)(len >> (8 * i));
@@ -139,28 +141,44 @@ static void tb_write_record(TBWriter* tb, const TBBuf* data) {
     fwriteCheck(footer, 1, 4, tb->fp);
 }
 
-// one Event: wall_time, step, then either file_version or a Summary with one Value (already encoded)
-static void tb_write_event(TBWriter* tb, int64_t step, const char* file_version, const TBBuf* value) {
+// the `what` oneof of an Event: each record carries exactly one of these
+enum { TB_FILE_VERSION = 3, TB_SUMMARY = 5, TB_SESSION_LOG = 7 };
+
+// one Event: wall_time, step, then field `what` holding `n` already-encoded bytes
+static inline void tb_write_event(TBWriter* tb, int64_t step, int what, const void* bytes, size_t n) {
     TBBuf event = {0};
     double wall_time = tb_wall_time(tb);
     if (wall_time != 0.0) tb_put_double(&event, 1, wall_time);  // proto3: zero fields are not written
     if (step != 0) tb_put_int(&event, 2, step);
-    if (file_version) {
-        tb_put_bytes(&event, 3, file_version, strlen(file_version));
-    } else {
-        TBBuf summary = {0};
-        tb_put_bytes(&summary, 1, value->data, value->size);
-        tb_put_bytes(&event, 5, summary.data, summary.size);
-        image_bytes_free(&summary);
-    }
+    tb_put_bytes(&event, what, bytes, n);
     tb_write_record(tb, &event);
     image_bytes_free(&event);
     if (wall_seconds() - tb->last_flush >= TB_FLUSH_SECONDS) tb_flush(tb);
 }
 
-// For tests: events at exactly `path`, every record stamped `wall_time` (< 0: use the clock).
-// Refuses to overwrite an existing file.
-static void tb_open_file(TBWriter* tb, const char* path, double wall_time) {
+// a Summary holding one Value (already encoded)
+static inline void tb_write_summary(TBWriter* tb, int64_t step, const TBBuf* value) {
+    TBBuf summary = {0};
+    tb_put_bytes(&summary, 1, value->data, value->size);
+    tb_write_event(tb, step, TB_SUMMARY, summary.data, summary.size);
+    image_bytes_free(&summary);
+}
+
+// SessionLog START at `step`. TensorBoard's Python loader (EventAccumulator, what
+// `tensorboard --load_fast=false` uses) then drops every record of the run it has read so far
+// whose step is >= `step`: the steps that a run killed after its last checkpoint wrote and that its
+// resumed run writes again. Without it, file_version 2 files are never purged and a resumed
+// curve doubles back.
+static inline void tb_write_session_start(TBWriter* tb, int64_t step) {
+    TBBuf log = {0};
+    tb_put_int(&log, 1, 1);  // status = START
+    tb_write_event(tb, step, TB_SESSION_LOG, log.data, log.size);
+    image_bytes_free(&log);
+}
+
+// For tests: events at exactly `path`, every record stamped `wall_time` (< 0: use the clock);
+// `start_step` as for tb_open. Refuses to overwrite an existing file.
+static inline void tb_open_file(TBWriter* tb, const char* path, double wall_time, long start_step) {
     if (snprintf(tb->path, sizeof(tb->path), "%s", path) >= (int)sizeof(tb->path)) {
         fprintf(stderr, "Error: TensorBoard event file path too long: %s\n", path);
         exit(EXIT_FAILURE);
@@ -175,14 +193,21 @@ static void tb_open_file(TBWriter* tb, const char* path, double wall_time) {
     }
     tb->fixed_wall_time = wall_time;
     tb->last_flush = wall_seconds();
-    tb_write_event(tb, 0, "brain.Event:2", NULL);
+    static const char version[] = "brain.Event:2";
+    tb_write_event(tb, 0, TB_FILE_VERSION, version, strlen(version));
+    // records are stamped with the number of steps done, so a run that starts after `start_step`
+    // steps logs from start_step + 1 on; the records earlier files hold at start_step (written
+    // before that checkpoint was saved) stay
+    tb_write_session_start(tb, (int64_t)start_step + 1);
     tb_flush(tb);
 }
 
 // Events in run_dir (created if missing, parents too), file events.out.tfevents.<unix time>.<host>.<pid>
 // like TensorBoard's own writers (the pid keeps two runs started in the same second apart);
-// `tensorboard --logdir` on run_dir or its parent shows them.
-static void tb_open(TBWriter* tb, const char* run_dir) {
+// `tensorboard --logdir` on run_dir or its parent shows them. `start_step`: the optimizer step the
+// run starts from (0, or the step a --resume restored): TensorBoard forgets what earlier files of
+// run_dir logged after it (see tb_write_session_start).
+static inline void tb_open(TBWriter* tb, const char* run_dir, long start_step) {
     char dir[1024];
     if (snprintf(dir, sizeof(dir), "%s", run_dir) >= (int)sizeof(dir)) {
         fprintf(stderr, "Error: run directory path too long: %s\n", run_dir);
@@ -209,10 +234,10 @@ static void tb_open(TBWriter* tb, const char* run_dir) {
         fprintf(stderr, "Error: run directory path too long: %s\n", run_dir);
         exit(EXIT_FAILURE);
     }
-    tb_open_file(tb, path, -1.0);
+    tb_open_file(tb, path, -1.0, start_step);
 }
 
-static void tb_check_tag(const TBWriter* tb, const char* tag) {
+static inline void tb_check_tag(const TBWriter* tb, const char* tag) {
     if (tag == NULL || tag[0] == '\0') {
         fprintf(stderr, "Error: TensorBoard record for '%s' needs a non-empty tag\n", tb->path);
         exit(EXIT_FAILURE);
@@ -220,17 +245,17 @@ static void tb_check_tag(const TBWriter* tb, const char* tag) {
 }
 
 // a scalar: Value { tag, simple_value } (simple_value is in a oneof, so a 0 is still written)
-static void tb_add_scalar(TBWriter* tb, const char* tag, float value, int64_t step) {
+static inline void tb_add_scalar(TBWriter* tb, const char* tag, float value, int64_t step) {
     tb_check_tag(tb, tag);
     TBBuf v = {0};
     tb_put_bytes(&v, 1, tag, strlen(tag));
     tb_put_float(&v, 2, value);
-    tb_write_event(tb, step, NULL, &v);
+    tb_write_summary(tb, step, &v);
     image_bytes_free(&v);
 }
 
 // an RGB image (height, width, 3) uint8, PNG-encoded: Value { tag, Image { h, w, colorspace 3 = RGB, png } }
-static void tb_add_image(TBWriter* tb, const char* tag, const uint8_t* rgb, int height, int width, int64_t step) {
+static inline void tb_add_image(TBWriter* tb, const char* tag, const uint8_t* rgb, int height, int width, int64_t step) {
     tb_check_tag(tb, tag);
     ImageBytes png = {0};
     image_encode_png(&png, rgb, height, width);
@@ -242,13 +267,13 @@ static void tb_add_image(TBWriter* tb, const char* tag, const uint8_t* rgb, int 
     TBBuf v = {0};
     tb_put_bytes(&v, 1, tag, strlen(tag));
     tb_put_bytes(&v, 4, img.data, img.size);
-    tb_write_event(tb, step, NULL, &v);
+    tb_write_summary(tb, step, &v);
     image_bytes_free(&v);
     image_bytes_free(&img);
     image_bytes_free(&png);
 }
 
-static void tb_close(TBWriter* tb) {
+static inline void tb_close(TBWriter* tb) {
     if (tb->fp == NULL) return;
     tb_flush(tb);
     if (fclose(tb->fp) != 0) {

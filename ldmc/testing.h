@@ -11,7 +11,7 @@
 static int g_tests_passed = 0;
 static int g_tests_failed = 0;
 
-static void test_record(const char* name, int ok, const char* detail) {
+static inline void test_record(const char* name, int ok, const char* detail) {
     if (ok) g_tests_passed++; else g_tests_failed++;
     printf("  %s %-48s %s\n", ok ? "[ok]  " : "[FAIL]", name, detail ? detail : "");
     fflush(stdout);
@@ -20,7 +20,7 @@ static void test_record(const char* name, int ok, const char* detail) {
 // max |got - ref| must be <= rtol * max(max |ref|, floor): the tolerance scales with the size of
 // the reference values, so one number works for tensors of very different magnitudes.
 // NaN or Inf in `got` always fails.
-static int check_close(const char* name, const float* got, const float* ref, size_t n, float rtol) {
+static inline int check_close(const char* name, const float* got, const float* ref, size_t n, float rtol) {
     double max_err = 0.0, max_ref = 0.0;
     size_t worst = 0;
     int finite = 1;
@@ -44,7 +44,7 @@ static int check_close(const char* name, const float* got, const float* ref, siz
     return ok;
 }
 
-static int check_true(const char* name, int cond, const char* detail) {
+static inline int check_true(const char* name, int cond, const char* detail) {
     test_record(name, cond, detail);
     return cond;
 }
@@ -52,21 +52,21 @@ static int check_true(const char* name, int cond, const char* detail) {
 static const char* device_name(void) { return g_device == DEVICE_CUDA ? "cuda" : "cpu"; }
 
 // a copy of n host floats on the current device (free with dev_free)
-static float* test_upload(const float* host, size_t n) {
+static inline float* test_upload(const float* host, size_t n) {
     float* d = dev_malloc_floats(n);
     host_to_dev(d, host, n * sizeof(float));
     return d;
 }
 
 // a malloc'd host copy of n floats from the current device (free with free)
-static float* test_download(const float* dev, size_t n) {
+static inline float* test_download(const float* dev, size_t n) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     dev_to_host(h, dev, n * sizeof(float));
     return h;
 }
 
 // n copies of `value` on the current device (NaN marks "must be overwritten"; free with dev_free)
-static float* test_filled(size_t n, float value) {
+static inline float* test_filled(size_t n, float value) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) h[i] = value;
     float* d = test_upload(h, n);
@@ -76,14 +76,14 @@ static float* test_filled(size_t n, float value) {
 
 // the reference tensor "<prefix>.<name>" of n float32 values (exits with a clear error otherwise;
 // n 0 = any count)
-static const float* ref_f32(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
+static inline const float* ref_f32(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
     char full[128];
     snprintf(full, sizeof(full), "%s.%s", prefix, name);
     return safetensors_get_f32(st, full, n);
 }
 
 // prints the closing line and returns the process exit code
-static int tests_summary(void) {
+static inline int tests_summary(void) {
     printf("%d passed, %d failed\n", g_tests_passed, g_tests_failed);
     return g_tests_failed == 0 ? 0 : 1;
 }

@@ -4,14 +4,17 @@
 //   TrainArgs      the common flags (preset, batch, lr, epochs, steps, run name, data, device, seed,
 //                  resume, bench, log/sample/save intervals), their parsing and usage text
 //   Setting        a setting a resumed run keeps: stored as JSON in the training state, refused when a
-//                  flag contradicts it (the one resume rule of both trainers)
+//                  flag contradicts it (the one resume rule of both trainers) or when the stored value
+//                  is outside the flag's range
+//   train_check_state_tensors / train_check_finite   the tensors of a training state to resume, and
+//                  the weights about to be saved, are complete and finite
 //   TrainRun       the run directory, the step plan, the shuffled epoch each batch is drawn from (and
 //                  this rank's slice of it), the progress line and its TensorBoard scalars, and when
 //                  to sample and save
+//   train_bench    --bench N: median images/s of N training steps on random data
 // Data parallel (ldmc/dist.h): --batch-size is the global batch; rank r takes rows [r*B/N, (r+1)*B/N)
 // of every global batch, and every random draw is indexed by the global sample position, so N ranks
 // see exactly the samples and noise of one process. Rank 0 alone writes the run's files.
-//   train_bench    --bench N: median images/s of N training steps on random data
 #pragma once
 
 #include "common.cuh"
@@ -21,6 +24,7 @@
 #include "run.h"
 #include "optimizer.h"
 #include "dist.h"
+#include "validate.h"
 
 // ----------------------------------------------------------------------------
 // random streams: every random number is rng(seed ^ stream, counter), the counter depending only on
@@ -40,6 +44,8 @@ enum RngStream {
 
 // ----------------------------------------------------------------------------
 // the common flags
+
+#define TRAIN_MAX_STEPS 1000000000L   // --max-steps' bound, and the most steps a run may plan
 
 enum {  // which common flags were given on the command line
     GIVEN_PRESET = 1 << 0, GIVEN_BATCH = 1 << 1, GIVEN_LR = 1 << 2, GIVEN_SEED = 1 << 3,
@@ -64,7 +70,7 @@ typedef struct {
 // a preset's training defaults (its model config lives in the trainer's own table)
 typedef struct { int batch_size; float lr; int epochs; } TrainDefaults;
 
-static void train_args_init(TrainArgs* a, int sample_every) {
+static inline void train_args_init(TrainArgs* a, int sample_every) {
     memset(a, 0, sizeof(*a));
     a->batch_size = -1; a->lr = -1.0f; a->epochs = -1;
     a->device = "auto"; a->seed = 1337;
@@ -72,12 +78,12 @@ static void train_args_init(TrainArgs* a, int sample_every) {
 }
 
 // consumes argv[*i] when it is a common flag; returns 0 when it is not
-static int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const char* const* presets, int npresets) {
+static inline int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const char* const* presets, int npresets) {
     static const char* const devices[] = {"auto", "cpu", "cuda"};
     const char* f = argv[*i];
     if (strcmp(f, "--preset") == 0) { a->preset = arg_choice(argc, argv, i, presets, npresets); a->given |= GIVEN_PRESET; }
     else if (strcmp(f, "--epochs") == 0) a->epochs = (int)arg_long(argc, argv, i, 1, 100000);
-    else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, i, 1, 1000000000L);
+    else if (strcmp(f, "--max-steps") == 0) a->max_steps = arg_long(argc, argv, i, 1, TRAIN_MAX_STEPS);
     else if (strcmp(f, "--batch-size") == 0) { a->batch_size = (int)arg_long(argc, argv, i, 1, 65536); a->given |= GIVEN_BATCH; }
     else if (strcmp(f, "--lr") == 0) { a->lr = arg_float(argc, argv, i, 0.0, 10.0, 1); a->given |= GIVEN_LR; }
     else if (strcmp(f, "--run-name") == 0) snprintf(a->run_name, sizeof(a->run_name), "%s", arg_run_name(argc, argv, i));
@@ -93,11 +99,14 @@ static int train_parse_flag(int argc, char** argv, int* i, TrainArgs* a, const c
     return 1;
 }
 
-static void train_usage_common(const char* prefix, int sample_every, const char* sample_what) {
+static inline void train_usage_common(const char* prefix, int sample_every, const char* sample_what) {
     printf("  --epochs N  --batch-size N  --lr X   (preset defaults)\n"
            "  --max-steps N              stop after N optimizer steps (overrides --epochs; extends a resumed run)\n"
            "  --run-name NAME            run directory runs/NAME (default %s_<preset>)\n"
-           "  --resume                   continue the run in runs/NAME from its training state\n"
+           "  --resume                   continue the run in runs/NAME from its training state; a run directory\n"
+           "                             with no state and no checkpoint (stopped before its first save) is\n"
+           "                             started again from step 0 by the same command without --resume\n"
+           "                             (its log.txt is kept and appended to)\n"
            "  --data DIR                 CIFAR-10 binary directory (default $CIFAR10_DIR, then data/cifar-10-batches-bin)\n"
            "  --device auto|cpu|cuda     (default auto)\n"
            "  --seed N                   (default 1337)\n"
@@ -109,7 +118,7 @@ static void train_usage_common(const char* prefix, int sample_every, const char*
 }
 
 // the preset (given, or tiny on a CPU and `gpu_preset` on a GPU) and what the flags left open
-static void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* run_prefix) {
+static inline void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* run_prefix) {
     if (a->preset == NULL) {
         a->preset = g_device == DEVICE_CUDA ? gpu_preset : "tiny";
         if (!a->resume) printf("preset: %s (no --preset given; %s on a %s)\n", a->preset, a->preset,
@@ -119,13 +128,13 @@ static void train_pick_preset(TrainArgs* a, const char* gpu_preset, const char* 
 }
 
 // where the chosen preset stands in the --preset choices (and so in the trainer's preset table)
-static int train_preset_index(const TrainArgs* a, const char* const* names, int n) {
+static inline int train_preset_index(const TrainArgs* a, const char* const* names, int n) {
     for (int i = 0; i < n; i++) if (strcmp(names[i], a->preset) == 0) return i;
     fprintf(stderr, "Error: unknown preset '%s'.\n", a->preset);
     exit(EXIT_FAILURE);
 }
 
-static void train_apply_defaults(TrainArgs* a, const TrainDefaults* d) {
+static inline void train_apply_defaults(TrainArgs* a, const TrainDefaults* d) {
     if (a->batch_size < 0) a->batch_size = d->batch_size;
     if (a->lr < 0) a->lr = d->lr;
     if (a->epochs < 0) a->epochs = d->epochs;
@@ -143,10 +152,11 @@ typedef struct {
     SettingType type;
     void* value;        // int*, long*, float* or uint64_t*
     int given;          // the flag was on the command line
+    double lo, hi;      // the range a stored value must be in (the flag's own)
 } Setting;
 
 // {"batch_size":64,"lr":0.001,...} in table order
-static void settings_to_json(const Setting* s, int n, char* out, size_t len) {
+static inline void settings_to_json(const Setting* s, int n, char* out, size_t len) {
     size_t k = (size_t)snprintf(out, len, "{");
     for (int i = 0; i < n && k < len; i++) {
         k += snprintf(out + k, len - k, "%s\"%s\":", i ? "," : "", s[i].key);
@@ -161,12 +171,12 @@ static void settings_to_json(const Setting* s, int n, char* out, size_t len) {
     if (k < len) snprintf(out + k, len - k, "}");
 }
 
-static void setting_format(const Setting* s, double v, char* out, size_t n) {
+static inline void setting_format(const Setting* s, double v, char* out, size_t n) {
     if (s->type == SETTING_FLOAT) snprintf(out, n, "%g", v);
     else snprintf(out, n, "%.0f", v);
 }
 
-static double setting_get(const Setting* s) {
+static inline double setting_get(const Setting* s) {
     switch (s->type) {
         case SETTING_INT: return *(int*)s->value;
         case SETTING_LONG: return (double)*(long*)s->value;
@@ -175,7 +185,7 @@ static double setting_get(const Setting* s) {
     }
 }
 
-static void setting_set(const Setting* s, double v) {
+static inline void setting_set(const Setting* s, double v) {
     switch (s->type) {
         case SETTING_INT: *(int*)s->value = (int)v; break;
         case SETTING_LONG: *(long*)s->value = (long)v; break;
@@ -184,21 +194,29 @@ static void setting_set(const Setting* s, double v) {
     }
 }
 
-// reads every setting from the state's train_args; a given flag must equal the stored value
-static void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
+// 0 when the stored value of setting s is readable and within its range, else -1 with r filled
+static inline int setting_read(const Setting* s, const char* targs, double* stored, Refusal* r) {
+    char field[64];
+    snprintf(field, sizeof(field), "train_args %s", s->key);
+    float f;
+    int v;
+    if (s->type == SETTING_FLOAT) {
+        if (json_get_float(targs, s->key, &f) != 0) return refusal_set(r, field, "a number", "missing or unreadable");
+        *stored = f;
+        return check_float_range(r, field, f, s->lo, s->hi, 0);
+    }
+    if (json_get_int(targs, s->key, &v) != 0) return refusal_set(r, field, "an integer", "missing or unreadable");
+    *stored = v;
+    return check_int_range(r, field, v, (long long)s->lo, (long long)s->hi);
+}
+
+// reads every setting from the state's train_args, each within its range; a given flag must equal the
+// stored value
+static inline void settings_resume(const Setting* s, int n, const char* targs, const char* state_path) {
     for (int i = 0; i < n; i++) {
-        float f;
-        double stored;
-        if (s[i].type == SETTING_FLOAT) {
-            if (json_get_float(targs, s[i].key, &f) != 0) stored = NAN; else stored = f;
-        } else {
-            int v;
-            if (json_get_int(targs, s[i].key, &v) != 0) stored = NAN; else stored = v;
-        }
-        if (isnan(stored)) {
-            fprintf(stderr, "Error: '%s' has no readable '%s' in its train_args: %s\n", state_path, s[i].key, targs);
-            exit(EXIT_FAILURE);
-        }
+        double stored = 0.0;
+        Refusal r;
+        if (setting_read(&s[i], targs, &stored, &r) != 0) refuse(state_path, &r, FILE_DAMAGED_HINT);
         if (s[i].given && setting_get(&s[i]) != stored) {
             char flag[64], want[32], have[32];
             snprintf(flag, sizeof(flag), "--%s", s[i].key);
@@ -236,16 +254,16 @@ typedef struct {
     long step_log;           // the step of the last progress line
 } TrainRun;
 
-// runs/<name> must be new for a new run and hold a training state for --resume. Nothing is created
-// yet: the directory appears only once every input has been checked (train_run_start).
-static void train_run_check(TrainRun* r, const TrainArgs* a) {
+// runs/<name> must hold no saved state for a new run and a training state for --resume (run.h). Nothing
+// is created yet: the directory appears only once every input has been checked (train_run_start).
+static inline void train_run_check(TrainRun* r, const TrainArgs* a) {
     memset(r, 0, sizeof(*r));
-    run_dir_check(r->dir, sizeof(r->dir), a->run_name, a->resume, "state.safetensors");
+    run_dir_check(r->dir, sizeof(r->dir), a->run_name, a->resume);
     snprintf(r->state_path, sizeof(r->state_path), "%s/state.safetensors", r->dir);
 }
 
 // the training and test splits from --data, $CIFAR10_DIR or data/cifar-10-batches-bin
-static void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
+static inline void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
     char data_dir[1024];
     cifar10_resolve_dir(a->data_dir, data_dir, sizeof(data_dir));
     cifar10_load(train, data_dir, 1);
@@ -254,7 +272,7 @@ static void train_load_data(const TrainArgs* a, Cifar10* train, Cifar10* test) {
 
 // --resume: reads runs/<name>/state.safetensors, which must be a training state of `model`; returns
 // its train_args (the settings the run keeps)
-static const char* train_read_state(TrainRun* r, const char* model, const char* what) {
+static inline const char* train_read_state(TrainRun* r, const char* model, const char* what) {
     safetensors_load(r->state_path, &r->state);
     file_expect_model(&r->state, r->state_path, model, what, "resume a run of this program, or start a new run.");
     const char* targs = safetensors_meta(&r->state, "train_args");
@@ -268,7 +286,7 @@ static const char* train_read_state(TrainRun* r, const char* model, const char* 
 
 // this rank's share of a global batch of B: every rank takes the same number of rows, so that the
 // mean of the ranks' mean gradients is the gradient of the global batch
-static int train_local_batch(int B) {
+static inline int train_local_batch(int B) {
     int N = dist_world();
     if (B % N != 0) {
         fprintf(stderr, "Error: the batch size %d does not split evenly over %d ranks.\nHINT: --batch-size is the "
@@ -279,9 +297,87 @@ static int train_local_batch(int B) {
     return B / N;
 }
 
+// the tensors of the training state to resume (after settings_resume, which read its total steps): exactly
+// params, adam_m, adam_v (and ema when the model keeps one), F32 of the model's parameter count, finite,
+// adam_v >= 0, and the step (I64) within the run's steps. Anything else is refused, naming it.
+static inline void train_check_state_tensors(const TrainRun* r, size_t n_params, int with_ema) {
+    static const char* const names[] = {"params", "adam_m", "adam_v", "ema", "step"};
+    const SafeTensors* st = &r->state;
+    const char* path = r->state_path;
+    Refusal f;
+    char field[64], allowed[96];
+    for (int i = 0; i < st->num_tensors; i++) {
+        const char* name = st->tensors[i].name;
+        int known = 0;
+        for (int k = 0; k < 5; k++) known |= strcmp(name, names[k]) == 0 && (k != 3 || with_ema);
+        if (!known) {
+            snprintf(field, sizeof(field), "tensor '%s'", name);
+            refusal_set(&f, field, with_ema ? "only params, adam_m, adam_v, ema and step" :
+                                              "only params, adam_m, adam_v and step (this model keeps no EMA)",
+                        "present (not part of a training state)");
+            refuse(path, &f, FILE_DAMAGED_HINT);
+        }
+    }
+    for (int k = 0; k < (with_ema ? 4 : 3); k++) {
+        const SafeTensorInfo* t = safetensors_find(st, names[k]);
+        snprintf(field, sizeof(field), "tensor '%s'", names[k]);
+        snprintf(allowed, sizeof(allowed), "F32 [%zu] (the model's parameter count)", n_params);
+        if (t == NULL) refusal_set(&f, field, allowed, "missing");
+        else if (strcmp(t->dtype, "F32") != 0 || t->ndim != 1 || t->numel != n_params) {
+            refusal_set(&f, field, allowed, "%s of %zu elements in %d dimensions", t->dtype, t->numel, t->ndim);
+        } else {
+            const float* x = safetensors_get_f32(st, names[k], n_params);   // also checks alignment
+            long long bad = first_nonfinite(x, n_params);
+            if (bad < 0 && k == 2) for (size_t j = 0; j < n_params && bad < 0; j++) if (x[j] < 0) bad = (long long)j;
+            if (bad < 0) continue;
+            snprintf(field, sizeof(field), "tensor '%s' element %lld", names[k], bad);
+            refusal_set(&f, field, k == 2 ? "a finite number >= 0 (a second moment)" : "a finite number", "%g", x[bad]);
+        }
+        refuse(path, &f, FILE_DAMAGED_HINT);
+    }
+    const SafeTensorInfo* t = safetensors_find(st, "step");
+    if (t == NULL || strcmp(t->dtype, "I64") != 0 || t->numel != 1) {
+        refusal_set(&f, "tensor 'step'", "I64 [1]", t == NULL ? "missing" : "%s of %zu elements", t ? t->dtype : "",
+                    t ? t->numel : 0);
+        refuse(path, &f, FILE_DAMAGED_HINT);
+    }
+    if (check_int_range(&f, "tensor 'step'", safetensors_get_i64(st, "step", 1)[0], 0, r->resumed_total) != 0) {
+        snprintf(f.allowed + strlen(f.allowed), sizeof(f.allowed) - strlen(f.allowed), " (train_args total_steps)");
+        refuse(path, &f, FILE_DAMAGED_HINT);
+    }
+}
+
+// the name of the parameter holding flat element k (for messages)
+static inline const char* params_name_at(const ParamStore* ps, size_t k) {
+    for (int i = 0; i < ps->count; i++) {
+        if (k >= ps->info[i].offset && k < ps->info[i].offset + ps->info[i].numel) return ps->info[i].name;
+    }
+    return "?";
+}
+
+// before a state or checkpoint is saved: the weights (and the EMA) must be finite. A NaN that got past the
+// loss check (it is computed before the update) would otherwise replace the last good state and be
+// published as checkpoint_final; instead the run stops and the state on disk stays as it was.
+static inline void train_check_finite(const ParamStore* ps, const OptState* opt, const char* state_path) {
+    const float* bufs[2] = {ps->params, opt->ema};
+    const char* what[2] = {"weights", "EMA weights"};
+    float* host = (float*)mallocCheck(ps->total * sizeof(float));
+    for (int b = 0; b < 2 && bufs[b] != NULL; b++) {
+        dev_to_host(host, bufs[b], ps->total * sizeof(float));
+        long long bad = first_nonfinite(host, ps->total);
+        if (bad < 0) continue;
+        run_log("Error: the %s after step %ld are not finite (%g in '%s'); nothing was saved: '%s' keeps the last "
+                "good state and no checkpoint_final was written.\nHINT: lower --lr (or add --warmup-steps) and "
+                "resume from that state with --resume, or start a new run.\n", what[b], opt->step, host[bad],
+                params_name_at(ps, (size_t)bad), state_path);
+        exit(EXIT_FAILURE);
+    }
+    free(host);
+}
+
 // steps per epoch and the total: --max-steps, else epochs x steps per epoch (a resumed run keeps its
 // total unless --max-steps extends it)
-static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
+static inline void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
     int B = a->batch_size;
     if (B > n_train) {
         fprintf(stderr, "Error: --batch-size %d is larger than the training set (%d images).\n", B, n_train);
@@ -296,13 +392,24 @@ static void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) {
     if (a->max_steps > 0) r->total_steps = a->max_steps;
     else if (a->resume) r->total_steps = r->resumed_total;
     else r->total_steps = (long)a->epochs * r->steps_per_epoch;
+    if (r->total_steps > TRAIN_MAX_STEPS) {   // the state stores it as a JSON int
+        fprintf(stderr, "Error: %ld steps planned (%d epochs of %ld steps); at most %ld.\nHINT: fewer --epochs, a "
+                        "larger --batch-size, or --max-steps.\n", r->total_steps, a->epochs, r->steps_per_epoch,
+                TRAIN_MAX_STEPS);
+        exit(EXIT_FAILURE);
+    }
 }
 
 // creates the directory, writes config.json for a new run, opens log.txt and the TensorBoard file
 // (rank 0, once every rank has passed its checks); a resumed run gets its weights, moments, EMA and
 // step back from the state, and every rank starts from rank 0's
-static void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_text, ParamStore* ps, OptState* opt) {
+static inline void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_text, ParamStore* ps, OptState* opt) {
     dist_barrier();
+    if (a->resume) {
+        train_state_restore(ps, opt, &r->state);
+        safetensors_free(&r->state);
+    }
+    train_state_broadcast(ps, opt);
     if (dist_is_main()) {
         run_dir_create(r->dir);
         if (!a->resume) {
@@ -311,20 +418,15 @@ static void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_
             write_text_file(path, config_text);
         }
         run_log_open(r->dir);
-        tb_open(&r->tb, r->dir);
+        tb_open(&r->tb, r->dir, opt->step);
     }
-    if (a->resume) {
-        train_state_restore(ps, opt, &r->state);
-        safetensors_free(&r->state);
-    }
-    train_state_broadcast(ps, opt);
     r->perm = (int*)mallocCheck((size_t)r->n_train * sizeof(int));
     r->perm_epoch = -1;
 }
 
 // the dataset indices of this rank's rows of the batch at `step` (local_batch of them): a slice of
 // that epoch's permutation
-static const int* train_run_batch(TrainRun* r, long step) {
+static inline const int* train_run_batch(TrainRun* r, long step) {
     long epoch = step / r->steps_per_epoch;
     if (epoch != r->perm_epoch) {
         cifar10_shuffle(r->perm, r->n_train, r->seed ^ STREAM_SHUFFLE, epoch);
@@ -335,23 +437,23 @@ static const int* train_run_batch(TrainRun* r, long step) {
 
 // the global sample position of this rank's first row at `step`: the counter of its random draws
 // (row b draws with counter train_run_sample(r, step) + b, as row local_start + b would in one process)
-static uint64_t train_run_sample(const TrainRun* r, long step) {
+static inline uint64_t train_run_sample(const TrainRun* r, long step) {
     return (uint64_t)step * r->batch_size + r->local_start;
 }
 
-static void train_run_clock_start(TrainRun* r, long step) {
+static inline void train_run_clock_start(TrainRun* r, long step) {
     r->t_start = r->t_log = wall_seconds();
     r->step_log = step;
 }
 
 // the step count `done` is a multiple of `every` and not the last step (the end has its own output);
 // on rank 0 only, which alone writes files
-static int train_due_before_end(const TrainRun* r, long done, int every) {
+static inline int train_due_before_end(const TrainRun* r, long done, int every) {
     return dist_is_main() && done % every == 0 && done < r->total_steps;
 }
 
 // a state save is due every --save-every steps and at every epoch end (rank 0 only)
-static int train_save_due(const TrainRun* r, const TrainArgs* a, long done) {
+static inline int train_save_due(const TrainRun* r, const TrainArgs* a, long done) {
     return dist_is_main() && (done % a->save_every == 0 || done % r->steps_per_epoch == 0) && done < r->total_steps;
 }
 
@@ -360,7 +462,7 @@ typedef struct { const char* tag; float value; } Scalar;
 // every --log-every steps and at the end: the progress line (step, loss, `extra`, images/s of the
 // global batch, ETA) in the terminal and log.txt, and train/loss, the given scalars and
 // train/images_per_sec in TensorBoard (rank 0; the loss is already the mean over the ranks)
-static void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss, const char* extra,
+static inline void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss, const char* extra,
                           const Scalar* scalars, int n) {
     if (!dist_is_main() || (done % a->log_every != 0 && done != r->total_steps)) return;
     dev_synchronize();
@@ -379,7 +481,7 @@ static void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss
 
 // a non-finite loss stops the run; the last saved state stays as it was. The loss is the mean over
 // the ranks, so every rank stops here; rank 0 says why.
-static void train_check_loss(float loss, long step, const char* detail, const char* hint) {
+static inline void train_check_loss(float loss, long step, const char* detail, const char* hint) {
     if (isfinite(loss)) return;
     if (!dist_is_main()) dist_wait_for_abort();
     run_log("Error: the loss is %f at step %ld%s; stopping without saving.\nHINT: %s; resume from the last saved "
@@ -387,7 +489,7 @@ static void train_check_loss(float loss, long step, const char* detail, const ch
     exit(EXIT_FAILURE);
 }
 
-static void train_run_finish(TrainRun* r) {
+static inline void train_run_finish(TrainRun* r) {
     run_log("done in %.1f s\n", wall_seconds() - r->t_start);
     tb_close(&r->tb);
     run_log_close();
@@ -401,7 +503,7 @@ static void train_run_finish(TrainRun* r) {
 
 typedef void (*BenchFn)(void* ctx, int s);
 
-static void train_bench(int steps, int B, BenchFn prepare, BenchFn step, void* ctx, const char* what) {
+static inline void train_bench(int steps, int B, BenchFn prepare, BenchFn step, void* ctx, const char* what) {
     double* times = (double*)mallocCheck(steps * sizeof(double));
     for (int s = -2; s < steps; s++) {
         prepare(ctx, s + 2);

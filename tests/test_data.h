@@ -4,8 +4,10 @@
 //   - the pixel mapping x/127.5 - 1 and the horizontal flip against values computed here from the
 //     known record bytes (in double, mirrored by hand);
 //   - damaged data is an error naming the file and the fix: a truncated data_batch_3.bin, files of
-//     the wrong size, a label of 11, a missing file, a batches.meta.txt naming fewer classes than a
-//     label needs;
+//     the wrong size, labels of 10 and 11, a missing file, a batches.meta.txt naming fewer classes
+//     than a label needs, or too many, too long, none, a NUL byte, too many bytes;
+//   - a data file or batches.meta.txt that is a FIFO, a directory or /dev/zero is refused before
+//     anything is read (a FIFO would hang a read, /dev/zero never ends); a link to a regular file loads;
 //   - cifar10_shuffle gives a permutation that depends on (seed, epoch) only; cifar10_resolve_dir
 //     takes --data first, then $CIFAR10_DIR.
 // The six 30,730,000-byte files are sparse (ftruncate): all-zero records (label 0, black) cost no
@@ -14,18 +16,19 @@
 #pragma once
 
 #include <unistd.h>
+#include <sys/stat.h>
 #include "ldmc/testing.h"
 #include "ldmc/cifar10.h"
 
 // ----------------------------------------------------------------------------
 // building fake datasets
 
-static void tdt_path(char* out, size_t n, const char* dir, const char* name) {
+static inline void tdt_path(char* out, size_t n, const char* dir, const char* name) {
     snprintf(out, n, "%s/%s", dir, name);
 }
 
 // a sparse all-zero file of `bytes` bytes
-static void tdt_make_file(const char* dir, const char* name, long long bytes) {
+static inline void tdt_make_file(const char* dir, const char* name, long long bytes) {
     char path[1200];
     tdt_path(path, sizeof(path), dir, name);
     FILE* fp = fopenCheck(path, "wb");
@@ -36,11 +39,11 @@ static void tdt_make_file(const char* dir, const char* name, long long bytes) {
     fclose(fp);
 }
 
-static void tdt_make_valid(const char* dir) {
+static inline void tdt_make_valid(const char* dir) {
     for (int f = 0; f < 6; f++) tdt_make_file(dir, CIFAR10_FILES[f], CIFAR10_FILE_BYTES);
 }
 
-static void tdt_write_record(const char* dir, const char* name, int r, const uint8_t* rec) {
+static inline void tdt_write_record(const char* dir, const char* name, int r, const uint8_t* rec) {
     char path[1200];
     tdt_path(path, sizeof(path), dir, name);
     FILE* fp = fopenCheck(path, "r+b");
@@ -49,7 +52,7 @@ static void tdt_write_record(const char* dir, const char* name, int r, const uin
     fclose(fp);
 }
 
-static void tdt_write_text(const char* dir, const char* name, const char* text) {
+static inline void tdt_write_text(const char* dir, const char* name, const char* text) {
     char path[1200];
     tdt_path(path, sizeof(path), dir, name);
     FILE* fp = fopenCheck(path, "wb");
@@ -59,7 +62,7 @@ static void tdt_write_text(const char* dir, const char* name, const char* text) 
 
 // a record with label `label` and pixels that differ across channel, row and column (so a swap
 // of any two axes or a wrong flip shows), including the extremes 0 and 255
-static void tdt_fill_record(uint8_t* rec, int label, int variant) {
+static inline void tdt_fill_record(uint8_t* rec, int label, int variant) {
     rec[0] = (uint8_t)label;
     for (int c = 0; c < 3; c++) for (int h = 0; h < 32; h++) for (int w = 0; w < 32; w++) {
         int v = (c * 97 + h * 31 + w * 7 + 5) % 256;
@@ -70,7 +73,7 @@ static void tdt_fill_record(uint8_t* rec, int label, int variant) {
 }
 
 // the expected floats of a record, mirrored left-right when `flip`, in double precision
-static void tdt_expected(float* out, const uint8_t* rec, int flip) {
+static inline void tdt_expected(float* out, const uint8_t* rec, int flip) {
     for (int c = 0; c < 3; c++) for (int h = 0; h < 32; h++) for (int w = 0; w < 32; w++) {
         int src_w = flip ? 31 - w : w;
         out[(c * 32 + h) * 32 + w] = (float)((double)rec[1 + (c * 32 + h) * 32 + src_w] / 127.5 - 1.0);
@@ -78,7 +81,7 @@ static void tdt_expected(float* out, const uint8_t* rec, int flip) {
 }
 
 // try_load must fail, leave the struct empty and say all of `want` (NULL-terminated)
-static void tdt_expect_error(const char* name, const char* dir, int train, const char* const* want) {
+static inline void tdt_expect_error(const char* name, const char* dir, int train, const char* const* want) {
     Cifar10 d;
     char err[1024] = "";
     int rc = cifar10_try_load(&d, dir, train, err, sizeof(err));
@@ -95,7 +98,7 @@ static void tdt_expect_error(const char* name, const char* dir, int train, const
 // ----------------------------------------------------------------------------
 // the tests
 
-static void test_data_load_and_batch(const char* dir) {
+static inline void test_data_load_and_batch(const char* dir) {
     char detail[256];
     uint8_t rec_a[CIFAR10_RECORD_BYTES], rec_b[CIFAR10_RECORD_BYTES];
     tdt_fill_record(rec_a, 3, 0);
@@ -171,7 +174,7 @@ static void test_data_load_and_batch(const char* dir) {
     if (rc == 0) cifar10_free(&d);
 }
 
-static void test_data_errors(const char* dir) {
+static inline void test_data_errors(const char* dir) {
     tdt_make_valid(dir);
     char path[1200];
     tdt_path(path, sizeof(path), dir, "batches.meta.txt");
@@ -227,7 +230,80 @@ static void test_data_errors(const char* dir) {
     if (rc == 0) cifar10_free(&d);
 }
 
-static void test_data_shuffle_and_dir(const char* dir) {
+// label 10 with CIFAR-10's ten classes (the first label past the end)
+static inline void test_data_label_10(const char* dir) {
+    tdt_make_valid(dir);
+    char path[1200];
+    tdt_path(path, sizeof(path), dir, "batches.meta.txt");
+    remove(path);
+    uint8_t rec[CIFAR10_RECORD_BYTES];
+    tdt_fill_record(rec, 10, 0);
+    tdt_write_record(dir, "test_batch.bin", 9999, rec);
+    const char* w[] = {"test_batch.bin", "record 9999", "label 10", "0..9", NULL};
+    tdt_expect_error("host data label 10", dir, 0, w);
+    tdt_make_file(dir, "test_batch.bin", CIFAR10_FILE_BYTES);
+}
+
+// batches.meta.txt that cannot be a list of class names
+static inline void test_data_meta_errors(const char* dir) {
+    tdt_make_valid(dir);
+    static const struct { const char* name; const char* text; size_t len; const char* want; } cases[] = {
+        {"host data meta: 11 names", "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\n", 22, "more than 10 classes"},
+        {"host data meta: a 32-character name", "airplane\n0123456789abcdef0123456789abcdef\n", 42, "longer than 31"},
+        {"host data meta: blank lines only", "\n \r\n\t\n", 6, "names no classes"},
+        {"host data meta: a NUL byte", "cat\0dog\n", 8, "NUL byte"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char path[1200];
+        tdt_path(path, sizeof(path), dir, "batches.meta.txt");
+        FILE* fp = fopenCheck(path, "wb");
+        fwriteCheck(cases[i].text, 1, cases[i].len, fp);
+        fclose(fp);
+        const char* w[] = {"batches.meta.txt", cases[i].want, NULL};
+        tdt_expect_error(cases[i].name, dir, 0, w);
+    }
+    tdt_make_file(dir, "batches.meta.txt", CIFAR10_META_MAX_BYTES + 1);
+    const char* w[] = {"batches.meta.txt", "4097 bytes", NULL};
+    tdt_expect_error("host data meta: over 4 KiB", dir, 0, w);
+    char path[1200];
+    tdt_path(path, sizeof(path), dir, "batches.meta.txt");
+    remove(path);
+}
+
+// `name` replaced by a FIFO, a directory, a link to /dev/zero: refused before reading, saying what
+// it is; then by a link to a valid file, which loads
+static inline void test_data_not_regular(const char* dir, const char* name, int train) {
+    char path[1200], target[1200], label[160];
+    tdt_path(path, sizeof(path), dir, name);
+    static const char* kinds[] = {"FIFO", "directory", "character device"};
+    for (int k = 0; k < 3; k++) {
+        remove(path);
+        int made = k == 0 ? mkfifo(path, 0600) : k == 1 ? mkdir(path, 0700) : symlink("/dev/zero", path);
+        snprintf(label, sizeof(label), "host data %s is a %s", name, kinds[k]);
+        if (made != 0) { check_true(label, 0, strerror(errno)); continue; }
+        const char* w[] = {name, kinds[k], "not a regular file", NULL};
+        tdt_expect_error(label, dir, train, w);
+        if (k == 1) rmdir(path); else remove(path);
+    }
+    // a link to a regular file of the right kind is fine
+    int meta = strcmp(name, "batches.meta.txt") == 0;
+    if (meta) tdt_write_text(dir, "elsewhere", "airplane\nautomobile\nbird\n");
+    else tdt_make_file(dir, "elsewhere", CIFAR10_FILE_BYTES);
+    tdt_path(target, sizeof(target), dir, "elsewhere");
+    int linked = symlink(target, path) == 0;
+    Cifar10 d;
+    char err[1024] = "";
+    int rc = linked ? cifar10_try_load(&d, dir, train, err, sizeof(err)) : 1;
+    snprintf(label, sizeof(label), "host data %s as a link to a file", name);
+    int ok = rc == 0 && d.num_classes == (meta ? 3 : 10);
+    check_true(label, ok, rc ? (linked ? err : strerror(errno)) : meta ? "loads, 3 classes" : "loads");
+    if (rc == 0) cifar10_free(&d);
+    remove(path);
+    remove(target);
+    if (!meta) tdt_make_file(dir, name, CIFAR10_FILE_BYTES);
+}
+
+static inline void test_data_shuffle_and_dir(const char* dir) {
     enum { N = 1000 };
     int a[N], b[N], c[N], e[N], seen[N];
     cifar10_shuffle(a, N, 42, 3);
@@ -264,7 +340,7 @@ static void test_data_shuffle_and_dir(const char* dir) {
     check_true("host data resolve dir", strcmp(out1, dir) == 0 && strcmp(out2, dir) == 0 && nmissing == 6, detail);
 }
 
-static void test_data(void) {
+static inline void test_data(void) {
     if (g_device != DEVICE_CPU) return;  // host code only: the CPU pass covers it
     const char* tmp = getenv("TMPDIR");
     char dir[1024];
@@ -275,6 +351,12 @@ static void test_data(void) {
     }
     test_data_load_and_batch(dir);
     test_data_errors(dir);
+    test_data_label_10(dir);
+    test_data_meta_errors(dir);
+    tdt_make_valid(dir);
+    test_data_not_regular(dir, "data_batch_2.bin", 1);
+    test_data_not_regular(dir, "test_batch.bin", 0);
+    test_data_not_regular(dir, "batches.meta.txt", 0);
     test_data_shuffle_and_dir(dir);
     char path[1200];
     for (int f = 0; f < 6; f++) {

@@ -21,7 +21,7 @@
 #define ST_TEST_NOTE "quote \" backslash \\ slash / newline \n tab \t cr \r bs \b ff \f ctl \x01\x1f del \x7f é☃𝄞"
 
 // adds the tensors out of order on purpose: the writer must lay them out as Python does
-static void st_test_write_writer_set(const char* path) {
+static inline void st_test_write_writer_set(const char* path) {
     static const float b_weight[6] = {-1.0f, -0.75f, -0.5f, -0.25f, 0.0f, 0.25f};   // (3, 2)
     static const float a_bias[3] = {0.5f, -1.5f, 2.25f};                            // (3,)
     static const float A[2] = {3.0f, -0.125f};                                      // (1, 1, 1, 2)
@@ -46,7 +46,7 @@ static void st_test_write_writer_set(const char* path) {
 // ----------------------------------------------------------------------------
 // helpers
 
-static uint8_t* st_test_slurp(const char* path, size_t* n) {
+static inline uint8_t* st_test_slurp(const char* path, size_t* n) {
     FILE* fp = fopenCheck(path, "rb");
     fseek(fp, 0, SEEK_END);
     *n = (size_t)ftell(fp);
@@ -57,25 +57,25 @@ static uint8_t* st_test_slurp(const char* path, size_t* n) {
     return bytes;
 }
 
-static void st_test_dump(const char* path, const void* bytes, size_t n) {
+static inline void st_test_dump(const char* path, const void* bytes, size_t n) {
     FILE* fp = fopenCheck(path, "wb");
     fwriteCheck(bytes, 1, n, fp);
     fclose(fp);
 }
 
 // lstat: a symlink counts, even one to a device
-static int st_test_exists(const char* path) {
+static inline int st_test_exists(const char* path) {
     struct stat sb;
     return lstat(path, &sb) == 0;
 }
 
-static double st_test_seconds(void) {
+static inline double st_test_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-static int st_test_shape_is(const SafeTensorInfo* t, const char* dtype, int ndim, const int64_t* shape) {
+static inline int st_test_shape_is(const SafeTensorInfo* t, const char* dtype, int ndim, const int64_t* shape) {
     if (t == NULL || strcmp(t->dtype, dtype) != 0 || t->ndim != ndim) return 0;
     for (int d = 0; d < ndim; d++) {
         if (t->shape[d] != shape[d]) return 0;
@@ -85,7 +85,7 @@ static int st_test_shape_is(const SafeTensorInfo* t, const char* dtype, int ndim
 
 // runs fn(arg) in a child process with stderr sent to dir/child_stderr.txt; returns the child's exit status
 // (-1 if it did not exit normally) and what it printed, so the paths that exit can be tested for real
-static int st_test_in_child(const char* dir, void (*fn)(const void*), const void* arg, char* out, size_t n) {
+static inline int st_test_in_child(const char* dir, void (*fn)(const void*), const void* arg, char* out, size_t n) {
     char path[512];
     snprintf(path, sizeof(path), "%s/child_stderr.txt", dir);
     fflush(stdout);
@@ -111,19 +111,19 @@ static int st_test_in_child(const char* dir, void (*fn)(const void*), const void
 }
 
 typedef struct { const SafeTensors* st; const char* name; size_t numel; int i64; } StTestGet;
-static void st_test_child_get(const void* arg) {
+static inline void st_test_child_get(const void* arg) {
     const StTestGet* g = (const StTestGet*)arg;
     if (g->i64) safetensors_get_i64(g->st, g->name, g->numel);
     else safetensors_get_f32(g->st, g->name, g->numel);
 }
-static void st_test_child_load(const void* arg) {
+static inline void st_test_child_load(const void* arg) {
     SafeTensors st;
     safetensors_load((const char*)arg, &st);
 }
-static void st_test_child_write(const void* arg) {
+static inline void st_test_child_write(const void* arg) {
     st_test_write_writer_set((const char*)arg);
 }
-static void st_test_child_write_twice(const void* arg) {
+static inline void st_test_child_write_twice(const void* arg) {
     static const int64_t x = 1;
     SafeTensorsWriter w;
     st_writer_init(&w);
@@ -132,14 +132,14 @@ static void st_test_child_write_twice(const void* arg) {
     st_writer_add(&w, "x", "I64", &x, 0, NULL);
     st_writer_write(&w, (const char*)arg);
 }
-static void st_test_child_sha256(const void* arg) {
+static inline void st_test_child_sha256(const void* arg) {
     char hex[65];
     sha256_file((const char*)arg, hex);
 }
 
 // writes `bytes` as dir/<label>.safetensors and checks that safetensors_load, in a child, refuses it with a
 // message naming the file and containing `phrase` (phrase NULL: the file must be accepted)
-static void st_test_expect(const char* dir, const char* label, const uint8_t* bytes, size_t n, const char* phrase) {
+static inline void st_test_expect(const char* dir, const char* label, const uint8_t* bytes, size_t n, const char* phrase) {
     char path[512], name[96], out[2048];
     snprintf(path, sizeof(path), "%s/%s.safetensors", dir, label);
     snprintf(name, sizeof(name), "%s safetensors %s %s", device_name(), phrase ? "refuses" : "accepts", label);
@@ -155,7 +155,7 @@ static void st_test_expect(const char* dir, const char* label, const uint8_t* by
 }
 
 // a file of an 8-byte length, `header` padded with spaces to a multiple of 8, and `ndata` bytes of data
-static void st_test_expect_header(const char* dir, const char* label, const char* header, const uint8_t* data,
+static inline void st_test_expect_header(const char* dir, const char* label, const char* header, const uint8_t* data,
                                   size_t ndata, const char* phrase) {
     size_t hlen = strlen(header), padded = (hlen + 7) / 8 * 8;
     uint8_t* bytes = (uint8_t*)mallocCheck(8 + padded + ndata);
@@ -171,7 +171,7 @@ static void st_test_expect_header(const char* dir, const char* label, const char
 // the tests
 
 // dev/ref/safetensors_python.safetensors: every tensor value and metadata string (python_set() in the script)
-static void test_safetensors_python_file(void) {
+static inline void test_safetensors_python_file(void) {
     char name[96], detail[256];
     const char* dev = device_name();
     SafeTensors st;
@@ -279,7 +279,7 @@ static void test_safetensors_python_file(void) {
 
 // dev/ref/safetensors_escapes.safetensors: the escapes Python's writer never emits but JSON allows and
 // we read (\/, \u00XX in both cases, \u007f), raw UTF-8 in a name, an indented header
-static void test_safetensors_escapes_file(void) {
+static inline void test_safetensors_escapes_file(void) {
     char name[96];
     SafeTensors st;
     safetensors_load("dev/ref/safetensors_escapes.safetensors", &st);
@@ -295,7 +295,7 @@ static void test_safetensors_escapes_file(void) {
 }
 
 // our writer against Python's bytes, a round trip with several metadata entries, and overwriting
-static void test_safetensors_writer(const char* dir) {
+static inline void test_safetensors_writer(const char* dir) {
     char name[96], path[512], tmp[520], detail[256];
     const char* dev = device_name();
     snprintf(path, sizeof(path), "%s/ours.safetensors", dir);
@@ -362,7 +362,7 @@ static void test_safetensors_writer(const char* dir) {
 }
 
 // corrupt files, made from the good reference bytes, each refused with a message that names the problem
-static void test_safetensors_strict(const char* dir) {
+static inline void test_safetensors_strict(const char* dir) {
     size_t n;
     uint8_t* good = st_test_slurp("dev/ref/safetensors_writer.safetensors", &n);
     uint8_t* bad = (uint8_t*)mallocCheck(n + 8);
@@ -437,7 +437,7 @@ static void test_safetensors_strict(const char* dir) {
 
 // a header of n tensors "t0000000".. of one F32 each, then (dup) one more named "t0000000": the worst
 // case for a check that compares each name with the ones before it (n^2/2 comparisons)
-static void st_test_many(const char* dir, const char* label, int n, int dup, const char* phrase) {
+static inline void st_test_many(const char* dir, const char* label, int n, int dup, const char* phrase) {
     size_t cap = (size_t)(n + 1) * 80 + 16, len = 1;
     char* header = (char*)mallocCheck(cap);
     header[0] = '{';
@@ -460,20 +460,20 @@ static void st_test_many(const char* dir, const char* label, int n, int dup, con
 }
 
 // 100,000 tensors: refused quickly with one name repeated, read and looked up quickly without
-static void test_safetensors_many(const char* dir) {
+static inline void test_safetensors_many(const char* dir) {
     st_test_many(dir, "dup_100k", 100000, 1, "tensor 't0000000' appears twice");
     st_test_many(dir, "ok_100k", 100000, 0, NULL);
 }
 
 // inputs that are not regular files: refused by name, before anything opens them (a FIFO would block)
-static void test_safetensors_inputs(const char* dir) {
+static inline void test_safetensors_inputs(const char* dir) {
     char fifo[512], name[96], out[1024], detail[1200];
     snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
     if (mkfifo(fifo, 0600) != 0) { fprintf(stderr, "Error: mkfifo %s: %s\n", fifo, strerror(errno)); exit(EXIT_FAILURE); }
     const char* paths[5] = {fifo, dir, "/dev/zero", "dev/ref/no_such_file.safetensors", fifo};
     const char* labels[5] = {"a FIFO", "a directory", "/dev/zero", "a missing file", "a FIFO to hash"};
     const char* phrases[5] = {"a FIFO (named pipe), not a regular file", "a directory, not a regular file",
-                              "a device, not a regular file", "no_such_file.safetensors: No such file or directory",
+                              "a character device, not a regular file", "no_such_file.safetensors: No such file or directory",
                               "file to hash '"};
     for (int i = 0; i < 5; i++) {
         int rc = st_test_in_child(dir, i < 4 ? st_test_child_load : st_test_child_sha256, paths[i], out, sizeof(out));
@@ -489,7 +489,7 @@ static void test_safetensors_inputs(const char* dir) {
 }
 
 // the paths that exit, each run in a child process: lookups, safetensors_load, and a write that fails
-static void test_safetensors_exits(const char* dir) {
+static inline void test_safetensors_exits(const char* dir) {
     char name[96], out[1024], detail[1200], path[512], tmp[520];
     const char* dev = device_name();
     SafeTensors st;
@@ -549,7 +549,7 @@ static void test_safetensors_exits(const char* dir) {
 // ----------------------------------------------------------------------------
 // SHA-256: the FIPS 180-2 examples (checked with sha256sum and Python's hashlib) and a committed file
 
-static void st_test_sha256_text(const char* label, const char* text, size_t repeat, const char* want) {
+static inline void st_test_sha256_text(const char* label, const char* text, size_t repeat, const char* want) {
     Sha256 s;
     char hex[65], name[96], detail[160];
     sha256_init(&s);
@@ -560,7 +560,7 @@ static void st_test_sha256_text(const char* label, const char* text, size_t repe
     check_true(name, strcmp(hex, want) == 0, detail);
 }
 
-static void test_sha256(const char* dir) {
+static inline void test_sha256(const char* dir) {
     st_test_sha256_text("\"\"", "", 1, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     st_test_sha256_text("\"abc\"", "abc", 1, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     // 56 bytes: the length no longer fits the first block, the padding takes a second one
@@ -595,7 +595,7 @@ static void test_sha256(const char* dir) {
     check_true(name, strcmp(hex, want) == 0, strcmp(hex, want) == 0 ? "safetensors_writer.safetensors as sha256sum" : hex);
 }
 
-static void test_safetensors(void) {
+static inline void test_safetensors(void) {
     if (g_device != DEVICE_CPU) return;   // host-only code: once is enough
     char dir[] = "/tmp/ldmc_test_safetensors_XXXXXX";
     if (mkdtemp(dir) == NULL) { fprintf(stderr, "Error: mkdtemp %s: %s\n", dir, strerror(errno)); exit(EXIT_FAILURE); }

@@ -21,7 +21,7 @@
 // helpers
 
 // the number in the reference's metadata "<key>"
-static double tsamp_meta_number(const SafeTensors* ref, const char* key) {
+static inline double tsamp_meta_number(const SafeTensors* ref, const char* key) {
     const char* v = safetensors_meta(ref, key);
     char* end = NULL;
     double x = v ? strtod(v, &end) : 0.0;
@@ -37,7 +37,7 @@ static double tsamp_meta_number(const SafeTensors* ref, const char* key) {
 // "<prefix>.weights" of the reference: the U-Net file, its config and its param.* weights loaded on
 // the current device, activations for max_batch rows. The sum of the weights must be the one the
 // reference was computed with, else the two files are out of step.
-static void tsamp_load_unet(UNet* m, const SafeTensors* ref, const char* prefix, int max_batch) {
+static inline void tsamp_load_unet(UNet* m, const SafeTensors* ref, const char* prefix, int max_batch) {
     char key[64];
     snprintf(key, sizeof(key), "%s.weights", prefix);
     const char* path = safetensors_meta(ref, key);
@@ -71,7 +71,7 @@ static void tsamp_load_unet(UNet* m, const SafeTensors* ref, const char* prefix,
 }
 
 // the Sampler whose sampler_name() the reference's "<case>.sampler" metadata holds
-static Sampler tsamp_sampler(const SafeTensors* ref, const char* cs) {
+static inline Sampler tsamp_sampler(const SafeTensors* ref, const char* cs) {
     char key[64];
     snprintf(key, sizeof(key), "%s.sampler", cs);
     const char* name = safetensors_meta(ref, key);
@@ -88,7 +88,7 @@ static Sampler tsamp_sampler(const SafeTensors* ref, const char* cs) {
 // one reference case "<prefix>.<name>" for n samples: sampler, steps and eta from the file, z_T and
 // step_noise shared; the latents after steps 1 and 2 (from the trace) and the final sample are
 // checked. `note` is appended to the test names.
-static void tsamp_run_case(const SafeTensors* ref, const double* abar, CFGContext* ctx, int n, const char* prefix,
+static inline void tsamp_run_case(const SafeTensors* ref, const double* abar, CFGContext* ctx, int n, const char* prefix,
                            const char* name, const char* note) {
     UNet* m = ctx->m;
     size_t dim = (size_t)m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
@@ -132,7 +132,7 @@ static void tsamp_run_case(const SafeTensors* ref, const double* abar, CFGContex
 }
 
 // a CFGContext for a U-Net: labels (n) or NULL (unconditional), host staging for max_batch rows
-static CFGContext tsamp_context(UNet* m, const int* labels, float guidance) {
+static inline CFGContext tsamp_context(UNet* m, const int* labels, float guidance) {
     size_t dim = (size_t)m->cfg.z_channels * m->cfg.in_res * m->cfg.in_res;
     CFGContext c = {m, labels, guidance,
                     (float*)mallocCheck(m->max_batch * dim * sizeof(float)),
@@ -141,14 +141,14 @@ static CFGContext tsamp_context(UNet* m, const int* labels, float guidance) {
     return c;
 }
 
-static void tsamp_context_free(CFGContext* c) {
+static inline void tsamp_context_free(CFGContext* c) {
     free(c->zbuf); free(c->ebuf); free(c->tbuf); free(c->lbuf);
 }
 
 // ----------------------------------------------------------------------------
 // the test
 
-static void test_samplers(void) {
+static inline void test_samplers(void) {
     SafeTensors ref;
     safetensors_load(TSAMP_REF_PATH, &ref);
     const char* sched = safetensors_meta(&ref, "schedule");

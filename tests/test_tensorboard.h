@@ -1,11 +1,12 @@
 // tests/test_tensorboard.h — test_tensorboard(): ldmc/tensorboard.h and ldmc/image.h against files
 // written by TensorBoard's and PyTorch's own code (dev/refs_tensorboard.py):
 //   - the same records written with our writer (same fixed wall_time) equal the reference byte for
-//     byte (file_version and scalars); the image record agrees field by field, and its PNG, decoded
-//     with stb_image, holds the reference pixels (PNG bytes differ between encoders);
+//     byte (file_version, the SessionLog START and the scalars); the image record agrees field by
+//     field, and its PNG, decoded with stb_image, holds the reference pixels (PNG bytes differ
+//     between encoders);
 //   - every record's two CRCs in both files verify with a bitwise CRC32C written here (not the
 //     writer's table), so a corrupted CRC in the writer fails;
-//   - tb_open's file name, directory creation and clock wall_time;
+//   - tb_open's file name, directory creation, clock wall_time and START step;
 //   - image grids, PNG files and CIFAR-10 records against numpy's results.
 // Host-only code: it runs in the CPU pass and returns at once on other devices.
 #pragma once
@@ -27,8 +28,10 @@
 #define TBT_REF_EVENTS "dev/ref/tensorboard_ref.tfevents"
 #define TBT_REF_TENSORS "dev/ref/tensorboard_ref.safetensors"
 
-// the records dev/refs_tensorboard.py writes (keep in step with SCALARS / IMAGE_* / WALL_TIME there)
+// the records dev/refs_tensorboard.py writes (keep in step with SCALARS / IMAGE_* / WALL_TIME /
+// START_STEP there)
 static const double TBT_WALL_TIME = 1712345678.125;
+static const long TBT_START_STEP = 127;  // the reference's START record says step 128
 typedef struct { const char* tag; double value; int64_t step; } TBTScalar;
 static const TBTScalar TBT_SCALARS[] = {
     {"train/loss", 0.0, 0},
@@ -46,7 +49,7 @@ static const int TBT_IMAGE_H = 8, TBT_IMAGE_W = 16;
 // ----------------------------------------------------------------------------
 // an independent reader: bitwise CRC32C, TFRecord framing, the few protobuf fields
 
-static uint32_t tbt_crc32c_bitwise(const uint8_t* p, size_t n) {
+static inline uint32_t tbt_crc32c_bitwise(const uint8_t* p, size_t n) {
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; i++) {
         c ^= p[i];
@@ -54,11 +57,11 @@ static uint32_t tbt_crc32c_bitwise(const uint8_t* p, size_t n) {
     }
     return ~c;
 }
-static uint32_t tbt_masked(const uint8_t* p, size_t n) {
+static inline uint32_t tbt_masked(const uint8_t* p, size_t n) {
     uint32_t c = tbt_crc32c_bitwise(p, n);
     return ((c >> 15) | (c << 17)) + 0xa282ead8u;
 }
-static uint64_t tbt_le(const uint8_t* p, int nbytes) {
+static inline uint64_t tbt_le(const uint8_t* p, int nbytes) {
     uint64_t v = 0;
     for (int i = nbytes - 1; i >= 0; i--) v = (v << 8) | p[i];
     return v;
@@ -67,7 +70,7 @@ static uint64_t tbt_le(const uint8_t* p, int nbytes) {
 typedef struct { uint8_t* file; size_t size; int n; const uint8_t* data[16]; size_t len[16]; } TBTRecords;
 
 // splits a file into records; returns the number of framing or CRC problems (described in msg)
-static int tbt_read_records(const char* path, TBTRecords* r, char* msg, size_t msglen) {
+static inline int tbt_read_records(const char* path, TBTRecords* r, char* msg, size_t msglen) {
     memset(r, 0, sizeof(*r));
     msg[0] = '\0';
     FILE* fp = fopenCheck(path, "rb");
@@ -102,7 +105,7 @@ static int tbt_read_records(const char* path, TBTRecords* r, char* msg, size_t m
 
 // one protobuf field: key, then a varint / fixed value or a length-delimited slice; 0 at the end or on bad input
 typedef struct { int field, wire; uint64_t v; const uint8_t* bytes; size_t len; } TBTField;
-static int tbt_varint(const uint8_t** p, const uint8_t* end, uint64_t* v) {
+static inline int tbt_varint(const uint8_t** p, const uint8_t* end, uint64_t* v) {
     *v = 0;
     for (int shift = 0; *p < end && shift < 64; shift += 7) {
         uint8_t b = *(*p)++;
@@ -111,7 +114,7 @@ static int tbt_varint(const uint8_t** p, const uint8_t* end, uint64_t* v) {
     }
     return 0;
 }
-static int tbt_next(const uint8_t** p, const uint8_t* end, TBTField* f) {
+static inline int tbt_next(const uint8_t** p, const uint8_t* end, TBTField* f) {
     uint64_t key;
     if (*p >= end || !tbt_varint(p, end, &key)) return 0;
     f->field = (int)(key >> 3);
@@ -129,11 +132,11 @@ static int tbt_next(const uint8_t** p, const uint8_t* end, TBTField* f) {
 }
 
 typedef struct {
-    double wall_time; int64_t step; char tag[64]; int has_scalar; float scalar;
+    double wall_time; int64_t step; int session_status; char tag[64]; int has_scalar; float scalar;
     int height, width, colorspace; const uint8_t* png; size_t png_len; int ok;
 } TBTEvent;
 
-static TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
+static inline TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
     TBTEvent e;
     memset(&e, 0, sizeof(e));
     e.ok = 1;
@@ -142,6 +145,10 @@ static TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
     while (tbt_next(&p, end, &f)) {
         if (f.field == 1) { memcpy(&e.wall_time, &f.v, 8); }
         else if (f.field == 2) { e.step = (int64_t)f.v; }
+        else if (f.field == 7) {  // SessionLog { SessionStatus status = 1 }
+            const uint8_t *q = f.bytes, *qe = f.bytes + f.len;
+            while (tbt_next(&q, qe, &g)) if (g.field == 1) e.session_status = (int)g.v;
+        }
         else if (f.field == 5) {  // Summary { Value value = 1 }
             const uint8_t *q = f.bytes, *qe = f.bytes + f.len;
             while (tbt_next(&q, qe, &g)) {
@@ -168,7 +175,7 @@ static TBTEvent tbt_parse_event(const uint8_t* data, size_t len) {
 }
 
 // a PNG decoded to RGB and widened to floats (for check_close); NULL if stb_image cannot decode it
-static float* tbt_decode_png(const uint8_t* png, size_t len, int* h, int* w) {
+static inline float* tbt_decode_png(const uint8_t* png, size_t len, int* h, int* w) {
     int comp;
     uint8_t* px = stbi_load_from_memory(png, (int)len, w, h, &comp, 3);
     if (px == NULL) return NULL;
@@ -179,13 +186,13 @@ static float* tbt_decode_png(const uint8_t* png, size_t len, int* h, int* w) {
     return out;
 }
 
-static float* tbt_bytes_to_floats(const uint8_t* b, size_t n) {
+static inline float* tbt_bytes_to_floats(const uint8_t* b, size_t n) {
     float* out = (float*)mallocCheck(n * sizeof(float));
     for (size_t i = 0; i < n; i++) out[i] = b[i];
     return out;
 }
 
-static void tbt_temp_dir(char* out, size_t n) {
+static inline void tbt_temp_dir(char* out, size_t n) {
     const char* tmp = getenv("TMPDIR");
     snprintf(out, n, "%s/ldmc_test_tb_XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
     if (mkdtemp(out) == NULL) {
@@ -197,7 +204,7 @@ static void tbt_temp_dir(char* out, size_t n) {
 // ----------------------------------------------------------------------------
 // the tests
 
-static void test_tensorboard_events(const SafeTensors* st, const char* dir) {
+static inline void test_tensorboard_events(const SafeTensors* st, const char* dir) {
     char path[1200], msg[160], detail[256];
     snprintf(path, sizeof(path), "%s/ours.tfevents", dir);
     const float* ref_rgb_f = safetensors_get_f32(st, "image_rgb", (size_t)TBT_IMAGE_H * TBT_IMAGE_W * 3);
@@ -205,14 +212,14 @@ static void test_tensorboard_events(const SafeTensors* st, const char* dir) {
     for (int i = 0; i < TBT_IMAGE_H * TBT_IMAGE_W * 3; i++) rgb[i] = (uint8_t)ref_rgb_f[i];
 
     TBWriter tb;
-    tb_open_file(&tb, path, TBT_WALL_TIME);
+    tb_open_file(&tb, path, TBT_WALL_TIME, TBT_START_STEP);
     for (int i = 0; i < TBT_NUM_SCALARS; i++) {
         tb_add_scalar(&tb, TBT_SCALARS[i].tag, (float)TBT_SCALARS[i].value, TBT_SCALARS[i].step);
     }
     tb_add_image(&tb, TBT_IMAGE_TAG, rgb, TBT_IMAGE_H, TBT_IMAGE_W, TBT_IMAGE_STEP);
     tb_close(&tb);
 
-    int expected = 2 + TBT_NUM_SCALARS;
+    int expected = 3 + TBT_NUM_SCALARS;  // file_version, START, scalars, image
     TBTRecords ref, ours;
     int bad = tbt_read_records(TBT_REF_EVENTS, &ref, msg, sizeof(msg));
     snprintf(detail, sizeof(detail), "%d records, %d expected, %d bad CRCs%s%s", ref.n, expected, bad,
@@ -225,15 +232,20 @@ static void test_tensorboard_events(const SafeTensors* st, const char* dir) {
     remove(path);
     if (!ours_ok || ref.n != expected || ours.n != expected) { free(ref.file); free(ours.file); return; }
 
-    // file_version and scalar records: identical bytes
-    int same = 0;
+    // file_version, START and scalar records: identical bytes
+    int same = 0, nsame = 2 + TBT_NUM_SCALARS;
     detail[0] = '\0';
-    for (int i = 0; i < 1 + TBT_NUM_SCALARS; i++) {
+    for (int i = 0; i < nsame; i++) {
         if (ours.len[i] == ref.len[i] && memcmp(ours.data[i], ref.data[i], ref.len[i]) == 0) same++;
         else if (!detail[0]) snprintf(detail, sizeof(detail), "record %d differs (%zu vs %zu bytes)", i, ours.len[i], ref.len[i]);
     }
-    if (!detail[0]) snprintf(detail, sizeof(detail), "%d of %d records byte-identical", same, 1 + TBT_NUM_SCALARS);
-    check_true("host tensorboard file_version + scalar records", same == 1 + TBT_NUM_SCALARS, detail);
+    if (!detail[0]) snprintf(detail, sizeof(detail), "%d of %d records byte-identical", same, nsame);
+    check_true("host tensorboard file_version, START, scalar records", same == nsame, detail);
+    TBTEvent start = tbt_parse_event(ref.data[1], ref.len[1]);
+    snprintf(detail, sizeof(detail), "reference record 1: SessionLog status %d at step %lld (START = 1 at %ld + 1)",
+             start.session_status, (long long)start.step, TBT_START_STEP);
+    check_true("host tensorboard reference START record", start.ok && start.session_status == 1
+               && start.step == TBT_START_STEP + 1, detail);
 
     // the image record, field by field
     TBTEvent a = tbt_parse_event(ours.data[expected - 1], ours.len[expected - 1]);
@@ -263,14 +275,14 @@ static void test_tensorboard_events(const SafeTensors* st, const char* dir) {
 }
 
 // tb_open: creates the run directory, names the file events.out.tfevents.<time>.<host>.<pid>,
-// stamps records with the clock
-static void test_tensorboard_open(const char* dir) {
+// stamps records with the clock, starts the session after the given step
+static inline void test_tensorboard_open(const char* dir) {
     char run[1200], detail[400], msg[160];
     snprintf(run, sizeof(run), "%s/runs/demo", dir);
     double now = (double)time(NULL);
     TBWriter tb;
-    tb_open(&tb, run);
-    tb_add_scalar(&tb, "train/loss", 1.0f, 5);
+    tb_open(&tb, run, 4000);
+    tb_add_scalar(&tb, "train/loss", 1.0f, 4001);
     tb_close(&tb);
     DIR* d = opendir(run);
     char name[512] = "";
@@ -287,12 +299,16 @@ static void test_tensorboard_open(const char* dir) {
     TBTRecords r;
     memset(&r, 0, sizeof(r));
     int bad = files == 1 ? tbt_read_records(path, &r, msg, sizeof(msg)) : 0;
-    int ok = files == 1 && strncmp(name, "events.out.tfevents.", 20) == 0 && bad == 0 && r.n == 2;
-    double wall = ok ? tbt_parse_event(r.data[1], r.len[1]).wall_time : 0.0;
-    ok = ok && fabs(wall - now) < 60.0;
+    int ok = files == 1 && strncmp(name, "events.out.tfevents.", 20) == 0 && bad == 0 && r.n == 3;
+    TBTEvent start, scalar;
+    memset(&start, 0, sizeof(start));
+    memset(&scalar, 0, sizeof(scalar));
+    if (ok) { start = tbt_parse_event(r.data[1], r.len[1]); scalar = tbt_parse_event(r.data[2], r.len[2]); }
+    double wall = scalar.wall_time;
+    ok = ok && fabs(wall - now) < 60.0 && start.session_status == 1 && start.step == 4001;
     if (bad) snprintf(detail, sizeof(detail), "%s: %d bad CRCs, first: %s", name, bad, msg);
-    else snprintf(detail, sizeof(detail), "%d file(s): %s, %d records, wall_time %.1f s from the clock",
-                  files, name, r.n, wall - now);
+    else snprintf(detail, sizeof(detail), "%d file(s): %s, %d records, START at step %lld, wall_time %.1f s from the clock",
+                  files, name, r.n, (long long)start.step, wall - now);
     check_true("host tensorboard tb_open run dir + clock", ok, detail);
     free(r.file);
     if (files == 1) remove(path);
@@ -301,7 +317,7 @@ static void test_tensorboard_open(const char* dir) {
     rmdir(run);
 }
 
-static void test_image_outputs(const SafeTensors* st, const char* dir) {
+static inline void test_image_outputs(const SafeTensors* st, const char* dir) {
     char detail[256];
     // grid: 5 images of 4x3 (H != W catches a swap), 2 per row -> 3 rows, the last cell black
     const SafeTensorInfo* gi = safetensors_find(st, "grid_images");
@@ -363,7 +379,7 @@ static void test_image_outputs(const SafeTensors* st, const char* dir) {
     check_true("host image CIFAR-10 records, no labels", uncond_ok, "label bytes 255, same pixels");
 }
 
-static void test_tensorboard(void) {
+static inline void test_tensorboard(void) {
     if (g_device != DEVICE_CPU) return;  // host code only: the CPU pass covers it
     SafeTensors st;
     safetensors_load(TBT_REF_TENSORS, &st);

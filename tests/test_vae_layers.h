@@ -1,11 +1,16 @@
-// tests/test_vae_layers.h — tests of the VAE's non-convolution layers and the optimizer against
-// PyTorch (dev/refs_vae_layers.py writes dev/ref/vae_layers.safetensors):
+// tests/test_vae_layers.h — tests of the VAE's non-convolution layers and the optimizer. First the
+// plain references (*_ref) against PyTorch (dev/refs_vae_layers.py writes
+// dev/ref/vae_layers.safetensors), then each layer's dispatcher on the current device against
+// PyTorch and, where that device's path is not the reference itself, against the reference ("... vs ref"):
 //   groupnorm (G = 8, G = 1, and a float4-friendly shape), silu, add, scale, upsample2x,
 //   the VAE's reparameterisation / KL / MSE and their gradients, grad_norm + clipping + AdamW + EMA
 //   after 1 and 5 steps.
-// test_vae_layers() runs on whatever g_device is. Outputs that the API overwrites start as NaN, so a
-// kernel that skips an element or accumulates instead of assigning fails; parameter gradients start
-// at 0.5 and the test checks that exactly the reference was added.
+// On the CPU most of these layers run their reference (only the KL, MSE and gradient-norm sums have a
+// separate parallel version); on CUDA every layer is compared with the reference.
+// test_vae_layers() runs on whatever g_device is; the references run on the host, and are checked
+// against PyTorch in the CPU pass. Outputs that the API overwrites start as NaN, so a kernel that
+// skips an element or accumulates instead of assigning fails; parameter gradients start at 0.5 and
+// the test checks that exactly the reference was added.
 #pragma once
 
 #include "ldmc/testing.h"
@@ -20,7 +25,7 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-static const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
+static inline const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
     char full[128];
     snprintf(full, sizeof(full), "%s.%s", prefix, name);
     const SafeTensorInfo* t = safetensors_find(st, full);
@@ -32,90 +37,149 @@ static const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, 
     return t;
 }
 
-// downloads n values and compares them with ref
-static void vl_check(const char* what, const float* dev, const float* ref, size_t n, float rtol) {
-    char name[96];
+// a malloc'd host buffer of n floats, every one NaN (what a reference must overwrite)
+static inline float* vl_host_nan(size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    return h;
+}
+
+// a malloc'd host copy of n floats
+static inline float* vl_host_copy(const float* src, size_t n) {
+    float* h = (float*)mallocCheck(n * sizeof(float));
+    memcpy(h, src, n * sizeof(float));
+    return h;
+}
+
+// The reference result a device's output is compared with, or NULL where that output comes from the
+// reference itself (on the CPU, for the layers whose CPU path is their reference): the comparison
+// could not fail there.
+static inline const float* vl_vs_ref(const float* ref, int cpu_path_is_ref) {
+    return g_device == DEVICE_CPU && cpu_path_is_ref ? NULL : ref;
+}
+
+// "ref <what>": a reference's host result against PyTorch's, in the CPU pass only
+static inline void vl_check_ref(const char* what, const float* got, const float* torch, size_t n, float rtol) {
+    if (g_device != DEVICE_CPU) return;
+    char name[128];
+    snprintf(name, sizeof(name), "ref %s", what);
+    check_close(name, got, torch, n, rtol);
+}
+
+// host values `got` (a device's output) against PyTorch's, and against the reference's unless ref is NULL
+static inline void vl_compare(const char* what, const float* got, const float* torch, const float* ref, size_t n, float rtol) {
+    char name[128];
     snprintf(name, sizeof(name), "%s %s", device_name(), what);
+    check_close(name, got, torch, n, rtol);
+    if (ref != NULL) {
+        snprintf(name, sizeof(name), "%s %s vs ref", device_name(), what);
+        check_close(name, got, ref, n, rtol);
+    }
+}
+
+// downloads n values and compares them (vl_compare)
+static inline void vl_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float rtol) {
     float* got = test_download(dev, n);
-    check_close(name, got, ref, n, rtol);
+    vl_compare(what, got, torch, ref, n, rtol);
     free(got);
 }
 
-// compares an accumulated gradient that started at `start` with the reference increment
-static void vl_check_accumulated(const char* what, const float* dev, const float* ref, size_t n, float start, float rtol) {
-    char name[96];
-    snprintf(name, sizeof(name), "%s %s", device_name(), what);
+// an accumulated gradient that started at `start`: its increment against the reference increments
+static inline void vl_check_accumulated(const char* what, const float* dev, const float* torch, const float* ref, size_t n,
+                                 float start, float rtol) {
     float* got = test_download(dev, n);
     for (size_t i = 0; i < n; i++) got[i] -= start;
-    check_close(name, got, ref, n, rtol);
+    vl_compare(what, got, torch, ref, n, rtol);
     free(got);
 }
 
-// compares how far a tensor moved from `before` (host) with how far the reference moved
-static void vl_check_delta(const char* what, const float* dev, const float* before, const float* ref_after, size_t n,
-                           float rtol) {
-    char name[96];
-    snprintf(name, sizeof(name), "%s %s", device_name(), what);
+// `after - before` (the move; host arrays), in place in `after`
+static inline void vl_subtract(float* after, const float* before, size_t n) {
+    for (size_t i = 0; i < n; i++) after[i] -= before[i];
+}
+
+// how far a tensor moved from `before` (host) against how far PyTorch's and the reference's moved
+static inline void vl_check_delta(const char* what, const float* dev, const float* before, const float* torch_after,
+                           const float* ref_after, size_t n, float rtol) {
     float* got = test_download(dev, n);
-    float* ref = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) { got[i] -= before[i]; ref[i] = ref_after[i] - before[i]; }
-    check_close(name, got, ref, n, rtol);
-    free(got);
-    free(ref);
-}
-
-static void vl_check_scalar(const char* what, float got, const float* ref, float rtol) {
-    char name[96];
-    snprintf(name, sizeof(name), "%s %s", device_name(), what);
-    check_close(name, &got, ref, 1, rtol);
+    float* torch = vl_host_copy(torch_after, n);
+    float* ref = ref_after ? vl_host_copy(ref_after, n) : NULL;
+    vl_subtract(got, before, n);
+    vl_subtract(torch, before, n);
+    if (ref != NULL) vl_subtract(ref, before, n);
+    vl_compare(what, got, torch, ref, n, rtol);
+    free(got); free(torch); free(ref);
 }
 
 // ----------------------------------------------------------------------------
-// GroupNorm
+// GroupNorm (the CPU path is the reference)
 
-static void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
+static inline void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
     const SafeTensorInfo* xi = vl_info(st, prefix, "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], HW = (int)(xi->shape[2] * xi->shape[3]);
     int G = (int)ref_f32(st, prefix, "G", 1)[0];
-    size_t n = (size_t)B * C * HW;
+    size_t n = (size_t)B * C * HW, nbg = (size_t)B * G;
     const float rtol = 1e-5f;
-    char what[64];
+    const float* hx = ref_f32(st, prefix, "x", n);
+    const float* hw = ref_f32(st, prefix, "weight", C);
+    const float* hb = ref_f32(st, prefix, "bias", C);
+    const float* hdout = ref_f32(st, prefix, "dout", n);
+    const float* t_out = ref_f32(st, prefix, "out", n);
+    const float* t_mean = ref_f32(st, prefix, "mean", nbg);
+    const float* t_rstd = ref_f32(st, prefix, "rstd", nbg);
+    const float* t_dx = ref_f32(st, prefix, "dx", n);
+    const float* t_dw = ref_f32(st, prefix, "dweight", C);
+    const float* t_db = ref_f32(st, prefix, "dbias", C);
+    char fwd[64], mean_s[64], rstd_s[64], dx_s[64], dw_s[64], db_s[64];
+    snprintf(fwd, sizeof(fwd), "%s forward (G=%d)", prefix, G);
+    snprintf(mean_s, sizeof(mean_s), "%s mean", prefix);
+    snprintf(rstd_s, sizeof(rstd_s), "%s rstd", prefix);
+    snprintf(dx_s, sizeof(dx_s), "%s backward dx", prefix);
+    snprintf(dw_s, sizeof(dw_s), "%s backward dweight (+=)", prefix);
+    snprintf(db_s, sizeof(db_s), "%s backward dbias (+=)", prefix);
 
-    float* x = test_upload(ref_f32(st, prefix, "x", n), n);
-    float* weight = test_upload(ref_f32(st, prefix, "weight", C), C);
-    float* bias = test_upload(ref_f32(st, prefix, "bias", C), C);
-    float* dout = test_upload(ref_f32(st, prefix, "dout", n), n);
+    // the reference on the host; its parameter gradients start at 0
+    float *r_out = vl_host_nan(n), *r_mean = vl_host_nan(nbg), *r_rstd = vl_host_nan(nbg), *r_dx = vl_host_nan(n);
+    float* r_dw = (float*)calloc(C, sizeof(float));
+    float* r_db = (float*)calloc(C, sizeof(float));
+    groupnorm_forward_ref(r_out, r_mean, r_rstd, hx, hw, hb, B, C, HW, G);
+    groupnorm_backward_ref(r_dx, r_dw, r_db, hdout, hx, r_mean, r_rstd, hw, B, C, HW, G);
+    vl_check_ref(fwd, r_out, t_out, n, rtol);
+    vl_check_ref(mean_s, r_mean, t_mean, nbg, rtol);
+    vl_check_ref(rstd_s, r_rstd, t_rstd, nbg, rtol);
+    vl_check_ref(dx_s, r_dx, t_dx, n, rtol);
+    vl_check_ref(dw_s, r_dw, t_dw, C, rtol);
+    vl_check_ref(db_s, r_db, t_db, C, rtol);
+
+    float* x = test_upload(hx, n);
+    float* weight = test_upload(hw, C);
+    float* bias = test_upload(hb, C);
+    float* dout = test_upload(hdout, n);
     float* out = test_filled(n, NAN);
-    float* mean = test_filled((size_t)B * G, NAN);
-    float* rstd = test_filled((size_t)B * G, NAN);
+    float* mean = test_filled(nbg, NAN);
+    float* rstd = test_filled(nbg, NAN);
     float* dx = test_filled(n, NAN);
     float* dweight = test_filled(C, 0.5f);
     float* dbias = test_filled(C, 0.5f);
 
     groupnorm_forward(out, mean, rstd, x, weight, bias, B, C, HW, G);
-    snprintf(what, sizeof(what), "%s forward (G=%d)", prefix, G);
-    vl_check(what, out, ref_f32(st, prefix, "out", n), n, rtol);
-    snprintf(what, sizeof(what), "%s mean", prefix);
-    vl_check(what, mean, ref_f32(st, prefix, "mean", (size_t)B * G), (size_t)B * G, rtol);
-    snprintf(what, sizeof(what), "%s rstd", prefix);
-    vl_check(what, rstd, ref_f32(st, prefix, "rstd", (size_t)B * G), (size_t)B * G, rtol);
-
+    vl_check(fwd, out, t_out, vl_vs_ref(r_out, 1), n, rtol);
+    vl_check(mean_s, mean, t_mean, vl_vs_ref(r_mean, 1), nbg, rtol);
+    vl_check(rstd_s, rstd, t_rstd, vl_vs_ref(r_rstd, 1), nbg, rtol);
     groupnorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, B, C, HW, G);
-    snprintf(what, sizeof(what), "%s backward dx", prefix);
-    vl_check(what, dx, ref_f32(st, prefix, "dx", n), n, rtol);
-    snprintf(what, sizeof(what), "%s backward dweight (+=)", prefix);
-    vl_check_accumulated(what, dweight, ref_f32(st, prefix, "dweight", C), C, 0.5f, rtol);
-    snprintf(what, sizeof(what), "%s backward dbias (+=)", prefix);
-    vl_check_accumulated(what, dbias, ref_f32(st, prefix, "dbias", C), C, 0.5f, rtol);
+    vl_check(dx_s, dx, t_dx, vl_vs_ref(r_dx, 1), n, rtol);
+    vl_check_accumulated(dw_s, dweight, t_dw, vl_vs_ref(r_dw, 1), C, 0.5f, rtol);
+    vl_check_accumulated(db_s, dbias, t_db, vl_vs_ref(r_db, 1), C, 0.5f, rtol);
 
+    free(r_out); free(r_mean); free(r_rstd); free(r_dx); free(r_dw); free(r_db);
     dev_free(x); dev_free(weight); dev_free(bias); dev_free(dout); dev_free(out);
     dev_free(mean); dev_free(rstd); dev_free(dx); dev_free(dweight); dev_free(dbias);
 }
 
 // ----------------------------------------------------------------------------
-// elementwise: silu, add, scale, upsample2x
+// elementwise: silu, add, scale, upsample2x (the CPU path is the reference)
 
-static void test_elementwise(const SafeTensors* st) {
+static inline void test_elementwise(const SafeTensors* st) {
     const float rtol = 1e-5f;
 
     // silu: 96 values (the CUDA float4 path), then the same data shifted by one float (misaligned,
@@ -125,96 +189,153 @@ static void test_elementwise(const SafeTensors* st) {
     const float* ref_out = ref_f32(st, "silu", "out", n);
     const float* ref_dout = ref_f32(st, "silu", "dout", n);
     const float* ref_dx = ref_f32(st, "silu", "dx", n);
+    float* r_out = vl_host_nan(n);
+    float* r_dx = vl_host_nan(n);
+    silu_forward_ref(r_out, ref_x, n);
+    silu_backward_ref(r_dx, ref_dout, ref_x, n);
+    vl_check_ref("silu forward", r_out, ref_out, n, rtol);
+    vl_check_ref("silu backward", r_dx, ref_dx, n, rtol);
     float* x = test_upload(ref_x, n);
     float* dout = test_upload(ref_dout, n);
     float* out = test_filled(n, NAN);
     float* dx = test_filled(n, NAN);
     silu_forward(out, x, n);
-    vl_check("silu forward", out, ref_out, n, rtol);
+    vl_check("silu forward", out, ref_out, vl_vs_ref(r_out, 1), n, rtol);
     silu_backward(dx, dout, x, n);
-    vl_check("silu backward", dx, ref_dx, n, rtol);
+    vl_check("silu backward", dx, ref_dx, vl_vs_ref(r_dx, 1), n, rtol);
     dev_free(out); dev_free(dx);
     out = test_filled(n, NAN);
     silu_forward(out + 1, x + 1, n - 1);
-    vl_check("silu forward (misaligned, n-1)", out + 1, ref_out + 1, n - 1, rtol);
+    vl_check("silu forward (misaligned, n-1)", out + 1, ref_out + 1, vl_vs_ref(r_out + 1, 1), n - 1, rtol);
     silu_backward(dout, dout, x, n);
-    vl_check("silu backward in place (dx == dout)", dout, ref_dx, n, rtol);
+    vl_check("silu backward in place (dx == dout)", dout, ref_dx, vl_vs_ref(r_dx, 1), n, rtol);
     dev_free(x); dev_free(dout); dev_free(out);
+    free(r_out); free(r_dx);
 
     // add and scale: 150 values (not a multiple of 4: the CUDA scalar path)
     n = vl_info(st, "add", "a", 4)->numel;
-    float* a = test_upload(ref_f32(st, "add", "a", n), n);
-    float* b = test_upload(ref_f32(st, "add", "b", n), n);
+    const float* ha = ref_f32(st, "add", "a", n);
+    const float* hb = ref_f32(st, "add", "b", n);
+    const float* t_add = ref_f32(st, "add", "out", n);
+    const float* t_scale = ref_f32(st, "scale", "out", n);
+    float s = ref_f32(st, "scale", "s", 1)[0];
+    float* r_add = vl_host_nan(n);
+    float* r_scale = vl_host_copy(ha, n);
+    add_forward_ref(r_add, ha, hb, n);
+    scale_inplace_ref(r_scale, s, n);
+    vl_check_ref("add forward", r_add, t_add, n, rtol);
+    vl_check_ref("scale_inplace", r_scale, t_scale, n, rtol);
+    float* a = test_upload(ha, n);
+    float* b = test_upload(hb, n);
     out = test_filled(n, NAN);
     add_forward(out, a, b, n);
-    vl_check("add forward", out, ref_f32(st, "add", "out", n), n, rtol);
+    vl_check("add forward", out, t_add, vl_vs_ref(r_add, 1), n, rtol);
     add_inplace(b, a, n);
-    vl_check("add_inplace", b, ref_f32(st, "add", "out", n), n, rtol);
-    scale_inplace(a, ref_f32(st, "scale", "s", 1)[0], n);
-    vl_check("scale_inplace", a, ref_f32(st, "scale", "out", n), n, rtol);
+    vl_check("add_inplace", b, t_add, vl_vs_ref(r_add, 1), n, rtol);
+    scale_inplace(a, s, n);
+    vl_check("scale_inplace", a, t_scale, vl_vs_ref(r_scale, 1), n, rtol);
     dev_free(a); dev_free(b); dev_free(out);
+    free(r_add); free(r_scale);
 
     // nearest x2 upsampling
     const SafeTensorInfo* xi = vl_info(st, "upsample", "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], H = (int)xi->shape[2], W = (int)xi->shape[3];
     n = xi->numel;
-    x = test_upload(ref_f32(st, "upsample", "x", n), n);
-    dout = test_upload(ref_f32(st, "upsample", "dout", 4 * n), 4 * n);
+    const float* hx = ref_f32(st, "upsample", "x", n);
+    const float* hdout = ref_f32(st, "upsample", "dout", 4 * n);
+    const float* t_up = ref_f32(st, "upsample", "out", 4 * n);
+    const float* t_updx = ref_f32(st, "upsample", "dx", n);
+    float* r_up = vl_host_nan(4 * n);
+    float* r_updx = vl_host_nan(n);
+    upsample2x_forward_ref(r_up, hx, B, C, H, W);
+    upsample2x_backward_ref(r_updx, hdout, B, C, H, W);
+    vl_check_ref("upsample2x forward", r_up, t_up, 4 * n, rtol);
+    vl_check_ref("upsample2x backward", r_updx, t_updx, n, rtol);
+    x = test_upload(hx, n);
+    dout = test_upload(hdout, 4 * n);
     out = test_filled(4 * n, NAN);
     dx = test_filled(n, NAN);
     upsample2x_forward(out, x, B, C, H, W);
-    vl_check("upsample2x forward", out, ref_f32(st, "upsample", "out", 4 * n), 4 * n, rtol);
+    vl_check("upsample2x forward", out, t_up, vl_vs_ref(r_up, 1), 4 * n, rtol);
     upsample2x_backward(dx, dout, B, C, H, W);
-    vl_check("upsample2x backward", dx, ref_f32(st, "upsample", "dx", n), n, rtol);
+    vl_check("upsample2x backward", dx, t_updx, vl_vs_ref(r_updx, 1), n, rtol);
     dev_free(dout); dev_free(out); dev_free(dx);
     // again with the large tensor one float off alignment (the CUDA kernels' scalar fallback)
     float* dout_buf = test_filled(4 * n + 1, NAN);
     float* out_buf = test_filled(4 * n + 1, NAN);
     dx = test_filled(n, NAN);
-    host_to_dev(dout_buf + 1, ref_f32(st, "upsample", "dout", 4 * n), 4 * n * sizeof(float));
+    host_to_dev(dout_buf + 1, hdout, 4 * n * sizeof(float));
     upsample2x_forward(out_buf + 1, x, B, C, H, W);
-    vl_check("upsample2x forward (misaligned)", out_buf + 1, ref_f32(st, "upsample", "out", 4 * n), 4 * n, rtol);
+    vl_check("upsample2x forward (misaligned)", out_buf + 1, t_up, vl_vs_ref(r_up, 1), 4 * n, rtol);
     upsample2x_backward(dx, dout_buf + 1, B, C, H, W);
-    vl_check("upsample2x backward (misaligned)", dx, ref_f32(st, "upsample", "dx", n), n, rtol);
+    vl_check("upsample2x backward (misaligned)", dx, t_updx, vl_vs_ref(r_updx, 1), n, rtol);
     dev_free(x); dev_free(dout_buf); dev_free(out_buf); dev_free(dx);
+    free(r_up); free(r_updx);
 }
 
 // ----------------------------------------------------------------------------
-// VAE loss: reparameterisation, KL, their backward, MSE
+// VAE loss: reparameterisation, KL, their backward, MSE (on the CPU only the KL and MSE sums are not
+// the reference)
 
-static void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
+static inline void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
     const SafeTensorInfo* mi = vl_info(st, prefix, "moments", 4);  // (B, 2Z, h, w)
     int B = (int)mi->shape[0], Z = (int)mi->shape[1] / 2, HW = (int)(mi->shape[2] * mi->shape[3]);
     size_t nm = mi->numel, nz = (size_t)B * Z * HW;
+    size_t n = vl_info(st, prefix, "x_rec", 4)->numel;
     const float rtol = 1e-5f;
-    char what[64];
+    const float* hm = ref_f32(st, prefix, "moments", nm);
+    const float* heps = ref_f32(st, prefix, "eps", nz);
+    const float* hdz = ref_f32(st, prefix, "dz", nz);
+    const float* hrec = ref_f32(st, prefix, "x_rec", n);
+    const float* htarget = ref_f32(st, prefix, "target", n);
+    const float* t_z = ref_f32(st, prefix, "z", nz);
+    const float* t_kl = ref_f32(st, prefix, "kl", 1);
+    const float* t_dm = ref_f32(st, prefix, "dmoments", nm);
+    const float* t_mse = ref_f32(st, prefix, "mse", 1);
+    const float* t_drec = ref_f32(st, prefix, "dx_rec", n);
+    float kl_weight = ref_f32(st, prefix, "kl_weight", 1)[0];
+    char z_s[64], kl_s[64], dm_s[64], mse_s[64], drec_s[64];
+    snprintf(z_s, sizeof(z_s), "%s reparam z", prefix);
+    snprintf(kl_s, sizeof(kl_s), "%s kl", prefix);
+    snprintf(dm_s, sizeof(dm_s), "%s reparam+kl backward", prefix);
+    snprintf(mse_s, sizeof(mse_s), "%s mse", prefix);
+    snprintf(drec_s, sizeof(drec_s), "%s mse backward", prefix);
 
-    float* moments = test_upload(ref_f32(st, prefix, "moments", nm), nm);
-    float* eps = test_upload(ref_f32(st, prefix, "eps", nz), nz);
-    float* dz = test_upload(ref_f32(st, prefix, "dz", nz), nz);
+    float* r_z = vl_host_nan(nz);
+    float* r_dm = vl_host_nan(nm);
+    float* r_drec = vl_host_nan(n);
+    vae_reparam_forward_ref(r_z, hm, heps, B, Z, HW);
+    float r_kl = vae_kl_forward_ref(hm, B, Z, HW);
+    vae_reparam_kl_backward_ref(r_dm, hdz, hm, heps, kl_weight, B, Z, HW);
+    float r_mse = mse_forward_ref(hrec, htarget, n);
+    mse_backward_ref(r_drec, hrec, htarget, n);
+    vl_check_ref(z_s, r_z, t_z, nz, rtol);
+    vl_check_ref(kl_s, &r_kl, t_kl, 1, rtol);
+    vl_check_ref(dm_s, r_dm, t_dm, nm, rtol);
+    vl_check_ref(mse_s, &r_mse, t_mse, 1, rtol);
+    vl_check_ref(drec_s, r_drec, t_drec, n, rtol);
+
+    float* moments = test_upload(hm, nm);
+    float* eps = test_upload(heps, nz);
+    float* dz = test_upload(hdz, nz);
     float* z = test_filled(nz, NAN);
     float* dmoments = test_filled(nm, NAN);
-    float kl_weight = ref_f32(st, prefix, "kl_weight", 1)[0];
-
     vae_reparam_forward(z, moments, eps, B, Z, HW);
-    snprintf(what, sizeof(what), "%s reparam z", prefix);
-    vl_check(what, z, ref_f32(st, prefix, "z", nz), nz, rtol);
-    snprintf(what, sizeof(what), "%s kl", prefix);
-    vl_check_scalar(what, vae_kl_forward(moments, B, Z, HW), ref_f32(st, prefix, "kl", 1), rtol);
+    vl_check(z_s, z, t_z, vl_vs_ref(r_z, 1), nz, rtol);
+    float kl = vae_kl_forward(moments, B, Z, HW);
+    vl_compare(kl_s, &kl, t_kl, &r_kl, 1, rtol);
     vae_reparam_kl_backward(dmoments, dz, moments, eps, kl_weight, B, Z, HW);
-    snprintf(what, sizeof(what), "%s reparam+kl backward", prefix);
-    vl_check(what, dmoments, ref_f32(st, prefix, "dmoments", nm), nm, rtol);
+    vl_check(dm_s, dmoments, t_dm, vl_vs_ref(r_dm, 1), nm, rtol);
 
-    size_t n = vl_info(st, prefix, "x_rec", 4)->numel;
-    float* x_rec = test_upload(ref_f32(st, prefix, "x_rec", n), n);
-    float* target = test_upload(ref_f32(st, prefix, "target", n), n);
+    float* x_rec = test_upload(hrec, n);
+    float* target = test_upload(htarget, n);
     float* dx_rec = test_filled(n, NAN);
-    snprintf(what, sizeof(what), "%s mse", prefix);
-    vl_check_scalar(what, mse_forward(x_rec, target, n), ref_f32(st, prefix, "mse", 1), rtol);
+    float mse = mse_forward(x_rec, target, n);
+    vl_compare(mse_s, &mse, t_mse, &r_mse, 1, rtol);
     mse_backward(dx_rec, x_rec, target, n);
-    snprintf(what, sizeof(what), "%s mse backward", prefix);
-    vl_check(what, dx_rec, ref_f32(st, prefix, "dx_rec", n), n, rtol);
+    vl_check(drec_s, dx_rec, t_drec, vl_vs_ref(r_drec, 1), n, rtol);
 
+    free(r_z); free(r_dm); free(r_drec);
     dev_free(moments); dev_free(eps); dev_free(dz); dev_free(z); dev_free(dmoments);
     dev_free(x_rec); dev_free(target); dev_free(dx_rec);
 }
@@ -226,8 +347,13 @@ static void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
 // update (~lr * sign(g)) can flip sign through rounding: no element needs special handling.
 // Cases: "adamw" (SPEC §6's betas and eps, with the EMA) and "adamw_eps" (eps of the order of the
 // clipped gradients, so the update depends on the clip factor; no EMA: the ema == NULL path).
+// The plain references (grad_norm_ref, adamw_update_ref) run the same 5 steps on the host; on the CPU
+// adamw_update is the reference, grad_norm is not (a parallel sum).
 
-static void test_adamw_case(const SafeTensors* st, const char* prefix) {
+// the host state of the references' 5 steps
+typedef struct { float *params, *m, *v, *ema; } VlAdamState;
+
+static inline void test_adamw_case(const SafeTensors* st, const char* prefix) {
     size_t n = vl_info(st, prefix, "params", 1)->numel;
     const float* p0 = ref_f32(st, prefix, "params", n);
     const float* g0 = ref_f32(st, prefix, "grads", n);
@@ -247,13 +373,21 @@ static void test_adamw_case(const SafeTensors* st, const char* prefix) {
     float* m = test_filled(n, 0.0f);
     float* v = test_filled(n, 0.0f);
     float* ema = with_ema ? test_upload(p0, n) : NULL;
+    VlAdamState r = {vl_host_copy(p0, n), (float*)calloc(n, sizeof(float)), (float*)calloc(n, sizeof(float)),
+                     with_ema ? vl_host_copy(p0, n) : NULL};
 
     for (int t = 1; t <= 5; t++) {
+        float r_norm = grad_norm_ref(g0, n);
+        float r_scale = clip_scale(r_norm, max_norm);
+        float ema_decay = with_ema ? ema_decay_at(decay, t - 1) : 0.0f;
+        adamw_update_ref(r.params, g0, r.m, r.v, r.ema, n,
+                         adamw_step_constants(lr, beta1, beta2, eps, wd, r_scale, t, ema_decay));
         float norm = grad_norm(grads, n);
         float scale = clip_scale(norm, max_norm);
         if (t == 1) {
             snprintf(what, sizeof(what), "%s grad_norm", prefix);
-            vl_check_scalar(what, norm, ref_f32(st, prefix, "grad_norm", 1), rtol_norm);
+            vl_check_ref(what, &r_norm, ref_f32(st, prefix, "grad_norm", 1), 1, rtol_norm);
+            vl_compare(what, &norm, ref_f32(st, prefix, "grad_norm", 1), &r_norm, 1, rtol_norm);
             // the gradient clip_grad_norm_ leaves behind, g * clip_scale, computed on the host
             float* clipped = (float*)mallocCheck(n * sizeof(float));
             for (size_t i = 0; i < n; i++) clipped[i] = g0[i] * scale;
@@ -261,22 +395,37 @@ static void test_adamw_case(const SafeTensors* st, const char* prefix) {
             check_close(what, clipped, ref_f32(st, prefix, "grads_clipped", n), n, rtol_norm);
             free(clipped);
         }
-        adamw_update(params, grads, m, v, ema, n, lr, beta1, beta2, eps, wd, scale, t,
-                     with_ema ? ema_decay_at(decay, t - 1) : 0.0f);
+        adamw_update(params, grads, m, v, ema, n, lr, beta1, beta2, eps, wd, scale, t, ema_decay);
         if (t != 1 && t != 5) continue;
-        snprintf(what, sizeof(what), "%s params after %d step%s (p - p0)", prefix, t, t > 1 ? "s" : "");
-        vl_check_delta(what, params, p0, ref_f32(st, prefix, t == 1 ? "params1" : "params5", n), n, rtol_update);
+        const char* s = t > 1 ? "s" : "";
+        const float* t_params = ref_f32(st, prefix, t == 1 ? "params1" : "params5", n);
+        snprintf(what, sizeof(what), "%s params after %d step%s (p - p0)", prefix, t, s);
+        float* r_move = vl_host_copy(r.params, n);
+        float* t_move = vl_host_copy(t_params, n);
+        vl_subtract(r_move, p0, n);
+        vl_subtract(t_move, p0, n);
+        vl_check_ref(what, r_move, t_move, n, rtol_update);
+        vl_check_delta(what, params, p0, t_params, vl_vs_ref(r.params, 1), n, rtol_update);
+        free(r_move); free(t_move);
         if (with_ema) {
-            snprintf(what, sizeof(what), "%s ema after %d step%s (ema - p0)", prefix, t, t > 1 ? "s" : "");
-            vl_check_delta(what, ema, p0, ref_f32(st, prefix, t == 1 ? "ema1" : "ema5", n), n, rtol_update);
+            const float* t_ema = ref_f32(st, prefix, t == 1 ? "ema1" : "ema5", n);
+            snprintf(what, sizeof(what), "%s ema after %d step%s (ema - p0)", prefix, t, s);
+            r_move = vl_host_copy(r.ema, n);
+            t_move = vl_host_copy(t_ema, n);
+            vl_subtract(r_move, p0, n);
+            vl_subtract(t_move, p0, n);
+            vl_check_ref(what, r_move, t_move, n, rtol_update);
+            vl_check_delta(what, ema, p0, t_ema, vl_vs_ref(r.ema, 1), n, rtol_update);
+            free(r_move); free(t_move);
         }
     }
+    free(r.params); free(r.m); free(r.v); free(r.ema);
     dev_free(params); dev_free(grads); dev_free(m); dev_free(v); dev_free(ema);
 }
 
 // ----------------------------------------------------------------------------
 
-static void test_vae_layers(void) {
+static inline void test_vae_layers(void) {
     printf("VAE layers, loss and AdamW vs PyTorch (%s) on %s\n", VAE_LAYERS_REF_PATH, device_name());
     SafeTensors st;
     safetensors_load(VAE_LAYERS_REF_PATH, &st);
