@@ -10,8 +10,9 @@
 //   dist_allgather_host  every rank's chunk of a host float buffer to every rank
 //   dist_barrier         no rank passes before every rank has arrived
 //   abort on error       after dist_init, an exit with a non-zero status (every "Error:" of every module
-//                        ends in exit(EXIT_FAILURE)) calls MPI_Abort, so one failing rank stops the whole
-//                        job with its message instead of leaving the others waiting in a collective;
+//                        ends in exit(EXIT_FAILURE), directly or through fail_exit) calls MPI_Abort, so
+//                        one failing rank stops the whole job with its message instead of leaving the
+//                        others waiting in a collective;
 //                        dist_wait_for_abort is for failures every rank meets alike (rank 0 reports them)
 // The MPI parts build with -DLDMC_MPI (mpi.h), the NCCL parts with -DLDMC_NCCL (nccl.h); the Makefile
 // sets them when it finds MPI and NCCL. Without them, or when no launcher started the process, every
