@@ -62,7 +62,7 @@ static void sample_parse_args(int argc, char** argv, SampleArgs* a) {
     for (int i = 1; i < argc; i++) {
         const char* f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { sample_usage(); exit(EXIT_SUCCESS); }
-        else if (strcmp(f, "--checkpoint") == 0) snprintf(a->checkpoint, sizeof(a->checkpoint), "%s", arg_value(argc, argv, &i));
+        else if (strcmp(f, "--checkpoint") == 0) arg_path(argc, argv, &i, a->checkpoint, sizeof(a->checkpoint));
         else if (strcmp(f, "--vae-checkpoint") == 0) a->vae_checkpoint = arg_value(argc, argv, &i);
         else if (strcmp(f, "--sampler") == 0) {
             const char* s = arg_choice(argc, argv, &i, samplers, 3);

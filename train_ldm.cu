@@ -270,6 +270,7 @@ static void unet_build(UNet* m, const UNetConfig* cfg) {
 }
 
 static void unet_alloc_activations(UNet* m, int B) {
+    check_batch_fits(B, m->max_act, "U-Net");
     const UNetConfig* cfg = &m->cfg;
     int L = cfg->levels, T = cfg->tdim, R = cfg->in_res;
     m->max_batch = B;
@@ -734,7 +735,7 @@ static void ldm_parse_args(int argc, char** argv, LDMTrainArgs* a) {
         const char* f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { ldm_usage(); exit(EXIT_SUCCESS); }
         else if (train_parse_flag(argc, argv, &i, &a->t, UNET_PRESET_NAMES, NUM_UNET_PRESETS)) continue;
-        else if (strcmp(f, "--vae-checkpoint") == 0) { snprintf(a->vae_path, sizeof(a->vae_path), "%s", arg_value(argc, argv, &i)); a->vae_path_given = 1; }
+        else if (strcmp(f, "--vae-checkpoint") == 0) { arg_path(argc, argv, &i, a->vae_path, sizeof(a->vae_path)); a->vae_path_given = 1; }
         else if (strcmp(f, "--num-classes") == 0) { a->cfg.num_classes = (int)arg_long(argc, argv, &i, 0, 100000); a->classes_given = 1; }
         else if (strcmp(f, "--cfg-dropout") == 0) { a->cfg_dropout = arg_float(argc, argv, &i, 0.0, 1.0, 0); a->cfg_dropout_given = 1; }
         else if (strcmp(f, "--guidance-scale") == 0) { a->guidance = arg_float(argc, argv, &i, 0.0, 100.0, 0); a->guidance_given = 1; }
@@ -1110,6 +1111,15 @@ static void ldm_train(LDMTrainArgs* a) {
     settings_to_json(settings, LDM_NUM_SETTINGS, args_json, sizeof(args_json));
     unet_config_to_json(&a->cfg, config_json, sizeof(config_json));
 
+    // the U-Net's buffers first, so that a batch size they cannot hold is refused before the encoding:
+    // activations for this rank's rows of the batch, at least 2 for the preview's guided forward
+    // (conditional and unconditional rows together)
+    int B = run.local_batch;
+    UNet m;
+    unet_build(&m, &a->cfg);
+    params_allocate(&m.ps);
+    unet_alloc_activations(&m, B > 2 ? B : 2);
+
     // encode the training split once (mu of both flips; each rank a share) and measure
     // latent_scale = 1 / std(mu), the same on every rank
     vae_alloc_activations(&vae, 256);
@@ -1123,13 +1133,7 @@ static void ldm_train(LDMTrainArgs* a) {
              "\"vae_checkpoint\":\"%s\",\"latent_scale\":%.9g}\n", config_json, args_json,
              schedule_name(a->schedule), a->vae_path, meta.latent_scale);
 
-    // the U-Net, its optimizer and EMA; activations for this rank's rows of the batch, at least 2 for
-    // the preview's guided forward (conditional and unconditional rows together)
-    int B = run.local_batch;
-    UNet m;
-    unet_build(&m, &a->cfg);
-    params_allocate(&m.ps);
-    unet_alloc_activations(&m, B > 2 ? B : 2);
+    // the U-Net's weights, its optimizer and EMA
     params_init(&m.ps, a->t.seed ^ STREAM_INIT);
     OptState opt;
     optstate_init(&opt, &m.ps, 1);

@@ -257,6 +257,7 @@ static void vae_build(VAE* m, const VAEConfig* cfg) {
 }
 
 static void vae_alloc_activations(VAE* m, int B) {
+    check_batch_fits(B, m->max_act, "VAE");
     const VAEConfig* cfg = &m->cfg;
     Encoder* e = &m->enc;
     Decoder* d = &m->dec;

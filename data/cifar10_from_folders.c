@@ -468,6 +468,42 @@ static int convert(const char* root, const char* out_dir) {
 // ----------------------------------------------------------------------------
 // --check: the six files as the trainers' loader will see them
 
+// one binary file `path` (in `dir`, for the hint) read into buf (FILE_BYTES): its size and labels below
+// max_label are checked, its labels counted into counts; returns 1 after printing the problem
+static int check_file(const char* path, const char* dir, uint8_t* buf, int max_label, int num_names, int* counts) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fprintf(stderr, "Error: '%s' is missing (%s).\nHINT: run `make data`.\n", path, strerror(errno));
+        return 1;
+    }
+    if ((long long)st.st_size != FILE_BYTES) {
+        fprintf(stderr, "Error: '%s' is %lld bytes, expected %lld (%d records of %d bytes): the file is %s.\n"
+                        "HINT: delete '%s' and run `make data` again.\n",
+                path, (long long)st.st_size, FILE_BYTES, RECORDS_PER_FILE, RECORD_BYTES,
+                (long long)st.st_size < FILE_BYTES ? "truncated" : "too large, not CIFAR-10's binary layout", dir);
+        return 1;
+    }
+    FILE* fp = fopen(path, "rb");
+    size_t got = fp ? fread(buf, 1, (size_t)FILE_BYTES, fp) : 0;
+    if (fp) fclose(fp);
+    if (got != (size_t)FILE_BYTES) {
+        fprintf(stderr, "Error: cannot read '%s' (%zu of %lld bytes): %s\n", path, got, FILE_BYTES,
+                fp ? "the file changed while reading" : strerror(errno));
+        return 1;
+    }
+    for (int r = 0; r < RECORDS_PER_FILE; r++) {
+        int label = buf[(size_t)r * RECORD_BYTES];
+        if (label >= max_label) {
+            fprintf(stderr, "Error: '%s' record %d has label %d, expected 0..%d%s.\n"
+                            "HINT: the file is damaged or not CIFAR-10's binary layout; delete '%s' and run `make data` again.\n",
+                    path, r, label, max_label - 1, num_names > 0 ? " (batches.meta.txt names that many classes)" : "", dir);
+            return 1;
+        }
+        counts[label]++;
+    }
+    return 0;
+}
+
 static int check(const char* dir, int strict_cifar10) {
     int num_names = 0;
     char line[256];
@@ -488,39 +524,13 @@ static int check(const char* dir, int strict_cifar10) {
     int max_label = num_names > 0 ? num_names : MAX_CLASSES;  // labels are 0..max_label-1
     int counts[NUM_TRAIN_FILES + 1][MAX_CLASSES];
     memset(counts, 0, sizeof(counts));
-    uint8_t* buf = (uint8_t*)xmalloc((size_t)FILE_BYTES);
+    uint8_t* buf = (uint8_t*)xmalloc((size_t)FILE_BYTES);   // one file at a time
     char path[4096];
     for (int f = 0; f < NUM_TRAIN_FILES + 1; f++) {
         snprintf(path, sizeof(path), "%s/%s", dir, FILE_NAMES[f]);
-        struct stat st;
-        if (stat(path, &st) != 0) {
-            fprintf(stderr, "Error: '%s' is missing (%s).\nHINT: run `make data`.\n", path, strerror(errno));
+        if (check_file(path, dir, buf, max_label, num_names, counts[f]) != 0) {
+            free(buf);
             return 1;
-        }
-        if ((long long)st.st_size != FILE_BYTES) {
-            fprintf(stderr, "Error: '%s' is %lld bytes, expected %lld (%d records of %d bytes): the file is %s.\n"
-                            "HINT: delete '%s' and run `make data` again.\n",
-                    path, (long long)st.st_size, FILE_BYTES, RECORDS_PER_FILE, RECORD_BYTES,
-                    (long long)st.st_size < FILE_BYTES ? "truncated" : "too large, not CIFAR-10's binary layout", dir);
-            return 1;
-        }
-        FILE* fp = fopen(path, "rb");
-        size_t got = fp ? fread(buf, 1, (size_t)FILE_BYTES, fp) : 0;
-        if (fp) fclose(fp);
-        if (got != (size_t)FILE_BYTES) {
-            fprintf(stderr, "Error: cannot read '%s' (%zu of %lld bytes): %s\n", path, got, FILE_BYTES,
-                    fp ? "the file changed while reading" : strerror(errno));
-            return 1;
-        }
-        for (int r = 0; r < RECORDS_PER_FILE; r++) {
-            int label = buf[(size_t)r * RECORD_BYTES];
-            if (label >= max_label) {
-                fprintf(stderr, "Error: '%s' record %d has label %d, expected 0..%d%s.\n"
-                                "HINT: the file is damaged or not CIFAR-10's binary layout; delete '%s' and run `make data` again.\n",
-                        path, r, label, max_label - 1, num_names > 0 ? " (batches.meta.txt names that many classes)" : "", dir);
-                return 1;
-            }
-            counts[f][label]++;
         }
     }
     free(buf);

@@ -69,6 +69,21 @@ static inline const char* arg_choice(int argc, char** argv, int* i, const char* 
     return NULL;
 }
 
+// a path flag's value copied into dst (cap bytes): a path that does not fit is refused, never cut
+// short (a cut path would name another file, or none)
+static inline void arg_path(int argc, char** argv, int* i, char* dst, size_t cap) {
+    const char* flag = argv[*i];
+    const char* s = arg_value(argc, argv, i);
+    size_t len = strlen(s);
+    if (len == 0 || len >= cap) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "%s must be a path of 1 to %zu bytes (got %zu bytes)%s", flag, cap - 1, len,
+                 len == 0 ? "" : "; a symbolic link with a shorter path to the file works");
+        args_fail(argv[0], msg);
+    }
+    memcpy(dst, s, len + 1);
+}
+
 // a run name becomes a directory under runs/: keep it to one plain path component
 static inline const char* arg_run_name(int argc, char** argv, int* i) {
     const char* s = arg_value(argc, argv, i);

@@ -349,7 +349,7 @@ static inline int st_by_offset(const void* a, const void* b) {
 
 // the tensors' byte ranges, in order of where they begin, must tile the data section exactly
 static inline void st_check_layout(SafeTensors* st, const uint8_t* data, size_t data_size) {
-    qsort(st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_offset);
+    if (st->num_tensors > 1) qsort(st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_offset);   // NULL when empty
     size_t expected = 0;   // where the next tensor must begin
     for (int i = 0; i < st->num_tensors; i++) {
         const SafeTensorInfo* t = &st->tensors[i];
@@ -441,11 +441,14 @@ static inline void safetensors_free(SafeTensors* st) {
 // ----------------------------------------------------------------------------
 // lookups
 
+// (a file without tensors or metadata has a NULL array there, and bsearch's pointer must never be NULL)
 static inline const SafeTensorInfo* safetensors_find(const SafeTensors* st, const char* name) {
+    if (st->num_tensors == 0) return NULL;
     return (const SafeTensorInfo*)bsearch(&name, st->tensors, (size_t)st->num_tensors, sizeof(SafeTensorInfo), st_by_name);
 }
 
 static inline const char* safetensors_meta(const SafeTensors* st, const char* key) {
+    if (st->num_meta == 0) return NULL;
     const SafeTensorsMeta* m = (const SafeTensorsMeta*)bsearch(&key, st->meta, (size_t)st->num_meta,
                                                                sizeof(SafeTensorsMeta), st_by_name);
     return m != NULL ? m->value : NULL;
@@ -657,7 +660,7 @@ static inline void st_writer_write(SafeTensorsWriter* w, const char* path) {
     // order it was added in (a sorted copy finds the duplicates), so a file's bytes depend only on its writer
     const char* dup = st_sort_by_name(w->tensors, w->num_tensors, sizeof(SafeTensorInfo));
     SafeTensorsMeta* keys = (SafeTensorsMeta*)mallocCheck((size_t)(w->num_meta + 1) * sizeof(SafeTensorsMeta));
-    memcpy(keys, w->meta, (size_t)w->num_meta * sizeof(SafeTensorsMeta));
+    if (w->num_meta > 0) memcpy(keys, w->meta, (size_t)w->num_meta * sizeof(SafeTensorsMeta));   // meta is NULL when empty
     const char* dup_key = st_sort_by_name(keys, w->num_meta, sizeof(SafeTensorsMeta));
     free(keys);
     if (dup != NULL || dup_key != NULL) {
@@ -665,7 +668,7 @@ static inline void st_writer_write(SafeTensorsWriter* w, const char* path) {
                 dup ? dup : dup_key);
         exit(EXIT_FAILURE);
     }
-    qsort(w->tensors, (size_t)w->num_tensors, sizeof(SafeTensorInfo), st_writer_order);
+    if (w->num_tensors > 1) qsort(w->tensors, (size_t)w->num_tensors, sizeof(SafeTensorInfo), st_writer_order);   // NULL when empty
     char* header = NULL;   // the 8-byte length, then the JSON
     size_t size = 0;
     FILE* h = open_memstream(&header, &size);   // a FILE* that grows a malloc'd buffer

@@ -5,6 +5,8 @@
 //   refuse             the one refusal format: "Error: '<file>': <field> is <value>; allowed: <range>."
 //                      then a HINT line, exit 1
 //   first_nonfinite    the first NaN or infinity of a host array
+//   check_batch_fits   a batch whose largest activation would overflow the kernels' int indexing is
+//                      refused before anything is allocated
 //   path_resolve       an absolute spelling of a path whose file need not exist
 //   check_output_path  an output must not be (or, through its temporary name, replace) an input or a
 //                      non-regular file, and its directory must exist and be writable
@@ -77,6 +79,18 @@ static inline long long first_nonfinite(const float* x, size_t n) {
 
 // ----------------------------------------------------------------------------
 // outputs
+
+// Some kernels index a batch's activation with int (GEMM offsets, CUDA grid sizes), so batch x the
+// largest per-image activation (max_act values: channels x height x width, concatenations and qkv
+// included) must stay below 2^31. A batch that does not fit is refused, naming the largest that does.
+static inline void check_batch_fits(int batch, size_t max_act, const char* model) {
+    if ((size_t)batch * max_act <= (size_t)INT_MAX) return;
+    fprintf(stderr, "Error: a batch of %d images of this %s would need activations of %zu values, more than the %d "
+                    "its kernels can index (%zu values per image).\n"
+                    "HINT: use a batch size of at most %zu (--batch-size).\n",
+            batch, model, (size_t)batch * max_act, INT_MAX, max_act, (size_t)INT_MAX / max_act);
+    fail_exit();
+}
 
 // the directory part of `path` ("." when it has none)
 static inline void path_dir(const char* path, char* dir, size_t n) {

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# tests/kill_test.sh — a training run killed with SIGKILL again and again, and resumed with --resume each
-# time, must end with the very bytes of a run that was never interrupted: checkpoint_final.safetensors
-# and state.safetensors are compared with cmp (and their sha256s printed).
-# For each trainer (train_vae --preset tiny; train_ldm --preset tiny --num-classes 10 on the VAE of the
-# first part), --max-steps 40, --save-every 5, --log-every 5 on the CPU:
-#   1. the uninterrupted run, in its own directory;
-#   2. the same flags in another directory (so the run names match), killed at moments drawn from a
-#      fixed seed: either a random time after the run printed its "starting"/"resuming" line (up to a
-#      third of the time the uninterrupted run took from that line to its end, so the kills spread
-#      over the run on a fast machine and on a slow one alike), or the moment the k-th (1-3) state or
-#      checkpoint write of that start has its .tmp file on disk (a kill in the middle of a write);
-#      after each kill the run is resumed (started afresh when it was killed before its first save:
-#      its directory, which holds no state, is deleted first), until one finishes.
+# tests/kill_test.sh — determinism and crash safety of training, on the CPU. For each trainer (train_vae
+# --preset tiny; train_ldm --preset tiny --num-classes 10 on the VAE of the first part), --max-steps 40,
+# --save-every 5, --log-every 5, the same seed and thread count:
+#   1. an uninterrupted run, in its own directory;
+#   2. a second uninterrupted run in another directory (same run name): the same seed, flags and thread
+#      count must write the same bytes (determinism);
+#   3. the same flags in a third directory, killed with SIGKILL at moments drawn from a fixed seed:
+#      either a random time after the run printed its "starting"/"resuming" line (up to a third of the
+#      time the uninterrupted run took from that line to its end, so the kills spread over the run on a
+#      fast machine and on a slow one alike), or the moment the k-th (1-3) state or checkpoint write of
+#      that start has its .tmp file on disk (a kill in the middle of a write); after each kill the run
+#      is resumed (started again without --resume when it was killed before its first save: its
+#      directory holds no state), until one finishes.
+# Runs 2 and 3 must end with the bytes of run 1: checkpoint_final.safetensors, state.safetensors and
+# eval_batch.safetensors (the loss of a fixed batch under the final weights) are compared with cmp,
+# their sha256s printed.
 # Environment:
 #   LDMC_BIN=DIR        where train_vae and train_ldm are (relative to the repository root; default the root)
 #   LDMC_THREADS=N      OMP_NUM_THREADS of every run (default 2)
-#   KILL_SEED=N         the seed of the kill moments (default 1); VAE_KILLS, LDM_KILLS (default 8 and 4)
+#   KILL_SEED=N         the seed of the kill moments (default 1); VAE_KILLS, LDM_KILLS (default 5 and 2)
 #   CIFAR10_DIR=DIR     the data (default data/cifar-10-batches-bin)
 # Needs python3 (standard library: polls for the .tmp files every millisecond). Ends with
 # "N passed, M failed"; exit status non-zero on any failure.
@@ -26,8 +29,8 @@ BIN="$(cd "$REPO_ROOT" && cd "${LDMC_BIN:-.}" && pwd)" || { echo "Error: LDMC_BI
 DATA="$(cd "$REPO_ROOT" && cd "${CIFAR10_DIR:-data/cifar-10-batches-bin}" && pwd)" || { echo "Error: no CIFAR-10 data (run \`make data\`)"; exit 1; }
 export OMP_NUM_THREADS="${LDMC_THREADS:-2}"
 RANDOM="${KILL_SEED:-1}"   # seeds bash's generator: the same kill moments every time
-VAE_KILLS="${VAE_KILLS:-8}"
-LDM_KILLS="${LDM_KILLS:-4}"
+VAE_KILLS="${VAE_KILLS:-5}"
+LDM_KILLS="${LDM_KILLS:-2}"   # every train_ldm start encodes the 60,000 images first (~65 s on 2 cores)
 T="$(mktemp -d "${TMPDIR:-/tmp}/ldmc_kill.XXXXXX")"
 RUN_PID=""
 cleanup() { if [ -n "$RUN_PID" ]; then kill -9 "$RUN_PID" 2>/dev/null; fi; rm -rf "$T"; }
@@ -87,14 +90,11 @@ killed_run() {
     mkdir -p "$dir"
     : > "$dir/out.txt"
     while :; do
+        # a run killed before its first save holds no state: the same command without --resume starts
+        # it again from step 0 (what a user would type); --resume there is refused (tests/bad_inputs.sh)
         resume=""
         if [ -f "$dir/runs/$name/state.safetensors" ]; then resume="--resume"
-        elif [ -d "$dir/runs/$name" ]; then
-            # TODO(resume before the first save): the trainers refuse both a new run (the directory
-            # exists) and --resume (no state); until they start such a run afresh, the test deletes it
-            echo "    killed before its first save: deleting runs/$name (it holds no state) and starting again"
-            rm -rf "$dir/runs/$name"
-        fi
+        elif [ -d "$dir/runs/$name" ]; then echo "    killed before its first save: starting runs/$name again without --resume"; fi
         offset=$(stat -c %s "$dir/out.txt")
         (cd "$dir" && exec "$BIN/$prog" "$@" $resume) >> "$dir/out.txt" 2>&1 &
         RUN_PID=$!
@@ -120,43 +120,50 @@ killed_run() {
     done
 }
 
-# compare_runs WHAT REF_RUN_DIR KILLED_RUN_DIR: the final files must be byte-identical
+# compare_runs WHAT REF_RUN_DIR OTHER_RUN_DIR HOW: the final files must be byte-identical (HOW says what
+# the other run went through, for the report)
 compare_runs() {
-    local what="$1" ref="$2" got="$3" f a b
-    for f in checkpoint_final.safetensors state.safetensors; do
+    local what="$1" ref="$2" got="$3" how="$4" f a b
+    for f in checkpoint_final.safetensors state.safetensors eval_batch.safetensors; do
         a="$(sha256sum < "$ref/$f" 2>/dev/null | cut -c1-64)"
         b="$(sha256sum < "$got/$f" 2>/dev/null | cut -c1-64)"
         echo "    $f  uninterrupted $a"
-        echo "    $f  killed+resumed $b"
-        if [ -f "$ref/$f" ] && cmp -s "$ref/$f" "$got/$f"; then ok "$what: $f byte-identical after $KILLS kills"
-        else fail "$what: $f differs from the uninterrupted run's (after $KILLS kills)"; fi
+        echo "    $f  $how $b"
+        if [ -f "$ref/$f" ] && cmp -s "$ref/$f" "$got/$f"; then ok "$what: $f byte-identical ($how)"
+        else fail "$what: $f differs from the uninterrupted run's ($how)"; fi
     done
 }
 
-# one trainer: the uninterrupted run, then the killed one, then the comparison
+# uninterrupted_run WHAT PROGRAM DIR FLAGS...: one run from start to end in DIR (output in DIR.txt)
+uninterrupted_run() {
+    local what="$1" prog="$2" dir="$3" t0=$SECONDS; shift 3
+    mkdir -p "$dir"
+    if (cd "$dir" && "$BIN/$prog" "$@") > "$dir.txt" 2>&1; then ok "$what: an uninterrupted run finished ($((SECONDS - t0)) s)"
+    else fail "$what: an uninterrupted run failed" "$dir.txt"; return 1; fi
+}
+
+# one trainer: the uninterrupted run, a second one (determinism), then the killed one; the comparisons
 kill_test() {
     local what="$1" prog="$2" kills="$3"; shift 3
     local flags=(--device cpu --data "$DATA" --max-steps 40 --save-every 5 --log-every 5 --run-name kt "$@")
-    local t0=$SECONDS
     echo "$what: ./$prog ${flags[*]} (OMP_NUM_THREADS=$OMP_NUM_THREADS)"
-    mkdir -p "$T/$prog.ref"
-    if (cd "$T/$prog.ref" && "$BIN/$prog" "${flags[@]}") > "$T/$prog.ref.txt" 2>&1; then
-        ok "$what: the uninterrupted run finished ($((SECONDS - t0)) s)"
-    else fail "$what: the uninterrupted run failed" "$T/$prog.ref.txt"; return 1; fi
+    uninterrupted_run "$what" "$prog" "$T/$prog.ref" "${flags[@]}" || return 1
+    uninterrupted_run "$what" "$prog" "$T/$prog.again" "${flags[@]}" || return 1
+    compare_runs "$what" "$T/$prog.ref/runs/kt" "$T/$prog.again/runs/kt" "a second uninterrupted run"
     # the random kills fall within a third of the time from the start line to the end ("done in X s")
     KILL_WINDOW="$(sed -n 's/^done in \([0-9.]*\) s$/\1/p' "$T/$prog.ref.txt" | awk '{ print $1 / 3 }')"
     echo "    random kills up to ${KILL_WINDOW:=5} s after the start line"
-    t0=$SECONDS
+    local t0=$SECONDS
     KILLS=0
     if killed_run "$prog" "$kills" "$T/$prog.kill" kt "${flags[@]}"; then
         ok "$what: killed $KILLS times with SIGKILL, resumed each time, finished ($((SECONDS - t0)) s)"
     else fail "$what: a resumed run failed" "$T/$prog.kill/out.txt"; return 1; fi
     if [ "$KILLS" -gt 0 ]; then ok "$what: $KILLS of the $kills planned kills landed before the run finished"
     else fail "$what: no kill landed before the run finished (nothing was tested)"; fi
-    compare_runs "$what" "$T/$prog.ref/runs/kt" "$T/$prog.kill/runs/kt"
+    compare_runs "$what" "$T/$prog.ref/runs/kt" "$T/$prog.kill/runs/kt" "killed $KILLS times and resumed"
 }
 
-echo "kill test: SIGKILL at random moments and during state writes, then --resume (KILL_SEED=${KILL_SEED:-1})"
+echo "kill test: two uninterrupted runs, then one killed with SIGKILL at random moments and during state writes and resumed (KILL_SEED=${KILL_SEED:-1})"
 kill_test "train_vae tiny" train_vae "$VAE_KILLS" --preset tiny
 VAE_CKPT="$T/train_vae.ref/runs/kt/checkpoint_final.safetensors"
 if [ -f "$VAE_CKPT" ]; then

@@ -25,42 +25,11 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-// the reference tensor "<prefix>.<name>" with its shape checked against ndim (exits with a clear error)
-static inline const SafeTensorInfo* conv_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
-    char full[128];
-    snprintf(full, sizeof(full), "%s.%s", prefix, name);
-    const SafeTensorInfo* t = safetensors_find(st, full);
-    if (t == NULL || t->ndim != ndim || strcmp(t->dtype, "F32") != 0) {
-        fprintf(stderr, "Error: %s: tensor '%s' missing, not F32 or not %d-dimensional.\n"
-                        "HINT: regenerate it with `python3 dev/refs_conv.py`.\n", st->path, full, ndim);
-        exit(EXIT_FAILURE);
-    }
-    return t;
-}
-
-// "ref <prefix> <what>": the reference's result (host) against PyTorch's; run in the CPU pass only
-static inline void conv_check_ref(const char* prefix, const char* what, const float* got, const float* torch, size_t n) {
-    if (g_device != DEVICE_CPU) return;
-    char name[128];
-    snprintf(name, sizeof(name), "ref %s %s", prefix, what);
-    check_close(name, got, torch, n, CONV_RTOL);
-}
-
-// downloads n values of a fast path's result, subtracts `start` (the value an accumulated gradient
-// started from) and compares them with PyTorch's (`torch`, may be NULL: none) and with the
-// reference's (`ref`), under the names "<device> <prefix> <what>" and "... vs ref"
-static inline void conv_check(const char* prefix, const char* what, const float* dev, const float* torch, const float* ref,
-                       size_t n, float start) {
-    char name[128];
-    float* got = test_download(dev, n);
-    for (size_t i = 0; i < n; i++) got[i] -= start;
-    if (torch != NULL) {
-        snprintf(name, sizeof(name), "%s %s %s", device_name(), prefix, what);
-        check_close(name, got, torch, n, CONV_RTOL);
-    }
-    snprintf(name, sizeof(name), "%s %s %s vs ref", device_name(), prefix, what);
-    check_close(name, got, ref, n, CONV_RTOL);
-    free(got);
+// "<prefix> <what>", the name of one check (a static buffer: the checks copy it at once)
+static inline const char* conv_what(const char* prefix, const char* what) {
+    static char name[128];
+    snprintf(name, sizeof(name), "%s %s", prefix, what);
+    return name;
 }
 
 // the reference's results for one convolution, on the host: out, dx, and dweight, dbias (from zero)
@@ -97,10 +66,10 @@ static inline void conv_check_case(const char* prefix, const float* hx, const fl
 
     ConvRefResults r = conv_run_ref(hx, hw, hb, hdout, B, Cin, H, W, Cout, K, stride);
     if (t_out != NULL) {
-        conv_check_ref(prefix, "forward", r.out, t_out, no);
-        conv_check_ref(prefix, "backward dx", r.dx, t_dx, nx);
-        conv_check_ref(prefix, "backward dweight", r.dweight, t_dw, nw);
-        conv_check_ref(prefix, "backward dbias", r.dbias, t_db, Cout);
+        check_ref(conv_what(prefix, "forward"), r.out, t_out, no, CONV_RTOL);
+        check_ref(conv_what(prefix, "backward dx"), r.dx, t_dx, nx, CONV_RTOL);
+        check_ref(conv_what(prefix, "backward dweight"), r.dweight, t_dw, nw, CONV_RTOL);
+        check_ref(conv_what(prefix, "backward dbias"), r.dbias, t_db, Cout, CONV_RTOL);
     }
 
     float* x = test_upload(hx, nx);
@@ -113,19 +82,19 @@ static inline void conv_check_case(const char* prefix, const float* hx, const fl
     float* dbias = test_filled(Cout, 0.5f);
 
     conv2d_forward(out, x, weight, bias, B, Cin, H, W, Cout, K, stride);
-    conv_check(prefix, "forward", out, t_out, r.out, no, 0.0f);
+    check_device(conv_what(prefix, "forward"), out, t_out, r.out, no, 0.0f, 1.0f, CONV_RTOL);
 
     conv2d_backward(dx, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
-    conv_check(prefix, "backward dx", dx, t_dx, r.dx, nx, 0.0f);
-    conv_check(prefix, "backward dweight (+=)", dweight, t_dw, r.dweight, nw, 0.5f);
-    conv_check(prefix, "backward dbias (+=)", dbias, t_db, r.dbias, Cout, 0.5f);
+    check_device(conv_what(prefix, "backward dx"), dx, t_dx, r.dx, nx, 0.0f, 1.0f, CONV_RTOL);
+    check_device(conv_what(prefix, "backward dweight (+=)"), dweight, t_dw, r.dweight, nw, 0.5f, 1.0f, CONV_RTOL);
+    check_device(conv_what(prefix, "backward dbias (+=)"), dbias, t_db, r.dbias, Cout, 0.5f, 1.0f, CONV_RTOL);
 
     if (with_null_dx) {
         dev_zero(dweight, nw * sizeof(float));
         dev_zero(dbias, Cout * sizeof(float));
         conv2d_backward(NULL, dweight, dbias, dout, x, weight, B, Cin, H, W, Cout, K, stride);
-        conv_check(prefix, "backward dx=NULL dweight", dweight, t_dw, r.dweight, nw, 0.0f);
-        conv_check(prefix, "backward dx=NULL dbias", dbias, t_db, r.dbias, Cout, 0.0f);
+        check_device(conv_what(prefix, "backward dx=NULL dweight"), dweight, t_dw, r.dweight, nw, 0.0f, 1.0f, CONV_RTOL);
+        check_device(conv_what(prefix, "backward dx=NULL dbias"), dbias, t_db, r.dbias, Cout, 0.0f, 1.0f, CONV_RTOL);
     }
 
     conv_free_ref(&r);
@@ -135,9 +104,9 @@ static inline void conv_check_case(const char* prefix, const float* hx, const fl
 
 // one case of dev/ref/conv.safetensors
 static inline void conv_test_case(const SafeTensors* st, const char* prefix, int stride, int with_null_dx) {
-    const SafeTensorInfo* xi = conv_info(st, prefix, "x", 4);
-    const SafeTensorInfo* wi = conv_info(st, prefix, "weight", 4);
-    const SafeTensorInfo* oi = conv_info(st, prefix, "out", 4);
+    const SafeTensorInfo* xi = ref_info(st, prefix, "x", 4);
+    const SafeTensorInfo* wi = ref_info(st, prefix, "weight", 4);
+    const SafeTensorInfo* oi = ref_info(st, prefix, "out", 4);
     int B = (int)xi->shape[0], Cin = (int)xi->shape[1], H = (int)xi->shape[2], W = (int)xi->shape[3];
     int Cout = (int)wi->shape[0], K = (int)wi->shape[2];
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride);
@@ -211,17 +180,13 @@ static inline void gemm_check_case(const char* label, int transA, int transB, in
     float* hB = gemm_padded(B_in, b_rows, b_cols, pad);
     float* hC = gemm_padded(beta != 0.0f ? C_in : NULL, M, N, pad);  // with beta = 0, C stays NaN: it must not be read
     size_t nc = (size_t)M * ldc;
-    char name[160];
 
     // the reference on host copies of the same padded matrices
     float* refC = (float*)mallocCheck(nc * sizeof(float));
     memcpy(refC, hC, nc * sizeof(float));
     gemm_ref(transA, transB, M, N, K, alpha, hA, lda, hB, ldb, beta, refC, ldc);
     float* ref = gemm_unpadded(refC, M, N, ldc);
-    if (torch_out != NULL && g_device == DEVICE_CPU) {
-        snprintf(name, sizeof(name), "ref %s", label);
-        check_close(name, ref, torch_out, (size_t)M * N, CONV_RTOL);
-    }
+    if (torch_out != NULL) check_ref(label, ref, torch_out, (size_t)M * N, CONV_RTOL);
 
     // the fast path: this device's dispatcher
     float* A = test_upload(hA, (size_t)a_rows * lda);
@@ -230,12 +195,7 @@ static inline void gemm_check_case(const char* label, int transA, int transB, in
     gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     float* got_padded = test_download(C, nc);
     float* got = gemm_unpadded(got_padded, M, N, ldc);
-    if (torch_out != NULL) {
-        snprintf(name, sizeof(name), "%s %s", device_name(), label);
-        check_close(name, got, torch_out, (size_t)M * N, CONV_RTOL);
-    }
-    snprintf(name, sizeof(name), "%s %s vs ref", device_name(), label);
-    check_close(name, got, ref, (size_t)M * N, CONV_RTOL);
+    check_result(label, got, torch_out, ref, (size_t)M * N, CONV_RTOL);
 
     free(got); free(got_padded); free(ref); free(refC); free(hA); free(hB); free(hC);
     dev_free(A); dev_free(B); dev_free(C);
@@ -244,8 +204,8 @@ static inline void gemm_check_case(const char* label, int transA, int transB, in
 // one case of dev/ref/conv.safetensors
 static inline void gemm_test_case(const SafeTensors* st, const char* prefix, int transA, int transB,
                            float alpha, float beta, int pad) {
-    const SafeTensorInfo* ai = conv_info(st, prefix, "A", 2);
-    const SafeTensorInfo* bi = conv_info(st, prefix, "B", 2);
+    const SafeTensorInfo* ai = ref_info(st, prefix, "A", 2);
+    const SafeTensorInfo* bi = ref_info(st, prefix, "B", 2);
     int M = (int)(transA ? ai->shape[1] : ai->shape[0]), K = (int)(transA ? ai->shape[0] : ai->shape[1]);
     int N = (int)(transB ? bi->shape[0] : bi->shape[1]);
     char label[96];
@@ -269,34 +229,28 @@ static inline void gemm_test_shape(int transA, int transB, int M, int N, int K, 
 
 // gemm_batched: count products of (M, K) @ (N, K)^T, as attention's q k^T
 static inline void gemm_batched_test(const SafeTensors* st) {
-    const SafeTensorInfo* ai = conv_info(st, "gemm_batched", "A", 3);
-    const SafeTensorInfo* bi = conv_info(st, "gemm_batched", "B", 3);
+    const SafeTensorInfo* ai = ref_info(st, "gemm_batched", "A", 3);
+    const SafeTensorInfo* bi = ref_info(st, "gemm_batched", "B", 3);
     int count = (int)ai->shape[0], M = (int)ai->shape[1], K = (int)ai->shape[2], N = (int)bi->shape[1];
     size_t na = (size_t)count * M * K, nb = (size_t)count * N * K, nc = (size_t)count * M * N;
     const float* hA = ref_f32(st, "gemm_batched", "A", na);
     const float* hB = ref_f32(st, "gemm_batched", "B", nb);
     const float* hC = ref_f32(st, "gemm_batched", "C", nc);
     const float* torch_out = ref_f32(st, "gemm_batched", "out", nc);
-    char label[96], name[128];
+    char label[96];
     snprintf(label, sizeof(label), "gemm_batched (%d x %dx%dx%d)", count, M, N, K);
 
     float* ref = (float*)mallocCheck(nc * sizeof(float));
     memcpy(ref, hC, nc * sizeof(float));
     gemm_batched_ref(0, 1, M, N, K, 1.25f, hA, K, (long)M * K, hB, K, (long)N * K, 0.5f, ref, N, (long)M * N, count);
-    if (g_device == DEVICE_CPU) {
-        snprintf(name, sizeof(name), "ref %s", label);
-        check_close(name, ref, torch_out, nc, CONV_RTOL);
-    }
+    check_ref(label, ref, torch_out, nc, CONV_RTOL);
 
     float* A = test_upload(hA, na);
     float* B = test_upload(hB, nb);
     float* C = test_upload(hC, nc);
     gemm_batched(0, 1, M, N, K, 1.25f, A, K, (long)M * K, B, K, (long)N * K, 0.5f, C, N, (long)M * N, count);
     float* got = test_download(C, nc);
-    snprintf(name, sizeof(name), "%s %s", device_name(), label);
-    check_close(name, got, torch_out, nc, CONV_RTOL);
-    snprintf(name, sizeof(name), "%s %s vs ref", device_name(), label);
-    check_close(name, got, ref, nc, CONV_RTOL);
+    check_result(label, got, torch_out, ref, nc, CONV_RTOL);
     free(got); free(ref);
     dev_free(A); dev_free(B); dev_free(C);
 }

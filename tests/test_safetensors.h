@@ -132,6 +132,14 @@ static inline void st_test_child_write_twice(const void* arg) {
     st_writer_add(&w, "x", "I64", &x, 0, NULL);
     st_writer_write(&w, (const char*)arg);
 }
+// loads the file and looks up a metadata key and a tensor it does not have: exit 3 if either is found
+static inline void st_test_child_lookups(const void* arg) {
+    SafeTensors st;
+    safetensors_load((const char*)arg, &st);
+    int found = safetensors_meta(&st, "format") != NULL || safetensors_find(&st, "nope") != NULL;
+    safetensors_free(&st);
+    if (found) _exit(3);
+}
 static inline void st_test_child_sha256(const void* arg) {
     char hex[65];
     sha256_file((const char*)arg, hex);
@@ -154,16 +162,25 @@ static inline void st_test_expect(const char* dir, const char* label, const uint
     remove(path);
 }
 
-// a file of an 8-byte length, `header` padded with spaces to a multiple of 8, and `ndata` bytes of data
-static inline void st_test_expect_header(const char* dir, const char* label, const char* header, const uint8_t* data,
-                                  size_t ndata, const char* phrase) {
+// the bytes of a file of an 8-byte length, `header` padded with spaces to a multiple of 8, and `ndata`
+// bytes of data (malloc'd; *n their count)
+static inline uint8_t* st_test_file_bytes(const char* header, const uint8_t* data, size_t ndata, size_t* n) {
     size_t hlen = strlen(header), padded = (hlen + 7) / 8 * 8;
     uint8_t* bytes = (uint8_t*)mallocCheck(8 + padded + ndata);
     for (int i = 0; i < 8; i++) bytes[i] = (uint8_t)((uint64_t)padded >> (8 * i));
     memcpy(bytes + 8, header, hlen);
     memset(bytes + 8 + hlen, ' ', padded - hlen);
-    memcpy(bytes + 8 + padded, data, ndata);
-    st_test_expect(dir, label, bytes, 8 + padded + ndata, phrase);
+    if (ndata > 0) memcpy(bytes + 8 + padded, data, ndata);
+    *n = 8 + padded + ndata;
+    return bytes;
+}
+
+// st_test_expect on a file made of `header` and `ndata` bytes of data (st_test_file_bytes)
+static inline void st_test_expect_header(const char* dir, const char* label, const char* header, const uint8_t* data,
+                                  size_t ndata, const char* phrase) {
+    size_t n;
+    uint8_t* bytes = st_test_file_bytes(header, data, ndata, &n);
+    st_test_expect(dir, label, bytes, n, phrase);
     free(bytes);
 }
 
@@ -465,6 +482,28 @@ static inline void test_safetensors_many(const char* dir) {
     st_test_many(dir, "ok_100k", 100000, 0, NULL);
 }
 
+// a file without metadata and one without tensors: lookups in the empty section find nothing (its
+// array is NULL there; fuzz_safetensors found the NULL pointer that bsearch was given). Under
+// make sanitize a UBSan report in the child fails the run.
+static inline void test_safetensors_empty_sections(const char* dir) {
+    static const uint8_t four[4] = {0, 0, 128, 63};   // 1.0f
+    const char* labels[2] = {"no_metadata", "no_tensors"};
+    const char* headers[2] = {"{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+                              "{\"__metadata__\":{\"model\":\"vae\"}}"};
+    for (int k = 0; k < 2; k++) {
+        char path[512], name[96], out[1024];
+        snprintf(path, sizeof(path), "%s/%s.safetensors", dir, labels[k]);
+        size_t n;
+        uint8_t* bytes = st_test_file_bytes(headers[k], four, k == 0 ? 4 : 0, &n);
+        st_test_dump(path, bytes, n);
+        free(bytes);
+        int rc = st_test_in_child(dir, st_test_child_lookups, path, out, sizeof(out));
+        snprintf(name, sizeof(name), "%s safetensors lookups in a file with %s", device_name(), labels[k]);
+        check_true(name, rc == 0, rc == 0 ? "find and meta return NULL" : rc == 3 ? "a missing name was found" : out);
+        remove(path);
+    }
+}
+
 // inputs that are not regular files: refused by name, before anything opens them (a FIFO would block)
 static inline void test_safetensors_inputs(const char* dir) {
     char fifo[512], name[96], out[1024], detail[1200];
@@ -604,6 +643,7 @@ static inline void test_safetensors(void) {
     test_safetensors_writer(dir);
     test_safetensors_strict(dir);
     test_safetensors_many(dir);
+    test_safetensors_empty_sections(dir);
     test_safetensors_inputs(dir);
     test_safetensors_exits(dir);
     test_sha256(dir);

@@ -25,49 +25,6 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-// a malloc'd host buffer of n floats with the value v (NaN: must be overwritten; 0: accumulated into)
-static inline float* tul_host_filled(size_t n, float v) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = v;
-    return h;
-}
-
-// host values `got` against want[i] * factor, under `name`
-static inline void tul_compare(const char* name, const float* got, const float* want, size_t n, float factor) {
-    float* w = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) w[i] = want[i] * factor;
-    check_close(name, got, w, n, TUL_RTOL);
-    free(w);
-}
-
-// "ref <what>": a reference's host result against PyTorch's (times factor), in the CPU pass only
-static inline void tul_check_ref(const char* what, const float* got, const float* torch, size_t n, float factor) {
-    if (g_device != DEVICE_CPU) return;
-    char name[128];
-    snprintf(name, sizeof(name), "ref %s", what);
-    tul_compare(name, got, torch, n, factor);
-}
-
-// n values on the device against PyTorch's times factor ("<device> <what>"), and against the
-// reference's (also times factor, "... vs ref") unless `ref` is NULL
-static inline void tul_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float factor) {
-    char name[128];
-    float* got = test_download(dev, n);
-    snprintf(name, sizeof(name), "%s %s", device_name(), what);
-    tul_compare(name, got, torch, n, factor);
-    if (ref != NULL) {
-        snprintf(name, sizeof(name), "%s %s vs ref", device_name(), what);
-        tul_compare(name, got, ref, n, factor);
-    }
-    free(got);
-}
-
-// the reference a device's output is compared with: NULL on the CPU for the layers whose CPU path
-// is their reference (the comparison could not fail)
-static inline const float* tul_vs_ref(const float* ref, int cpu_path_is_ref) {
-    return g_device == DEVICE_CPU && cpu_path_is_ref ? NULL : ref;
-}
-
 // the int64 reference tensor "<prefix>.<name>" as n host ints (free with free)
 static inline int* tul_host_ints(const SafeTensors* st, const char* prefix, const char* name, size_t n) {
     char full[128];
@@ -103,16 +60,16 @@ static inline void tul_test_linear(const SafeTensors* st) {
     const float* t_db = ref_f32(st, p, "dbias", outdim);
 
     // the reference (host), then the fast path: the CPU's is the packed GEMM, never the reference
-    float* r_out = tul_host_filled(N * outdim, NAN);
-    float* r_dx = tul_host_filled(N * in, NAN);
-    float* r_dw = tul_host_filled(outdim * in, 0.0f);
-    float* r_db = tul_host_filled(outdim, 0.0f);
+    float* r_out = host_filled(N * outdim, NAN);
+    float* r_dx = host_filled(N * in, NAN);
+    float* r_dw = host_filled(outdim * in, 0.0f);
+    float* r_db = host_filled(outdim, 0.0f);
     linear_forward_ref(r_out, hx, hw, hb, N, in, outdim);
     linear_backward_ref(r_dx, r_dw, r_db, hdout, hx, hw, N, in, outdim);
-    tul_check_ref("linear forward", r_out, t_out, N * outdim, 1.0f);
-    tul_check_ref("linear backward dx", r_dx, t_dx, N * in, 1.0f);
-    tul_check_ref("linear backward dweight", r_dw, t_dw, outdim * in, 1.0f);
-    tul_check_ref("linear backward dbias", r_db, t_db, outdim, 1.0f);
+    check_ref("linear forward", r_out, t_out, N * outdim, TUL_RTOL);
+    check_ref("linear backward dx", r_dx, t_dx, N * in, TUL_RTOL);
+    check_ref("linear backward dweight", r_dw, t_dw, outdim * in, TUL_RTOL);
+    check_ref("linear backward dbias", r_db, t_db, outdim, TUL_RTOL);
 
     float* x = test_upload(hx, N * in);
     float* weight = test_upload(hw, outdim * in);
@@ -124,14 +81,14 @@ static inline void tul_test_linear(const SafeTensors* st) {
     float* dbias = test_filled(outdim, 0.0f);                  // (outdim)
 
     linear_forward(out, x, weight, bias, N, in, outdim);
-    tul_check("linear forward", out, t_out, r_out, N * outdim, 1.0f);
+    check_device("linear forward", out, t_out, r_out, N * outdim, 0.0f, 1.0f, TUL_RTOL);
     linear_backward(dx, dweight, dbias, dout, x, weight, N, in, outdim);
-    tul_check("linear backward dx", dx, t_dx, r_dx, N * in, 1.0f);
-    tul_check("linear backward dweight", dweight, t_dw, r_dw, outdim * in, 1.0f);
-    tul_check("linear backward dbias", dbias, t_db, r_db, outdim, 1.0f);
+    check_device("linear backward dx", dx, t_dx, r_dx, N * in, 0.0f, 1.0f, TUL_RTOL);
+    check_device("linear backward dweight", dweight, t_dw, r_dw, outdim * in, 0.0f, 1.0f, TUL_RTOL);
+    check_device("linear backward dbias", dbias, t_db, r_db, outdim, 0.0f, 1.0f, TUL_RTOL);
     linear_backward(NULL, dweight, dbias, dout, x, weight, N, in, outdim);  // no dx; accumulate again
-    tul_check("linear dweight accumulates (x2)", dweight, t_dw, r_dw, outdim * in, 2.0f);
-    tul_check("linear dbias accumulates (x2)", dbias, t_db, r_db, outdim, 2.0f);
+    check_device("linear dweight accumulates (x2)", dweight, t_dw, r_dw, outdim * in, 0.0f, 2.0f, TUL_RTOL);
+    check_device("linear dbias accumulates (x2)", dbias, t_db, r_db, outdim, 0.0f, 2.0f, TUL_RTOL);
 
     free(r_out); free(r_dx); free(r_dw); free(r_db);
     dev_free(x); dev_free(weight); dev_free(bias); dev_free(dout);
@@ -142,14 +99,14 @@ static inline void tul_test_timestep_embedding(const SafeTensors* st) {
     const int B = 7, dim = 32;
     const float* t_out = ref_f32(st, "temb", "out", B * dim);
     int* ht = tul_host_ints(st, "temb", "t", B);  // (B), includes 0 and 999
-    float* r_out = tul_host_filled(B * dim, NAN);
+    float* r_out = host_filled(B * dim, NAN);
     timestep_embedding_forward_ref(r_out, ht, B, dim);
-    tul_check_ref("timestep embedding forward", r_out, t_out, B * dim, 1.0f);
+    check_ref("timestep embedding forward", r_out, t_out, B * dim, TUL_RTOL);
 
     int* t = tul_upload_ints(st, "temb", "t", B);
     float* out = test_filled(B * dim, NAN);           // (B, dim)
     timestep_embedding_forward(out, t, B, dim);
-    tul_check("timestep embedding forward", out, t_out, tul_vs_ref(r_out, 1), B * dim, 1.0f);
+    check_device("timestep embedding forward", out, t_out, vs_ref(r_out, 1), B * dim, 0.0f, 1.0f, TUL_RTOL);
     free(ht); free(r_out);
     dev_free(t); dev_free(out);
 }
@@ -162,12 +119,12 @@ static inline void tul_test_embedding(const SafeTensors* st) {
     const float* t_out = ref_f32(st, p, "out", B * dim);
     const float* t_dtable = ref_f32(st, p, "dtable", rows * dim);
     int* hids = tul_host_ints(st, p, "ids", B);                 // (B), with repeats
-    float* r_out = tul_host_filled(B * dim, NAN);
-    float* r_dtable = tul_host_filled(rows * dim, 0.0f);
+    float* r_out = host_filled(B * dim, NAN);
+    float* r_dtable = host_filled(rows * dim, 0.0f);
     embedding_forward_ref(r_out, hids, htable, B, dim);
     embedding_backward_ref(r_dtable, hdout, hids, B, dim);
-    tul_check_ref("embedding forward", r_out, t_out, B * dim, 1.0f);
-    tul_check_ref("embedding backward dtable", r_dtable, t_dtable, rows * dim, 1.0f);
+    check_ref("embedding forward", r_out, t_out, B * dim, TUL_RTOL);
+    check_ref("embedding backward dtable", r_dtable, t_dtable, rows * dim, TUL_RTOL);
 
     float* table = test_upload(htable, rows * dim);
     int* ids = tul_upload_ints(st, p, "ids", B);
@@ -175,11 +132,11 @@ static inline void tul_test_embedding(const SafeTensors* st) {
     float* out = test_filled(B * dim, NAN);                    // (B, dim)
     float* dtable = test_filled(rows * dim, 0.0f);              // (rows, dim)
     embedding_forward(out, ids, table, B, dim);
-    tul_check("embedding forward", out, t_out, tul_vs_ref(r_out, 1), B * dim, 1.0f);
+    check_device("embedding forward", out, t_out, vs_ref(r_out, 1), B * dim, 0.0f, 1.0f, TUL_RTOL);
     embedding_backward(dtable, dout, ids, B, dim);
-    tul_check("embedding backward dtable", dtable, t_dtable, tul_vs_ref(r_dtable, 1), rows * dim, 1.0f);
+    check_device("embedding backward dtable", dtable, t_dtable, vs_ref(r_dtable, 1), rows * dim, 0.0f, 1.0f, TUL_RTOL);
     embedding_backward(dtable, dout, ids, B, dim);
-    tul_check("embedding dtable accumulates (x2)", dtable, t_dtable, tul_vs_ref(r_dtable, 1), rows * dim, 2.0f);
+    check_device("embedding dtable accumulates (x2)", dtable, t_dtable, vs_ref(r_dtable, 1), rows * dim, 0.0f, 2.0f, TUL_RTOL);
 
     free(hids); free(r_out); free(r_dtable);
     dev_free(table); dev_free(ids); dev_free(dout); dev_free(out); dev_free(dtable);
@@ -195,20 +152,20 @@ static inline void tul_test_broadcast_add(const SafeTensors* st) {
     const float* t_dv = ref_f32(st, p, "dv", B * C);
     float* r_out = (float*)mallocCheck(B * C * HW * sizeof(float));  // h, added to in place
     memcpy(r_out, hh, B * C * HW * sizeof(float));
-    float* r_dv = tul_host_filled(B * C, NAN);
+    float* r_dv = host_filled(B * C, NAN);
     broadcast_add_forward_ref(r_out, hv, B, C, HW);
     broadcast_add_backward_ref(r_dv, hdout, B, C, HW);
-    tul_check_ref("broadcast add forward", r_out, t_out, B * C * HW, 1.0f);
-    tul_check_ref("broadcast add backward dv", r_dv, t_dv, B * C, 1.0f);
+    check_ref("broadcast add forward", r_out, t_out, B * C * HW, TUL_RTOL);
+    check_ref("broadcast add backward dv", r_dv, t_dv, B * C, TUL_RTOL);
 
     float* h = test_upload(hh, B * C * HW);
     float* v = test_upload(hv, B * C);
     float* dout = test_upload(hdout, B * C * HW);
     float* dv = test_filled(B * C, NAN);                     // (B, C)
     broadcast_add_forward(h, v, B, C, HW);
-    tul_check("broadcast add forward", h, t_out, tul_vs_ref(r_out, 1), B * C * HW, 1.0f);
+    check_device("broadcast add forward", h, t_out, vs_ref(r_out, 1), B * C * HW, 0.0f, 1.0f, TUL_RTOL);
     broadcast_add_backward(dv, dout, B, C, HW);
-    tul_check("broadcast add backward dv", dv, t_dv, tul_vs_ref(r_dv, 1), B * C, 1.0f);
+    check_device("broadcast add backward dv", dv, t_dv, vs_ref(r_dv, 1), B * C, 0.0f, 1.0f, TUL_RTOL);
 
     free(r_out); free(r_dv);
     dev_free(h); dev_free(v); dev_free(dout); dev_free(dv);
@@ -224,14 +181,14 @@ static inline void tul_test_concat(const SafeTensors* st) {
     const float* t_out = ref_f32(st, p, "out", nout);
     const float* t_da = ref_f32(st, p, "da", na);
     const float* t_db = ref_f32(st, p, "db", nb);
-    float* r_out = tul_host_filled(nout, NAN);
-    float* r_da = tul_host_filled(na, NAN);
-    float* r_db = tul_host_filled(nb, NAN);
+    float* r_out = host_filled(nout, NAN);
+    float* r_da = host_filled(na, NAN);
+    float* r_db = host_filled(nb, NAN);
     concat_channels_forward_ref(r_out, ha, hb, B, Ca, Cb, HW);
     concat_channels_backward_ref(r_da, r_db, hdout, B, Ca, Cb, HW);
-    tul_check_ref("concat channels forward", r_out, t_out, nout, 1.0f);
-    tul_check_ref("concat channels backward da", r_da, t_da, na, 1.0f);
-    tul_check_ref("concat channels backward db", r_db, t_db, nb, 1.0f);
+    check_ref("concat channels forward", r_out, t_out, nout, TUL_RTOL);
+    check_ref("concat channels backward da", r_da, t_da, na, TUL_RTOL);
+    check_ref("concat channels backward db", r_db, t_db, nb, TUL_RTOL);
 
     float* a = test_upload(ha, na);
     float* b = test_upload(hb, nb);
@@ -240,10 +197,10 @@ static inline void tul_test_concat(const SafeTensors* st) {
     float* da = test_filled(na, NAN);                   // (B, Ca, HW)
     float* db = test_filled(nb, NAN);                   // (B, Cb, HW)
     concat_channels_forward(out, a, b, B, Ca, Cb, HW);
-    tul_check("concat channels forward", out, t_out, tul_vs_ref(r_out, 1), nout, 1.0f);
+    check_device("concat channels forward", out, t_out, vs_ref(r_out, 1), nout, 0.0f, 1.0f, TUL_RTOL);
     concat_channels_backward(da, db, dout, B, Ca, Cb, HW);
-    tul_check("concat channels backward da", da, t_da, tul_vs_ref(r_da, 1), na, 1.0f);
-    tul_check("concat channels backward db", db, t_db, tul_vs_ref(r_db, 1), nb, 1.0f);
+    check_device("concat channels backward da", da, t_da, vs_ref(r_da, 1), na, 0.0f, 1.0f, TUL_RTOL);
+    check_device("concat channels backward db", db, t_db, vs_ref(r_db, 1), nb, 0.0f, 1.0f, TUL_RTOL);
 
     free(r_out); free(r_da); free(r_db);
     dev_free(a); dev_free(b); dev_free(dout); dev_free(out); dev_free(da); dev_free(db);
@@ -262,15 +219,15 @@ static inline void tul_test_attention(const SafeTensors* st, const char* p, int 
     snprintf(dqkv_s, sizeof(dqkv_s), "%s backward dqkv", p);
 
     // the reference (host), then the fast path: the CPU's is the packed batched GEMM, never the reference
-    float* r_out = tul_host_filled(nout, NAN);
-    float* r_att = tul_host_filled(natt, NAN);
-    float* r_dqkv = tul_host_filled(nqkv, NAN);
-    float* r_datt = tul_host_filled(natt, NAN);
+    float* r_out = host_filled(nout, NAN);
+    float* r_att = host_filled(natt, NAN);
+    float* r_dqkv = host_filled(nqkv, NAN);
+    float* r_datt = host_filled(natt, NAN);
     attention_forward_ref(r_out, r_att, hqkv, B, C, HW, NH);
     attention_backward_ref(r_dqkv, r_datt, hdout, hqkv, r_att, B, C, HW, NH);
-    tul_check_ref(out_s, r_out, t_out, nout, 1.0f);
-    tul_check_ref(att_s, r_att, t_att, natt, 1.0f);
-    tul_check_ref(dqkv_s, r_dqkv, t_dqkv, nqkv, 1.0f);
+    check_ref(out_s, r_out, t_out, nout, TUL_RTOL);
+    check_ref(att_s, r_att, t_att, natt, TUL_RTOL);
+    check_ref(dqkv_s, r_dqkv, t_dqkv, nqkv, TUL_RTOL);
 
     float* qkv = test_upload(hqkv, nqkv);
     float* dout = test_upload(hdout, nout);
@@ -279,10 +236,10 @@ static inline void tul_test_attention(const SafeTensors* st, const char* p, int 
     float* dqkv = test_filled(nqkv, NAN);              // (B, 3C, HW)
     float* datt = test_filled(natt, NAN);              // (B, NH, HW, HW) scratch
     attention_forward(out, att, qkv, B, C, HW, NH);
-    tul_check(out_s, out, t_out, r_out, nout, 1.0f);
-    tul_check(att_s, att, t_att, r_att, natt, 1.0f);
+    check_device(out_s, out, t_out, r_out, nout, 0.0f, 1.0f, TUL_RTOL);
+    check_device(att_s, att, t_att, r_att, natt, 0.0f, 1.0f, TUL_RTOL);
     attention_backward(dqkv, datt, dout, qkv, att, B, C, HW, NH);
-    tul_check(dqkv_s, dqkv, t_dqkv, r_dqkv, nqkv, 1.0f);
+    check_device(dqkv_s, dqkv, t_dqkv, r_dqkv, nqkv, 0.0f, 1.0f, TUL_RTOL);
 
     free(r_out); free(r_att); free(r_dqkv); free(r_datt);
     dev_free(qkv); dev_free(dout); dev_free(out); dev_free(att); dev_free(dqkv); dev_free(datt);

@@ -25,72 +25,11 @@
 // ----------------------------------------------------------------------------
 // helpers
 
-static inline const SafeTensorInfo* vl_info(const SafeTensors* st, const char* prefix, const char* name, int ndim) {
-    char full[128];
-    snprintf(full, sizeof(full), "%s.%s", prefix, name);
-    const SafeTensorInfo* t = safetensors_find(st, full);
-    if (t == NULL || t->ndim != ndim) {
-        fprintf(stderr, "Error: %s: tensor '%s' missing or not %d-dimensional.\n"
-                        "HINT: regenerate it with `python3 dev/refs_vae_layers.py`.\n", st->path, full, ndim);
-        exit(EXIT_FAILURE);
-    }
-    return t;
-}
-
-// a malloc'd host buffer of n floats, every one NaN (what a reference must overwrite)
-static inline float* vl_host_nan(size_t n) {
-    float* h = (float*)mallocCheck(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) h[i] = NAN;
-    return h;
-}
-
 // a malloc'd host copy of n floats
 static inline float* vl_host_copy(const float* src, size_t n) {
     float* h = (float*)mallocCheck(n * sizeof(float));
     memcpy(h, src, n * sizeof(float));
     return h;
-}
-
-// The reference result a device's output is compared with, or NULL where that output comes from the
-// reference itself (on the CPU, for the layers whose CPU path is their reference): the comparison
-// could not fail there.
-static inline const float* vl_vs_ref(const float* ref, int cpu_path_is_ref) {
-    return g_device == DEVICE_CPU && cpu_path_is_ref ? NULL : ref;
-}
-
-// "ref <what>": a reference's host result against PyTorch's, in the CPU pass only
-static inline void vl_check_ref(const char* what, const float* got, const float* torch, size_t n, float rtol) {
-    if (g_device != DEVICE_CPU) return;
-    char name[128];
-    snprintf(name, sizeof(name), "ref %s", what);
-    check_close(name, got, torch, n, rtol);
-}
-
-// host values `got` (a device's output) against PyTorch's, and against the reference's unless ref is NULL
-static inline void vl_compare(const char* what, const float* got, const float* torch, const float* ref, size_t n, float rtol) {
-    char name[128];
-    snprintf(name, sizeof(name), "%s %s", device_name(), what);
-    check_close(name, got, torch, n, rtol);
-    if (ref != NULL) {
-        snprintf(name, sizeof(name), "%s %s vs ref", device_name(), what);
-        check_close(name, got, ref, n, rtol);
-    }
-}
-
-// downloads n values and compares them (vl_compare)
-static inline void vl_check(const char* what, const float* dev, const float* torch, const float* ref, size_t n, float rtol) {
-    float* got = test_download(dev, n);
-    vl_compare(what, got, torch, ref, n, rtol);
-    free(got);
-}
-
-// an accumulated gradient that started at `start`: its increment against the reference increments
-static inline void vl_check_accumulated(const char* what, const float* dev, const float* torch, const float* ref, size_t n,
-                                 float start, float rtol) {
-    float* got = test_download(dev, n);
-    for (size_t i = 0; i < n; i++) got[i] -= start;
-    vl_compare(what, got, torch, ref, n, rtol);
-    free(got);
 }
 
 // `after - before` (the move; host arrays), in place in `after`
@@ -107,7 +46,7 @@ static inline void vl_check_delta(const char* what, const float* dev, const floa
     vl_subtract(got, before, n);
     vl_subtract(torch, before, n);
     if (ref != NULL) vl_subtract(ref, before, n);
-    vl_compare(what, got, torch, ref, n, rtol);
+    check_result(what, got, torch, ref, n, rtol);
     free(got); free(torch); free(ref);
 }
 
@@ -115,7 +54,7 @@ static inline void vl_check_delta(const char* what, const float* dev, const floa
 // GroupNorm (the CPU path is the reference)
 
 static inline void test_groupnorm_case(const SafeTensors* st, const char* prefix) {
-    const SafeTensorInfo* xi = vl_info(st, prefix, "x", 4);  // (B, C, H, W)
+    const SafeTensorInfo* xi = ref_info(st, prefix, "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], HW = (int)(xi->shape[2] * xi->shape[3]);
     int G = (int)ref_f32(st, prefix, "G", 1)[0];
     size_t n = (size_t)B * C * HW, nbg = (size_t)B * G;
@@ -139,17 +78,17 @@ static inline void test_groupnorm_case(const SafeTensors* st, const char* prefix
     snprintf(db_s, sizeof(db_s), "%s backward dbias (+=)", prefix);
 
     // the reference on the host; its parameter gradients start at 0
-    float *r_out = vl_host_nan(n), *r_mean = vl_host_nan(nbg), *r_rstd = vl_host_nan(nbg), *r_dx = vl_host_nan(n);
+    float *r_out = host_filled(n, NAN), *r_mean = host_filled(nbg, NAN), *r_rstd = host_filled(nbg, NAN), *r_dx = host_filled(n, NAN);
     float* r_dw = (float*)calloc(C, sizeof(float));
     float* r_db = (float*)calloc(C, sizeof(float));
     groupnorm_forward_ref(r_out, r_mean, r_rstd, hx, hw, hb, B, C, HW, G);
     groupnorm_backward_ref(r_dx, r_dw, r_db, hdout, hx, r_mean, r_rstd, hw, B, C, HW, G);
-    vl_check_ref(fwd, r_out, t_out, n, rtol);
-    vl_check_ref(mean_s, r_mean, t_mean, nbg, rtol);
-    vl_check_ref(rstd_s, r_rstd, t_rstd, nbg, rtol);
-    vl_check_ref(dx_s, r_dx, t_dx, n, rtol);
-    vl_check_ref(dw_s, r_dw, t_dw, C, rtol);
-    vl_check_ref(db_s, r_db, t_db, C, rtol);
+    check_ref(fwd, r_out, t_out, n, rtol);
+    check_ref(mean_s, r_mean, t_mean, nbg, rtol);
+    check_ref(rstd_s, r_rstd, t_rstd, nbg, rtol);
+    check_ref(dx_s, r_dx, t_dx, n, rtol);
+    check_ref(dw_s, r_dw, t_dw, C, rtol);
+    check_ref(db_s, r_db, t_db, C, rtol);
 
     float* x = test_upload(hx, n);
     float* weight = test_upload(hw, C);
@@ -163,13 +102,13 @@ static inline void test_groupnorm_case(const SafeTensors* st, const char* prefix
     float* dbias = test_filled(C, 0.5f);
 
     groupnorm_forward(out, mean, rstd, x, weight, bias, B, C, HW, G);
-    vl_check(fwd, out, t_out, vl_vs_ref(r_out, 1), n, rtol);
-    vl_check(mean_s, mean, t_mean, vl_vs_ref(r_mean, 1), nbg, rtol);
-    vl_check(rstd_s, rstd, t_rstd, vl_vs_ref(r_rstd, 1), nbg, rtol);
+    check_device(fwd, out, t_out, vs_ref(r_out, 1), n, 0.0f, 1.0f, rtol);
+    check_device(mean_s, mean, t_mean, vs_ref(r_mean, 1), nbg, 0.0f, 1.0f, rtol);
+    check_device(rstd_s, rstd, t_rstd, vs_ref(r_rstd, 1), nbg, 0.0f, 1.0f, rtol);
     groupnorm_backward(dx, dweight, dbias, dout, x, mean, rstd, weight, B, C, HW, G);
-    vl_check(dx_s, dx, t_dx, vl_vs_ref(r_dx, 1), n, rtol);
-    vl_check_accumulated(dw_s, dweight, t_dw, vl_vs_ref(r_dw, 1), C, 0.5f, rtol);
-    vl_check_accumulated(db_s, dbias, t_db, vl_vs_ref(r_db, 1), C, 0.5f, rtol);
+    check_device(dx_s, dx, t_dx, vs_ref(r_dx, 1), n, 0.0f, 1.0f, rtol);
+    check_device(dw_s, dweight, t_dw, vs_ref(r_dw, 1), C, 0.5f, 1.0f, rtol);
+    check_device(db_s, dbias, t_db, vs_ref(r_db, 1), C, 0.5f, 1.0f, rtol);
 
     free(r_out); free(r_mean); free(r_rstd); free(r_dx); free(r_dw); free(r_db);
     dev_free(x); dev_free(weight); dev_free(bias); dev_free(dout); dev_free(out);
@@ -184,81 +123,81 @@ static inline void test_elementwise(const SafeTensors* st) {
 
     // silu: 96 values (the CUDA float4 path), then the same data shifted by one float (misaligned,
     // 95 values: the scalar path), then the backward in place (dx == dout), as NormSilu calls it
-    size_t n = vl_info(st, "silu", "x", 4)->numel;
+    size_t n = ref_info(st, "silu", "x", 4)->numel;
     const float* ref_x = ref_f32(st, "silu", "x", n);
     const float* ref_out = ref_f32(st, "silu", "out", n);
     const float* ref_dout = ref_f32(st, "silu", "dout", n);
     const float* ref_dx = ref_f32(st, "silu", "dx", n);
-    float* r_out = vl_host_nan(n);
-    float* r_dx = vl_host_nan(n);
+    float* r_out = host_filled(n, NAN);
+    float* r_dx = host_filled(n, NAN);
     silu_forward_ref(r_out, ref_x, n);
     silu_backward_ref(r_dx, ref_dout, ref_x, n);
-    vl_check_ref("silu forward", r_out, ref_out, n, rtol);
-    vl_check_ref("silu backward", r_dx, ref_dx, n, rtol);
+    check_ref("silu forward", r_out, ref_out, n, rtol);
+    check_ref("silu backward", r_dx, ref_dx, n, rtol);
     float* x = test_upload(ref_x, n);
     float* dout = test_upload(ref_dout, n);
     float* out = test_filled(n, NAN);
     float* dx = test_filled(n, NAN);
     silu_forward(out, x, n);
-    vl_check("silu forward", out, ref_out, vl_vs_ref(r_out, 1), n, rtol);
+    check_device("silu forward", out, ref_out, vs_ref(r_out, 1), n, 0.0f, 1.0f, rtol);
     silu_backward(dx, dout, x, n);
-    vl_check("silu backward", dx, ref_dx, vl_vs_ref(r_dx, 1), n, rtol);
+    check_device("silu backward", dx, ref_dx, vs_ref(r_dx, 1), n, 0.0f, 1.0f, rtol);
     dev_free(out); dev_free(dx);
     out = test_filled(n, NAN);
     silu_forward(out + 1, x + 1, n - 1);
-    vl_check("silu forward (misaligned, n-1)", out + 1, ref_out + 1, vl_vs_ref(r_out + 1, 1), n - 1, rtol);
+    check_device("silu forward (misaligned, n-1)", out + 1, ref_out + 1, vs_ref(r_out + 1, 1), n - 1, 0.0f, 1.0f, rtol);
     silu_backward(dout, dout, x, n);
-    vl_check("silu backward in place (dx == dout)", dout, ref_dx, vl_vs_ref(r_dx, 1), n, rtol);
+    check_device("silu backward in place (dx == dout)", dout, ref_dx, vs_ref(r_dx, 1), n, 0.0f, 1.0f, rtol);
     dev_free(x); dev_free(dout); dev_free(out);
     free(r_out); free(r_dx);
 
     // add and scale: 150 values (not a multiple of 4: the CUDA scalar path)
-    n = vl_info(st, "add", "a", 4)->numel;
+    n = ref_info(st, "add", "a", 4)->numel;
     const float* ha = ref_f32(st, "add", "a", n);
     const float* hb = ref_f32(st, "add", "b", n);
     const float* t_add = ref_f32(st, "add", "out", n);
     const float* t_scale = ref_f32(st, "scale", "out", n);
     float s = ref_f32(st, "scale", "s", 1)[0];
-    float* r_add = vl_host_nan(n);
+    float* r_add = host_filled(n, NAN);
     float* r_scale = vl_host_copy(ha, n);
     add_forward_ref(r_add, ha, hb, n);
     scale_inplace_ref(r_scale, s, n);
-    vl_check_ref("add forward", r_add, t_add, n, rtol);
-    vl_check_ref("scale_inplace", r_scale, t_scale, n, rtol);
+    check_ref("add forward", r_add, t_add, n, rtol);
+    check_ref("scale_inplace", r_scale, t_scale, n, rtol);
     float* a = test_upload(ha, n);
     float* b = test_upload(hb, n);
     out = test_filled(n, NAN);
     add_forward(out, a, b, n);
-    vl_check("add forward", out, t_add, vl_vs_ref(r_add, 1), n, rtol);
+    check_device("add forward", out, t_add, vs_ref(r_add, 1), n, 0.0f, 1.0f, rtol);
     add_inplace(b, a, n);
-    vl_check("add_inplace", b, t_add, vl_vs_ref(r_add, 1), n, rtol);
+    check_device("add_inplace", b, t_add, vs_ref(r_add, 1), n, 0.0f, 1.0f, rtol);
     scale_inplace(a, s, n);
-    vl_check("scale_inplace", a, t_scale, vl_vs_ref(r_scale, 1), n, rtol);
+    check_device("scale_inplace", a, t_scale, vs_ref(r_scale, 1), n, 0.0f, 1.0f, rtol);
     dev_free(a); dev_free(b); dev_free(out);
     free(r_add); free(r_scale);
 
     // nearest x2 upsampling
-    const SafeTensorInfo* xi = vl_info(st, "upsample", "x", 4);  // (B, C, H, W)
+    const SafeTensorInfo* xi = ref_info(st, "upsample", "x", 4);  // (B, C, H, W)
     int B = (int)xi->shape[0], C = (int)xi->shape[1], H = (int)xi->shape[2], W = (int)xi->shape[3];
     n = xi->numel;
     const float* hx = ref_f32(st, "upsample", "x", n);
     const float* hdout = ref_f32(st, "upsample", "dout", 4 * n);
     const float* t_up = ref_f32(st, "upsample", "out", 4 * n);
     const float* t_updx = ref_f32(st, "upsample", "dx", n);
-    float* r_up = vl_host_nan(4 * n);
-    float* r_updx = vl_host_nan(n);
+    float* r_up = host_filled(4 * n, NAN);
+    float* r_updx = host_filled(n, NAN);
     upsample2x_forward_ref(r_up, hx, B, C, H, W);
     upsample2x_backward_ref(r_updx, hdout, B, C, H, W);
-    vl_check_ref("upsample2x forward", r_up, t_up, 4 * n, rtol);
-    vl_check_ref("upsample2x backward", r_updx, t_updx, n, rtol);
+    check_ref("upsample2x forward", r_up, t_up, 4 * n, rtol);
+    check_ref("upsample2x backward", r_updx, t_updx, n, rtol);
     x = test_upload(hx, n);
     dout = test_upload(hdout, 4 * n);
     out = test_filled(4 * n, NAN);
     dx = test_filled(n, NAN);
     upsample2x_forward(out, x, B, C, H, W);
-    vl_check("upsample2x forward", out, t_up, vl_vs_ref(r_up, 1), 4 * n, rtol);
+    check_device("upsample2x forward", out, t_up, vs_ref(r_up, 1), 4 * n, 0.0f, 1.0f, rtol);
     upsample2x_backward(dx, dout, B, C, H, W);
-    vl_check("upsample2x backward", dx, t_updx, vl_vs_ref(r_updx, 1), n, rtol);
+    check_device("upsample2x backward", dx, t_updx, vs_ref(r_updx, 1), n, 0.0f, 1.0f, rtol);
     dev_free(dout); dev_free(out); dev_free(dx);
     // again with the large tensor one float off alignment (the CUDA kernels' scalar fallback)
     float* dout_buf = test_filled(4 * n + 1, NAN);
@@ -266,9 +205,9 @@ static inline void test_elementwise(const SafeTensors* st) {
     dx = test_filled(n, NAN);
     host_to_dev(dout_buf + 1, hdout, 4 * n * sizeof(float));
     upsample2x_forward(out_buf + 1, x, B, C, H, W);
-    vl_check("upsample2x forward (misaligned)", out_buf + 1, t_up, vl_vs_ref(r_up, 1), 4 * n, rtol);
+    check_device("upsample2x forward (misaligned)", out_buf + 1, t_up, vs_ref(r_up, 1), 4 * n, 0.0f, 1.0f, rtol);
     upsample2x_backward(dx, dout_buf + 1, B, C, H, W);
-    vl_check("upsample2x backward (misaligned)", dx, t_updx, vl_vs_ref(r_updx, 1), n, rtol);
+    check_device("upsample2x backward (misaligned)", dx, t_updx, vs_ref(r_updx, 1), n, 0.0f, 1.0f, rtol);
     dev_free(x); dev_free(dout_buf); dev_free(out_buf); dev_free(dx);
     free(r_up); free(r_updx);
 }
@@ -278,10 +217,10 @@ static inline void test_elementwise(const SafeTensors* st) {
 // the reference)
 
 static inline void test_vae_loss_case(const SafeTensors* st, const char* prefix) {
-    const SafeTensorInfo* mi = vl_info(st, prefix, "moments", 4);  // (B, 2Z, h, w)
+    const SafeTensorInfo* mi = ref_info(st, prefix, "moments", 4);  // (B, 2Z, h, w)
     int B = (int)mi->shape[0], Z = (int)mi->shape[1] / 2, HW = (int)(mi->shape[2] * mi->shape[3]);
     size_t nm = mi->numel, nz = (size_t)B * Z * HW;
-    size_t n = vl_info(st, prefix, "x_rec", 4)->numel;
+    size_t n = ref_info(st, prefix, "x_rec", 4)->numel;
     const float rtol = 1e-5f;
     const float* hm = ref_f32(st, prefix, "moments", nm);
     const float* heps = ref_f32(st, prefix, "eps", nz);
@@ -301,19 +240,19 @@ static inline void test_vae_loss_case(const SafeTensors* st, const char* prefix)
     snprintf(mse_s, sizeof(mse_s), "%s mse", prefix);
     snprintf(drec_s, sizeof(drec_s), "%s mse backward", prefix);
 
-    float* r_z = vl_host_nan(nz);
-    float* r_dm = vl_host_nan(nm);
-    float* r_drec = vl_host_nan(n);
+    float* r_z = host_filled(nz, NAN);
+    float* r_dm = host_filled(nm, NAN);
+    float* r_drec = host_filled(n, NAN);
     vae_reparam_forward_ref(r_z, hm, heps, B, Z, HW);
     float r_kl = vae_kl_forward_ref(hm, B, Z, HW);
     vae_reparam_kl_backward_ref(r_dm, hdz, hm, heps, kl_weight, B, Z, HW);
     float r_mse = mse_forward_ref(hrec, htarget, n);
     mse_backward_ref(r_drec, hrec, htarget, n);
-    vl_check_ref(z_s, r_z, t_z, nz, rtol);
-    vl_check_ref(kl_s, &r_kl, t_kl, 1, rtol);
-    vl_check_ref(dm_s, r_dm, t_dm, nm, rtol);
-    vl_check_ref(mse_s, &r_mse, t_mse, 1, rtol);
-    vl_check_ref(drec_s, r_drec, t_drec, n, rtol);
+    check_ref(z_s, r_z, t_z, nz, rtol);
+    check_ref(kl_s, &r_kl, t_kl, 1, rtol);
+    check_ref(dm_s, r_dm, t_dm, nm, rtol);
+    check_ref(mse_s, &r_mse, t_mse, 1, rtol);
+    check_ref(drec_s, r_drec, t_drec, n, rtol);
 
     float* moments = test_upload(hm, nm);
     float* eps = test_upload(heps, nz);
@@ -321,19 +260,19 @@ static inline void test_vae_loss_case(const SafeTensors* st, const char* prefix)
     float* z = test_filled(nz, NAN);
     float* dmoments = test_filled(nm, NAN);
     vae_reparam_forward(z, moments, eps, B, Z, HW);
-    vl_check(z_s, z, t_z, vl_vs_ref(r_z, 1), nz, rtol);
+    check_device(z_s, z, t_z, vs_ref(r_z, 1), nz, 0.0f, 1.0f, rtol);
     float kl = vae_kl_forward(moments, B, Z, HW);
-    vl_compare(kl_s, &kl, t_kl, &r_kl, 1, rtol);
+    check_result(kl_s, &kl, t_kl, &r_kl, 1, rtol);
     vae_reparam_kl_backward(dmoments, dz, moments, eps, kl_weight, B, Z, HW);
-    vl_check(dm_s, dmoments, t_dm, vl_vs_ref(r_dm, 1), nm, rtol);
+    check_device(dm_s, dmoments, t_dm, vs_ref(r_dm, 1), nm, 0.0f, 1.0f, rtol);
 
     float* x_rec = test_upload(hrec, n);
     float* target = test_upload(htarget, n);
     float* dx_rec = test_filled(n, NAN);
     float mse = mse_forward(x_rec, target, n);
-    vl_compare(mse_s, &mse, t_mse, &r_mse, 1, rtol);
+    check_result(mse_s, &mse, t_mse, &r_mse, 1, rtol);
     mse_backward(dx_rec, x_rec, target, n);
-    vl_check(drec_s, dx_rec, t_drec, vl_vs_ref(r_drec, 1), n, rtol);
+    check_device(drec_s, dx_rec, t_drec, vs_ref(r_drec, 1), n, 0.0f, 1.0f, rtol);
 
     free(r_z); free(r_dm); free(r_drec);
     dev_free(moments); dev_free(eps); dev_free(dz); dev_free(z); dev_free(dmoments);
@@ -354,7 +293,7 @@ static inline void test_vae_loss_case(const SafeTensors* st, const char* prefix)
 typedef struct { float *params, *m, *v, *ema; } VlAdamState;
 
 static inline void test_adamw_case(const SafeTensors* st, const char* prefix) {
-    size_t n = vl_info(st, prefix, "params", 1)->numel;
+    size_t n = ref_info(st, prefix, "params", 1)->numel;
     const float* p0 = ref_f32(st, prefix, "params", n);
     const float* g0 = ref_f32(st, prefix, "grads", n);
     float lr = ref_f32(st, prefix, "lr", 1)[0];
@@ -386,8 +325,8 @@ static inline void test_adamw_case(const SafeTensors* st, const char* prefix) {
         float scale = clip_scale(norm, max_norm);
         if (t == 1) {
             snprintf(what, sizeof(what), "%s grad_norm", prefix);
-            vl_check_ref(what, &r_norm, ref_f32(st, prefix, "grad_norm", 1), 1, rtol_norm);
-            vl_compare(what, &norm, ref_f32(st, prefix, "grad_norm", 1), &r_norm, 1, rtol_norm);
+            check_ref(what, &r_norm, ref_f32(st, prefix, "grad_norm", 1), 1, rtol_norm);
+            check_result(what, &norm, ref_f32(st, prefix, "grad_norm", 1), &r_norm, 1, rtol_norm);
             // the gradient clip_grad_norm_ leaves behind, g * clip_scale, computed on the host
             float* clipped = (float*)mallocCheck(n * sizeof(float));
             for (size_t i = 0; i < n; i++) clipped[i] = g0[i] * scale;
@@ -404,8 +343,8 @@ static inline void test_adamw_case(const SafeTensors* st, const char* prefix) {
         float* t_move = vl_host_copy(t_params, n);
         vl_subtract(r_move, p0, n);
         vl_subtract(t_move, p0, n);
-        vl_check_ref(what, r_move, t_move, n, rtol_update);
-        vl_check_delta(what, params, p0, t_params, vl_vs_ref(r.params, 1), n, rtol_update);
+        check_ref(what, r_move, t_move, n, rtol_update);
+        vl_check_delta(what, params, p0, t_params, vs_ref(r.params, 1), n, rtol_update);
         free(r_move); free(t_move);
         if (with_ema) {
             const float* t_ema = ref_f32(st, prefix, t == 1 ? "ema1" : "ema5", n);
@@ -414,8 +353,8 @@ static inline void test_adamw_case(const SafeTensors* st, const char* prefix) {
             t_move = vl_host_copy(t_ema, n);
             vl_subtract(r_move, p0, n);
             vl_subtract(t_move, p0, n);
-            vl_check_ref(what, r_move, t_move, n, rtol_update);
-            vl_check_delta(what, ema, p0, t_ema, vl_vs_ref(r.ema, 1), n, rtol_update);
+            check_ref(what, r_move, t_move, n, rtol_update);
+            vl_check_delta(what, ema, p0, t_ema, vs_ref(r.ema, 1), n, rtol_update);
             free(r_move); free(t_move);
         }
     }
