@@ -12,6 +12,9 @@
 #   DEBUG=1               -O0 -g -G, for cuda-gdb / compute-sanitizer
 #   NATIVE=0              host code without -march=native (portable binaries)
 #   STB_INC=DIR           where stb_image.h and stb_image_write.h are (default /usr/include/stb)
+#   NO_MPI=1  NO_NCCL=1   build the trainers without MPI / NCCL even where they are found
+#   MPICC=mpicc           the MPI compiler wrapper asked for MPI's flags (else pkg-config ompi / mpich)
+#   NCCL_HOME=DIR         where include/nccl.h and lib/libnccl.so are (default: beside the CUDA toolkit)
 
 NVCC ?= nvcc
 CC ?= cc
@@ -48,6 +51,44 @@ STB_INC ?= /usr/include/stb
 NVCC_FLAGS := $(OPT) -std=c++17 -diag-suppress 177 $(ARCH_FLAGS) -Xcompiler $(HOST_FLAGS) -I. -I$(STB_INC)
 NVCC_LIBS := -lcublas $(OMP_LIB) -lm
 
+# Data parallel (ldmc/dist.h, README "Training on several GPUs or nodes"): train_vae and train_ldm
+# get MPI when the MPI wrapper or pkg-config knows it, and NCCL when nccl.h and libnccl.so are beside
+# the CUDA toolkit; without them they are the single-process programs. nvcc takes -I/-L/-l as they
+# are; other wrapper flags go through -Xcompiler / -Xlinker.
+comma := ,
+MPICC ?= mpicc
+ifneq ($(NO_MPI),1)
+  MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null || pkg-config --cflags ompi 2>/dev/null || pkg-config --cflags mpich 2>/dev/null)
+  MPI_LDFLAGS := $(shell $(MPICC) --showme:link 2>/dev/null || pkg-config --libs ompi 2>/dev/null || pkg-config --libs mpich 2>/dev/null)
+endif
+ifneq ($(filter -lmpi%,$(MPI_LDFLAGS)),)
+  HAVE_MPI := 1
+  DIST_CFLAGS := -DLDMC_MPI $(filter -I% -D%,$(MPI_CFLAGS)) $(if $(filter -pthread,$(MPI_CFLAGS)),-Xcompiler -pthread)
+  DIST_LIBS := $(filter -L% -l%,$(MPI_LDFLAGS)) $(patsubst -Wl$(comma)%,-Xlinker %,$(filter -Wl$(comma)%,$(MPI_LDFLAGS)))
+endif
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC) 2>/dev/null)))
+NCCL_HOME ?= $(CUDA_HOME)
+ifneq ($(NO_NCCL),1)
+  NCCL_LIB := $(firstword $(wildcard $(NCCL_HOME)/lib64/libnccl.so $(NCCL_HOME)/lib/libnccl.so))
+endif
+ifneq ($(and $(wildcard $(NCCL_HOME)/include/nccl.h),$(NCCL_LIB)),)
+  HAVE_NCCL := 1
+  DIST_CFLAGS += -DLDMC_NCCL -I$(NCCL_HOME)/include
+  DIST_LIBS += -L$(dir $(NCCL_LIB)) -Xlinker -rpath=$(dir $(NCCL_LIB)) -lnccl
+endif
+ifeq ($(HAVE_MPI)$(HAVE_NCCL),11)
+  DIST_NOTE := MPI and NCCL: train_vae and train_ldm run as N ranks (mpirun -np N), GPUs all-reduce with NCCL
+else ifeq ($(HAVE_MPI),1)
+  DIST_NOTE := MPI without NCCL (none in $(NCCL_HOME)): N ranks under mpirun; GPU ranks average through host memory
+else ifeq ($(HAVE_NCCL),1)
+  DIST_NOTE := NCCL without MPI (none from $(MPICC) or pkg-config): N GPU ranks via $$LDMC_DIST_DIR only
+else
+  DIST_NOTE := no MPI (none from $(MPICC) or pkg-config), no NCCL: train_vae and train_ldm are single-process
+endif
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+  $(info data parallel: $(DIST_NOTE))
+endif
+
 PROGRAMS := train_vae train_ldm sample_ldm test_ldm
 HEADERS := $(wildcard ldmc/*.cuh ldmc/*.h tests/*.h)
 
@@ -56,10 +97,10 @@ HEADERS := $(wildcard ldmc/*.cuh ldmc/*.h tests/*.h)
 all: $(PROGRAMS)
 
 train_vae: train_vae.cu $(HEADERS)
-	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+	$(NVCC) $(NVCC_FLAGS) $(DIST_CFLAGS) $< $(NVCC_LIBS) $(DIST_LIBS) -o $@
 
 train_ldm: train_ldm.cu train_vae.cu $(HEADERS)
-	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+	$(NVCC) $(NVCC_FLAGS) $(DIST_CFLAGS) $< $(NVCC_LIBS) $(DIST_LIBS) -o $@
 
 sample_ldm: sample_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
@@ -104,7 +145,6 @@ data:
 SAN_DIR := build-sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN_LINK := -fsanitize=address,undefined -static-libasan -static-libubsan
-CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC))))
 CUDA_LIB := $(CUDA_HOME)/lib64
 # without a GPU the device code is compiled but never run: PTX for one architecture is enough (a
 # quarter less build time). -Xcompiler splits its argument at commas, hence one -fsanitize per sanitizer.

@@ -770,19 +770,23 @@ static void flip_horizontal(float* x, int B) {
 }
 
 // mu of every image of a split through the frozen VAE: returns host (n * views, Z, 8, 8), with
-// views = 2 (row 2i: image i, row 2i+1: image i flipped) or 1
+// views = 2 (row 2i: image i, row 2i+1: image i flipped) or 1. With several ranks each encodes an
+// equal share of the images (the last one fewer) and the shares are all-gathered, so every rank
+// holds all of them; the buffer is padded to world x share images.
 static float* encode_split(VAE* vae, const Cifar10* d, int views, const char* what) {
     int B = vae->max_batch, Z = vae->cfg.z_channels, LR = vae_latent_res(&vae->cfg);
     size_t img = IMG_C * IMG_RES * IMG_RES, dim = (size_t)Z * LR * LR;
-    float* mu = (float*)mallocCheck((size_t)d->n * views * dim * sizeof(float));
+    int share = ceil_div(d->n, dist_world());
+    int first = dist_rank() * share, end = first + share < d->n ? first + share : d->n, mine = end - first;
+    float* mu = (float*)mallocCheck((size_t)share * dist_world() * views * dim * sizeof(float));
     float* x = (float*)mallocCheck(B * img * sizeof(float));
     float* moments = (float*)mallocCheck(B * 2 * dim * sizeof(float));
     float* d_x = dev_malloc_floats(B * img);
     int* idx = (int*)mallocCheck(B * sizeof(int));
     for (int v = 0; v < views; v++) {
         double t0 = wall_seconds();
-        for (int start = 0; start < d->n; start += B) {
-            int b = d->n - start < B ? d->n - start : B;
+        for (int start = first; start < end; start += B) {
+            int b = end - start < B ? end - start : B;
             for (int i = 0; i < b; i++) idx[i] = start + i;
             cifar10_get_batch(d, idx, b, x, NULL, 0, 0);
             if (v == 1) flip_horizontal(x, b);
@@ -792,19 +796,21 @@ static float* encode_split(VAE* vae, const Cifar10* d, int views, const char* wh
             for (int i = 0; i < b; i++) {  // mu = channels [0, Z) of (2Z, 8, 8)
                 memcpy(mu + ((size_t)(start + i) * views + v) * dim, moments + i * 2 * dim, dim * sizeof(float));
             }
-            int done = start + b;
-            if (done % 10240 < B && done < d->n) {  // a progress line about every 10k images
+            int done = start + b - first;
+            if (done % 10240 < B && done < mine) {  // a progress line about every 10k images
                 double el = wall_seconds() - t0;
                 char eta[32];
-                format_duration(el / done * (d->n - done), eta, sizeof(eta));
-                printf("encoding %s%s: %d/%d images | %.0f img/s | ETA %s\n", what, v ? " (flipped)" : "", done, d->n,
+                format_duration(el / done * (mine - done), eta, sizeof(eta));
+                printf("encoding %s%s: %d/%d images | %.0f img/s | ETA %s\n", what, v ? " (flipped)" : "", done, mine,
                        done / el, eta);
                 fflush(stdout);
             }
         }
-        printf("encoded %s%s: %d images in %.1f s\n", what, v ? " (flipped)" : "", d->n, wall_seconds() - t0);
+        printf("encoded %s%s: %d images in %.1f s\n", what, v ? " (flipped)" : "", mine, wall_seconds() - t0);
         fflush(stdout);
     }
+    dist_allgather_host(mu, (size_t)share * views * dim);
+    if (dist_world() > 1) printf("gathered the %s from %d ranks: %d images\n", what, dist_world(), d->n);
     free(x); free(moments); free(idx);
     dev_free(d_x);
     return mu;
@@ -824,7 +830,8 @@ static float ldm_lr_at(const LDMTrainArgs* a, long step) {
     return a->t.lr * (float)(step + 1) / (float)a->warmup_steps;
 }
 
-// the random choices of one training batch, all counter-based in (seed, step)
+// the random choices of one training batch (this rank's rows of it), all counter-based in (seed,
+// global sample position)
 typedef struct {
     float* z0;    // (B, dim) scaled latents
     float* eps;   // (B, dim)
@@ -833,11 +840,12 @@ typedef struct {
     int* labels;  // (B) after CFG dropout
 } LDMBatch;
 
+// row b is the global batch's sample `sample + b` (train_run_sample) and draws with that counter
 static void ldm_make_batch(LDMBatch* bt, const float* latents, const Cifar10* train, const int* idx, int B,
-                           size_t dim, float scale, const double* abar, const LDMTrainArgs* a, long step) {
+                           size_t dim, float scale, const double* abar, const LDMTrainArgs* a, uint64_t sample) {
     int nc = a->cfg.num_classes;
     for (int b = 0; b < B; b++) {
-        uint64_t ctr = (uint64_t)step * B + b;
+        uint64_t ctr = sample + b;
         int flip = rng_uniform(a->t.seed ^ STREAM_FLIP, ctr) < 0.5f;
         const float* mu = latents + ((size_t)idx[b] * 2 + flip) * dim;
         for (size_t k = 0; k < dim; k++) bt->z0[b * dim + k] = mu[k] * scale;
@@ -846,7 +854,7 @@ static void ldm_make_batch(LDMBatch* bt, const float* latents, const Cifar10* tr
         int drop = rng_uniform(a->t.seed ^ STREAM_DROP, ctr) < a->cfg_dropout;
         bt->labels[b] = nc > 0 ? (drop ? nc : train->labels[idx[b]]) : 0;
     }
-    rng_fill_normal_cpu(bt->eps, B * dim, a->t.seed ^ STREAM_EPS, (uint64_t)step * B * dim);
+    rng_fill_normal_cpu(bt->eps, B * dim, a->t.seed ^ STREAM_EPS, sample * dim);
     diffusion_q_sample(bt->zt, bt->z0, bt->eps, bt->t, abar, B, dim);
 }
 
@@ -1022,7 +1030,7 @@ static void ldm_bench_step(void* ctx, int s) {
 }
 
 static void ldm_bench(const LDMTrainArgs* a) {
-    int B = a->t.batch_size;
+    int B = train_local_batch(a->t.batch_size);
     UNet m;
     unet_build(&m, &a->cfg);
     params_allocate(&m.ps);
@@ -1103,14 +1111,17 @@ static void ldm_train(LDMTrainArgs* a) {
     settings_to_json(settings, LDM_NUM_SETTINGS, args_json, sizeof(args_json));
     unet_config_to_json(&a->cfg, config_json, sizeof(config_json));
 
-    // the U-Net's buffers first: a batch size they cannot hold is refused before the encoding
-    int B = a->t.batch_size;
+    // the U-Net's buffers first, so that a batch size they cannot hold is refused before the encoding:
+    // activations for this rank's rows of the batch, at least 2 for the preview's guided forward
+    // (conditional and unconditional rows together)
+    int B = run.local_batch;
     UNet m;
     unet_build(&m, &a->cfg);
     params_allocate(&m.ps);
-    unet_alloc_activations(&m, B);
+    unet_alloc_activations(&m, B > 2 ? B : 2);
 
-    // encode the training split once (mu of both flips) and measure latent_scale = 1 / std(mu)
+    // encode the training split once (mu of both flips; each rank a share) and measure
+    // latent_scale = 1 / std(mu), the same on every rank
     vae_alloc_activations(&vae, 256);
     float* train_mu = encode_split(&vae, &train, 2, "training split");
     float* test_mu = encode_split(&vae, &test, 1, "test split");
@@ -1133,7 +1144,7 @@ static void ldm_train(LDMTrainArgs* a) {
             meta.latent_scale, 2 * train.n, test_std);
     run_log("%s %s: U-Net %s, %.2fM parameters, %s, batch %d, lr %g, cfg-dropout %g, %ld steps (%.1f epochs)\n",
             a->t.resume ? "resuming" : "starting", run.dir, config_json, m.ps.total / 1e6,
-            a->cfg.num_classes > 0 ? "class-conditional" : "unconditional", B, a->t.lr, a->cfg_dropout, total_steps,
+            a->cfg.num_classes > 0 ? "class-conditional" : "unconditional", run.batch_size, a->t.lr, a->cfg_dropout, total_steps,
             (double)total_steps / run.steps_per_epoch);
     if (a->t.resume) run_log("resumed at step %ld\n", opt.step);
 
@@ -1149,7 +1160,8 @@ static void ldm_train(LDMTrainArgs* a) {
     train_run_clock_start(&run, opt.step);
     while (opt.step < total_steps) {
         long step = opt.step;
-        ldm_make_batch(&bt, train_mu, &train, train_run_batch(&run, step), B, dim, meta.latent_scale, abar, a, step);
+        ldm_make_batch(&bt, train_mu, &train, train_run_batch(&run, step), B, dim, meta.latent_scale, abar, a,
+                       train_run_sample(&run, step));
         host_to_dev(m.zt, bt.zt, B * dim * sizeof(float));
         host_to_dev(d_eps, bt.eps, B * dim * sizeof(float));
         host_to_dev(m.t, bt.t, B * sizeof(int));
@@ -1157,6 +1169,7 @@ static void ldm_train(LDMTrainArgs* a) {
 
         dev_zero(m.ps.grads, pbytes);
         float loss = unet_loss_forward(&m, m.zt, d_eps, B);
+        dist_allreduce_mean_host(&loss, 1);  // the mean over this rank's rows -> over the global batch
         train_check_loss(loss, step, "", "lower --lr or add --warmup-steps");
         unet_loss_backward(&m, m.zt, d_eps, B);
         float lr = ldm_lr_at(a, step);
@@ -1178,20 +1191,22 @@ static void ldm_train(LDMTrainArgs* a) {
         if (train_save_due(&run, &a->t, done)) ldm_save_state(&m, &opt, &meta, args_json, run.state_path);
     }
 
-    // the end: state, EMA checkpoint, the eval batch, a preview grid
-    ldm_save_state(&m, &opt, &meta, args_json, run.state_path);
-    float* host = (float*)mallocCheck(pbytes);
-    dev_to_host(host, opt.ema, pbytes);
-    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run.dir);
-    unet_save_checkpoint(&m, host, &meta, 1, path);
-    run_log("wrote %s (EMA weights)\n", path);
-    free(host);
-    swap_ema(&m, &opt, spare);
-    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run.dir);
-    ldm_write_eval_batch(&m, test_mu, &test, meta.latent_scale, abar, a, path);
-    snprintf(path, sizeof(path), "%s/samples_final.png", run.dir);
-    ldm_write_preview(&m, &vae, &meta, guidance, path, &run.tb, opt.step, a->t.seed);
-    run_log("wrote %s (DDIM 50 steps%s)\n", path, a->cfg.num_classes > 0 ? ", one row per class" : "");
+    // the end (rank 0): state, EMA checkpoint, the eval batch, a preview grid
+    if (dist_is_main()) {
+        ldm_save_state(&m, &opt, &meta, args_json, run.state_path);
+        float* host = (float*)mallocCheck(pbytes);
+        dev_to_host(host, opt.ema, pbytes);
+        snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run.dir);
+        unet_save_checkpoint(&m, host, &meta, 1, path);
+        run_log("wrote %s (EMA weights)\n", path);
+        free(host);
+        swap_ema(&m, &opt, spare);
+        snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run.dir);
+        ldm_write_eval_batch(&m, test_mu, &test, meta.latent_scale, abar, a, path);
+        snprintf(path, sizeof(path), "%s/samples_final.png", run.dir);
+        ldm_write_preview(&m, &vae, &meta, guidance, path, &run.tb, opt.step, a->t.seed);
+        run_log("wrote %s (DDIM 50 steps%s)\n", path, a->cfg.num_classes > 0 ? ", one row per class" : "");
+    }
 
     train_run_finish(&run);
     free(bt.z0); free(bt.eps); free(bt.zt); free(bt.t); free(bt.labels); free(train_mu); free(test_mu);
@@ -1203,12 +1218,15 @@ static void ldm_train(LDMTrainArgs* a) {
 }
 
 int main(int argc, char** argv) {
+    dist_init(&argc, &argv);  // one rank of a data-parallel job when started by mpirun (ldmc/dist.h)
     LDMTrainArgs a;
     ldm_parse_args(argc, argv, &a);
     device_init(a.t.device);
+    dist_init_device();
     ldm_apply_preset(&a);
     if (a.t.bench_steps > 0) ldm_bench(&a);
     else ldm_train(&a);
+    dist_finalize();
     return 0;
 }
 #endif

@@ -619,27 +619,30 @@ static void vae_read_state(TrainRun* run, VAETrainArgs* a) {
     train_check_state_tensors(run, vae_param_count(&cfg), 0);
 }
 
-// writes test images beside their reconstructions (pairs in columns: image, reconstruction, ...)
-// d_x: a (B, 3, 32, 32) device buffer to stage the images in
+// writes the first n test images beside their reconstructions (pairs in columns: image,
+// reconstruction, ...), reconstructed in chunks of the activations' batch
+// d_x: a (max_batch, 3, 32, 32) device buffer to stage the images in
 static void vae_write_recon_grid(VAE* m, const Cifar10* test, float* d_x, const float* zero_eps, int n,
                                  const char* path, TBWriter* tb, long step) {
-    int B = n < m->max_batch ? n : m->max_batch;
     size_t img = IMG_C * IMG_RES * IMG_RES;
-    float* x = (float*)mallocCheck(B * img * sizeof(float));
-    float* rec = (float*)mallocCheck(B * img * sizeof(float));
-    float* pairs = (float*)mallocCheck(2 * B * img * sizeof(float));
-    int* idx = (int*)mallocCheck(B * sizeof(int));
-    for (int i = 0; i < B; i++) idx[i] = i;
-    cifar10_get_batch(test, idx, B, x, NULL, 0, 0);
-    host_to_dev(d_x, x, B * img * sizeof(float));
-    vae_reconstruct(m, d_x, zero_eps, B);
-    dev_to_host(rec, m->dec.out, B * img * sizeof(float));
-    for (int i = 0; i < B; i++) {
+    float* x = (float*)mallocCheck(n * img * sizeof(float));
+    float* rec = (float*)mallocCheck(n * img * sizeof(float));
+    float* pairs = (float*)mallocCheck(2 * n * img * sizeof(float));
+    int* idx = (int*)mallocCheck(n * sizeof(int));
+    for (int i = 0; i < n; i++) idx[i] = i;
+    cifar10_get_batch(test, idx, n, x, NULL, 0, 0);
+    for (int start = 0; start < n; start += m->max_batch) {
+        int b = n - start < m->max_batch ? n - start : m->max_batch;
+        host_to_dev(d_x, x + start * img, b * img * sizeof(float));
+        vae_reconstruct(m, d_x, zero_eps, b);
+        dev_to_host(rec + start * img, m->dec.out, b * img * sizeof(float));
+    }
+    for (int i = 0; i < n; i++) {
         memcpy(pairs + (2 * i) * img, x + i * img, img * sizeof(float));
         memcpy(pairs + (2 * i + 1) * img, rec + i * img, img * sizeof(float));
     }
     int h, w;
-    uint8_t* rgb = image_grid_rgb(pairs, 2 * B, IMG_RES, IMG_RES, 16, &h, &w);
+    uint8_t* rgb = image_grid_rgb(pairs, 2 * n, IMG_RES, IMG_RES, 16, &h, &w);
     image_write_png(path, rgb, h, w);
     if (tb) tb_add_image(tb, "reconstructions", rgb, h, w, step);
     free(rgb); free(x); free(rec); free(pairs); free(idx);
@@ -723,7 +726,7 @@ static void vae_bench_step(void* ctx, int s) {
 }
 
 static void vae_bench(const VAETrainArgs* a) {
-    int B = a->t.batch_size;
+    int B = train_local_batch(a->t.batch_size);
     VAE m;
     vae_build(&m, &a->cfg);
     params_allocate(&m.ps);
@@ -773,8 +776,8 @@ static void vae_train(VAETrainArgs* a) {
     vae_config_to_json(&cfg, config_json, sizeof(config_json));
     snprintf(config_text, sizeof(config_text), "{\"model\":\"vae\",\"config\":%s,\"train_args\":%s}\n", config_json, args_json);
 
-    // the model and optimizer
-    int B = a->t.batch_size;
+    // the model and optimizer; activations for this rank's rows of the batch (all of it for one process)
+    int B = run.local_batch;
     VAE m;
     vae_build(&m, &cfg);
     params_allocate(&m.ps);
@@ -784,7 +787,7 @@ static void vae_train(VAETrainArgs* a) {
     optstate_init(&opt, &m.ps, 0);
     train_run_start(&run, &a->t, config_text, &m.ps, &opt);
     run_log("%s %s: VAE %s, %.2fM parameters, batch %d, lr %g, kl_weight %g (warm-up %ld steps), %ld steps (%.1f epochs)\n",
-            a->t.resume ? "resuming" : "starting", run.dir, config_json, m.ps.total / 1e6, B, a->t.lr, a->kl_weight,
+            a->t.resume ? "resuming" : "starting", run.dir, config_json, m.ps.total / 1e6, run.batch_size, a->t.lr, a->kl_weight,
             a->kl_warmup_steps, total_steps, (double)total_steps / run.steps_per_epoch);
     if (a->t.resume) run_log("resumed at step %ld\n", opt.step);
 
@@ -801,13 +804,17 @@ static void vae_train(VAETrainArgs* a) {
     train_run_clock_start(&run, opt.step);
     while (opt.step < total_steps) {
         long step = opt.step;
-        cifar10_get_batch(&train, train_run_batch(&run, step), B, x_host, NULL, a->t.seed ^ STREAM_FLIP, (uint64_t)step * B);
+        uint64_t sample = train_run_sample(&run, step);  // the global position of this rank's first row
+        cifar10_get_batch(&train, train_run_batch(&run, step), B, x_host, NULL, a->t.seed ^ STREAM_FLIP, sample);
         host_to_dev(d_x, x_host, B * img * sizeof(float));
-        rng_fill_normal(d_eps, B * lat, a->t.seed ^ STREAM_EPS, (uint64_t)step * B * lat);
+        rng_fill_normal(d_eps, B * lat, a->t.seed ^ STREAM_EPS, sample * lat);
         float klw = kl_weight_at(a->kl_weight, step, a->kl_warmup_steps);
 
         dev_zero(m.ps.grads, m.ps.total * sizeof(float));
         VAELoss l = vae_forward(&m, d_x, d_eps, B, klw);
+        float parts[3] = {l.loss, l.mse, l.kl};  // means over this rank's rows -> over the global batch
+        dist_allreduce_mean_host(parts, 3);
+        l.loss = parts[0]; l.mse = parts[1]; l.kl = parts[2];
         char detail[96];
         snprintf(detail, sizeof(detail), " (mse %g, kl %g)", l.mse, l.kl);
         train_check_loss(l.loss, step, detail, "lower --lr or --kl-weight");
@@ -827,19 +834,21 @@ static void vae_train(VAETrainArgs* a) {
         if (train_save_due(&run, &a->t, done)) vae_save_state(&m, &opt, args_json, run.state_path);
     }
 
-    // the end of the run: weights, state, grid, test MSE, the eval batch for the PyTorch check
-    vae_save_state(&m, &opt, args_json, run.state_path);
-    snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run.dir);
-    vae_save_checkpoint(&m, path);
-    run_log("wrote %s\n", path);
-    snprintf(path, sizeof(path), "%s/recon_final.png", run.dir);
-    vae_write_recon_grid(&m, &test, d_x, d_zero, 64, path, &run.tb, opt.step);
-    run_log("wrote %s (test images beside their reconstructions)\n", path);
-    snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run.dir);
-    vae_write_eval_batch(&m, &test, a->kl_weight, a->t.seed, path);
-    double mse = vae_eval_mse(&m, &test, d_x, d_zero);
-    tb_add_scalar(&run.tb, "test/recon_mse", (float)mse, opt.step);
-    run_log("test reconstruction MSE (decoding mu, %d images, pixels in [-1, 1]): %.5f\n", test.n, mse);
+    // the end of the run (rank 0): weights, state, grid, test MSE, the eval batch for the PyTorch check
+    if (dist_is_main()) {
+        vae_save_state(&m, &opt, args_json, run.state_path);
+        snprintf(path, sizeof(path), "%s/checkpoint_final.safetensors", run.dir);
+        vae_save_checkpoint(&m, path);
+        run_log("wrote %s\n", path);
+        snprintf(path, sizeof(path), "%s/recon_final.png", run.dir);
+        vae_write_recon_grid(&m, &test, d_x, d_zero, 64, path, &run.tb, opt.step);
+        run_log("wrote %s (test images beside their reconstructions)\n", path);
+        snprintf(path, sizeof(path), "%s/eval_batch.safetensors", run.dir);
+        vae_write_eval_batch(&m, &test, a->kl_weight, a->t.seed, path);
+        double mse = vae_eval_mse(&m, &test, d_x, d_zero);
+        tb_add_scalar(&run.tb, "test/recon_mse", (float)mse, opt.step);
+        run_log("test reconstruction MSE (decoding mu, %d images, pixels in [-1, 1]): %.5f\n", test.n, mse);
+    }
 
     train_run_finish(&run);
     free(x_host);
@@ -850,12 +859,15 @@ static void vae_train(VAETrainArgs* a) {
 }
 
 int main(int argc, char** argv) {
+    dist_init(&argc, &argv);  // one rank of a data-parallel job when started by mpirun (ldmc/dist.h)
     VAETrainArgs a;
     vae_parse_args(argc, argv, &a);
     device_init(a.t.device);
+    dist_init_device();
     vae_apply_preset(&a);
     if (a.t.bench_steps > 0) vae_bench(&a);
     else vae_train(&a);
+    dist_finalize();
     return 0;
 }
 #endif

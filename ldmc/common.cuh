@@ -102,6 +102,7 @@ static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 typedef enum { DEVICE_CPU = 0, DEVICE_CUDA = 1 } Device;
 static Device g_device = DEVICE_CPU;
 static cublasHandle_t g_cublas;
+static int g_cuda_ordinal = 0;  // the GPU device_init takes (dist_init gives each rank of a node its own)
 
 static inline int cpu_thread_count(void) {
 #ifdef _OPENMP
@@ -115,7 +116,7 @@ static inline int cpu_thread_count(void) {
 static inline void device_select(Device d) {
     g_device = d;
     if (d == DEVICE_CUDA) {
-        cudaCheck(cudaSetDevice(0));
+        cudaCheck(cudaSetDevice(g_cuda_ordinal));
         cublasCheck(cublasCreate(&g_cublas));
         // TF32 tensor cores stay off: fp32 results must match the CPU reference
         cublasCheck(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
@@ -125,7 +126,7 @@ static inline void device_select(Device d) {
 static inline Device device_init(const char* want) {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
-    int have_cuda = (err == cudaSuccess && count > 0);
+    int have_cuda = (err == cudaSuccess && count > g_cuda_ordinal);
     if (strcmp(want, "cpu") == 0) {
         device_select(DEVICE_CPU);
         printf("device: cpu (asked for with --device cpu), %d OpenMP threads\n", cpu_thread_count());
@@ -133,7 +134,7 @@ static inline Device device_init(const char* want) {
         if (have_cuda) {
             device_select(DEVICE_CUDA);
             cudaDeviceProp prop;
-            cudaCheck(cudaGetDeviceProperties(&prop, 0));
+            cudaCheck(cudaGetDeviceProperties(&prop, g_cuda_ordinal));
             printf("device: cuda (%s, sm_%d%d, %.0f GiB)%s\n", prop.name, prop.major, prop.minor,
                    prop.totalGlobalMem / 1073741824.0,
                    strcmp(want, "auto") == 0 ? ", picked by --device auto" : "");

@@ -1,8 +1,10 @@
 // ldmc/optimizer.h — what both trainers share around the fused AdamW kernel (adamw.cuh):
 //   OptState             AdamW moments, the optional EMA of the weights, the step count
-//   optimizer_step       global grad-norm clipping at 1, AdamW and the EMA in one pass
+//   optimizer_step       the gradient averaged over the ranks (dist.h; nothing for one process), then
+//                        global grad-norm clipping at 1, AdamW and the EMA in one pass
 //   train_state_write / train_state_restore   the training state file that --resume reads
 //                        (weights, moments, EMA, step) — the caller adds its own metadata
+//   train_state_broadcast  rank 0's weights, moments and EMA to every rank
 //   params_upload_named / params_upload_checkpoint  named weights onto the device, strict about shapes
 //   file_expect_model    a checkpoint or state must be an ldm.c file of the expected model
 #pragma once
@@ -11,6 +13,7 @@
 #include "params.h"
 #include "adamw.cuh"
 #include "safetensors.h"
+#include "dist.h"
 
 typedef struct {
     float* m;     // (total) AdamW first moment
@@ -39,9 +42,12 @@ static inline void optstate_free(OptState* o) {
     memset(o, 0, sizeof(*o));
 }
 
-// clip the global gradient norm at 1, then AdamW (betas 0.9/0.999, eps 1e-8, no weight decay) and,
-// when there is one, the EMA with decay min(ema_decay, (1+n)/(10+n)); returns the pre-clip norm
+// average the gradient over the ranks, clip its global norm at 1, then AdamW (betas 0.9/0.999, eps
+// 1e-8, no weight decay) and, when there is one, the EMA with decay min(ema_decay, (1+n)/(10+n));
+// returns the pre-clip norm. Every rank then holds the same gradient and takes the same step, so the
+// replicas stay equal.
 static inline float optimizer_step(ParamStore* ps, OptState* o, float lr, float ema_decay) {
+    dist_allreduce_mean(ps->grads, ps->total);
     float norm = grad_norm(ps->grads, ps->total);
     adamw_update(ps->params, ps->grads, o->m, o->v, o->ema, ps->total, lr, 0.9f, 0.999f, 1e-8f, 0.0f,
                  clip_scale(norm, 1.0f), (int)(o->step + 1), o->ema ? ema_decay_at(ema_decay, o->step) : 0.0f);
@@ -77,6 +83,15 @@ static inline void train_state_restore(ParamStore* ps, OptState* o, const SafeTe
     host_to_dev(o->v, safetensors_get_f32(st, "adam_v", n), bytes);
     if (o->ema) host_to_dev(o->ema, safetensors_get_f32(st, "ema", n), bytes);
     o->step = (long)safetensors_get_i64(st, "step", 1)[0];
+}
+
+// rank 0's weights, moments and EMA to every rank (the step count is the same everywhere), so the
+// replicas start bit-equal whatever each rank initialised or read
+static inline void train_state_broadcast(ParamStore* ps, OptState* o) {
+    dist_broadcast(ps->params, ps->total);
+    dist_broadcast(o->m, ps->total);
+    dist_broadcast(o->v, ps->total);
+    if (o->ema) dist_broadcast(o->ema, ps->total);
 }
 
 // the weights "<prefix><name>" of a safetensors file onto the device, via `host` (total floats, which

@@ -77,7 +77,9 @@ static inline void run_dir_create(const char* run_dir) {
 }
 
 // ----------------------------------------------------------------------------
-// the run's log: every line printed with run_log also goes to runs/<name>/log.txt
+// the run's log: every line printed with run_log also goes to runs/<name>/log.txt. With several
+// ranks only rank 0 opens the log, and dist_init sends the stdout of the others to /dev/null, so the
+// lines appear once.
 
 static FILE* g_run_log = NULL;
 

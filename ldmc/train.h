@@ -8,9 +8,13 @@
 //                  is outside the flag's range
 //   train_check_state_tensors / train_check_finite   the tensors of a training state to resume, and
 //                  the weights about to be saved, are complete and finite
-//   TrainRun       the run directory, the step plan, the shuffled epoch each batch is drawn from, the
-//                  progress line and its TensorBoard scalars, and when to sample and save
+//   TrainRun       the run directory, the step plan, the shuffled epoch each batch is drawn from (and
+//                  this rank's slice of it), the progress line and its TensorBoard scalars, and when
+//                  to sample and save
 //   train_bench    --bench N: median images/s of N training steps on random data
+// Data parallel (ldmc/dist.h): --batch-size is the global batch; rank r takes rows [r*B/N, (r+1)*B/N)
+// of every global batch, and every random draw is indexed by the global sample position, so N ranks
+// see exactly the samples and noise of one process. Rank 0 alone writes the run's files.
 #pragma once
 
 #include "common.cuh"
@@ -19,6 +23,7 @@
 #include "tensorboard.h"
 #include "run.h"
 #include "optimizer.h"
+#include "dist.h"
 #include "validate.h"
 
 // ----------------------------------------------------------------------------
@@ -235,7 +240,9 @@ typedef struct {
     char state_path[512];    // runs/<run-name>/state.safetensors
     SafeTensors state;       // the training state read for --resume (until train_run_start restores it)
     long resumed_total;      // the total steps the resumed run had planned
-    int batch_size;
+    int batch_size;          // the global batch
+    int local_batch;         // this rank's slice of it: batch_size / world
+    int local_start;         // the slice's first row in the global batch
     long steps_per_epoch;
     long total_steps;
     int* perm;               // (n_train) the current epoch's permutation
@@ -275,6 +282,19 @@ static inline const char* train_read_state(TrainRun* r, const char* model, const
         exit(EXIT_FAILURE);
     }
     return targs;
+}
+
+// this rank's share of a global batch of B: every rank takes the same number of rows, so that the
+// mean of the ranks' mean gradients is the gradient of the global batch
+static inline int train_local_batch(int B) {
+    int N = dist_world();
+    if (B % N != 0) {
+        fprintf(stderr, "Error: the batch size %d does not split evenly over %d ranks.\nHINT: --batch-size is the "
+                        "global batch: pick a multiple of %d (e.g. %d), or run on a number of ranks that divides %d.\n",
+                B, N, N, (B / N + 1) * N, B);
+        exit(EXIT_FAILURE);
+    }
+    return B / N;
 }
 
 // the tensors of the training state to resume (after settings_resume, which read its total steps): exactly
@@ -364,6 +384,8 @@ static inline void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) 
         exit(EXIT_FAILURE);
     }
     r->batch_size = B;
+    r->local_batch = train_local_batch(B);
+    r->local_start = dist_rank() * r->local_batch;
     r->n_train = n_train;
     r->seed = a->seed;
     r->steps_per_epoch = n_train / B;
@@ -378,32 +400,45 @@ static inline void train_run_plan(TrainRun* r, const TrainArgs* a, int n_train) 
     }
 }
 
-// creates the directory, writes config.json for a new run, opens log.txt and the TensorBoard file;
-// a resumed run gets its weights, moments, EMA and step back from the state
+// creates the directory, writes config.json for a new run, opens log.txt and the TensorBoard file
+// (rank 0, once every rank has passed its checks); a resumed run gets its weights, moments, EMA and
+// step back from the state, and every rank starts from rank 0's
 static inline void train_run_start(TrainRun* r, const TrainArgs* a, const char* config_text, ParamStore* ps, OptState* opt) {
-    run_dir_create(r->dir);
+    dist_barrier();
     if (a->resume) {
         train_state_restore(ps, opt, &r->state);
         safetensors_free(&r->state);
-    } else {
-        char path[600];
-        snprintf(path, sizeof(path), "%s/config.json", r->dir);
-        write_text_file(path, config_text);
     }
-    run_log_open(r->dir);
-    tb_open(&r->tb, r->dir, opt->step);
+    train_state_broadcast(ps, opt);
+    if (dist_is_main()) {
+        run_dir_create(r->dir);
+        if (!a->resume) {
+            char path[600];
+            snprintf(path, sizeof(path), "%s/config.json", r->dir);
+            write_text_file(path, config_text);
+        }
+        run_log_open(r->dir);
+        tb_open(&r->tb, r->dir, opt->step);
+    }
     r->perm = (int*)mallocCheck((size_t)r->n_train * sizeof(int));
     r->perm_epoch = -1;
 }
 
-// the dataset indices of the batch at `step`: a slice of that epoch's permutation
+// the dataset indices of this rank's rows of the batch at `step` (local_batch of them): a slice of
+// that epoch's permutation
 static inline const int* train_run_batch(TrainRun* r, long step) {
     long epoch = step / r->steps_per_epoch;
     if (epoch != r->perm_epoch) {
         cifar10_shuffle(r->perm, r->n_train, r->seed ^ STREAM_SHUFFLE, epoch);
         r->perm_epoch = epoch;
     }
-    return r->perm + (step % r->steps_per_epoch) * r->batch_size;
+    return r->perm + (step % r->steps_per_epoch) * r->batch_size + r->local_start;
+}
+
+// the global sample position of this rank's first row at `step`: the counter of its random draws
+// (row b draws with counter train_run_sample(r, step) + b, as row local_start + b would in one process)
+static inline uint64_t train_run_sample(const TrainRun* r, long step) {
+    return (uint64_t)step * r->batch_size + r->local_start;
 }
 
 static inline void train_run_clock_start(TrainRun* r, long step) {
@@ -411,23 +446,25 @@ static inline void train_run_clock_start(TrainRun* r, long step) {
     r->step_log = step;
 }
 
-// the step count `done` is a multiple of `every` and not the last step (the end has its own output)
+// the step count `done` is a multiple of `every` and not the last step (the end has its own output);
+// on rank 0 only, which alone writes files
 static inline int train_due_before_end(const TrainRun* r, long done, int every) {
-    return done % every == 0 && done < r->total_steps;
+    return dist_is_main() && done % every == 0 && done < r->total_steps;
 }
 
-// a state save is due every --save-every steps and at every epoch end
+// a state save is due every --save-every steps and at every epoch end (rank 0 only)
 static inline int train_save_due(const TrainRun* r, const TrainArgs* a, long done) {
-    return (done % a->save_every == 0 || done % r->steps_per_epoch == 0) && done < r->total_steps;
+    return dist_is_main() && (done % a->save_every == 0 || done % r->steps_per_epoch == 0) && done < r->total_steps;
 }
 
 typedef struct { const char* tag; float value; } Scalar;
 
-// every --log-every steps and at the end: the progress line (step, loss, `extra`, images/s, ETA) in
-// the terminal and log.txt, and train/loss, the given scalars and train/images_per_sec in TensorBoard
+// every --log-every steps and at the end: the progress line (step, loss, `extra`, images/s of the
+// global batch, ETA) in the terminal and log.txt, and train/loss, the given scalars and
+// train/images_per_sec in TensorBoard (rank 0; the loss is already the mean over the ranks)
 static inline void train_run_log(TrainRun* r, const TrainArgs* a, long done, float loss, const char* extra,
                           const Scalar* scalars, int n) {
-    if (done % a->log_every != 0 && done != r->total_steps) return;
+    if (!dist_is_main() || (done % a->log_every != 0 && done != r->total_steps)) return;
     dev_synchronize();
     double now = wall_seconds();
     double ips = (done - r->step_log) * r->batch_size / (now - r->t_log);
@@ -442,9 +479,11 @@ static inline void train_run_log(TrainRun* r, const TrainArgs* a, long done, flo
     r->step_log = done;
 }
 
-// a non-finite loss stops the run; the last saved state stays as it was
+// a non-finite loss stops the run; the last saved state stays as it was. The loss is the mean over
+// the ranks, so every rank stops here; rank 0 says why.
 static inline void train_check_loss(float loss, long step, const char* detail, const char* hint) {
     if (isfinite(loss)) return;
+    if (!dist_is_main()) dist_wait_for_abort();
     run_log("Error: the loss is %f at step %ld%s; stopping without saving.\nHINT: %s; resume from the last saved "
             "state with --resume.\n", loss, step, detail, hint);
     exit(EXIT_FAILURE);
@@ -459,7 +498,8 @@ static inline void train_run_finish(TrainRun* r) {
 
 // ----------------------------------------------------------------------------
 // --bench N: `prepare` makes step s's random inputs (not timed), `step` runs one training step; two
-// warm-up steps, then the median images/s of N
+// warm-up steps, then the median images/s of N. B is this rank's batch (train_local_batch); with
+// several ranks the gradient all-reduce is timed too and the images/s are those of all ranks.
 
 typedef void (*BenchFn)(void* ctx, int s);
 
@@ -473,6 +513,8 @@ static inline void train_bench(int steps, int B, BenchFn prepare, BenchFn step, 
         dev_synchronize();
         if (s >= 0) times[s] = wall_seconds() - t0;
     }
-    printf("bench: %.1f img/s (median of %d steps, batch %d, %s)\n", B / median_of(times, steps), steps, B, what);
+    int N = dist_world();
+    printf("bench: %.1f img/s (median of %d steps, batch %d, %s)\n", (double)B * N / median_of(times, steps), steps,
+           B * N, what);
     free(times);
 }
