@@ -4,6 +4,7 @@
 //   diffusion_q_sample   z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, the training input
 //   sample_latents       DDPM (ancestral), DDIM (eta) and DPM-Solver++(2M) over S respaced steps,
 //                        calling a model callback for eps (the callback does CFG and batching)
+//   DDPM_X0_CLIP         the bound on DDPM's x0 prediction (below: why DDPM needs one)
 // Latents are tiny (B x 4 x 8 x 8), so the sampler arithmetic runs on the host in double; only the
 // U-Net forward, behind the callback, runs on the device.
 #pragma once
@@ -12,6 +13,22 @@
 #include "rng.cuh"
 
 #define DIFFUSION_T 1000
+
+// DDPM clamps its x0 prediction to [-DDPM_X0_CLIP, DDPM_X0_CLIP]. Why: near t = T the cosine schedule's
+// abar is tiny (abar_999 = 2.4e-9), and x0 = (z - sqrt(1 - abar_t) eps) / sqrt(abar_t) turns an eps error
+// e into an x0 error ~2e4 e. The ancestral step 999 -> 998 weights x0 by sqrt(abar_998) beta / (1 -
+// abar_999) = 1.6e-3, so e reaches z_998 times 32 (times 1.5 on the step from 998, 0.8 from 997, then
+// < 0.6): an eps error of 0.1 puts a 3-sigma error into a latent the model expects at unit variance, and
+// the 998 steps after it never recover (a third of the pixels of a 1,000-step sample saturated).
+// Clamped, the first step adds at most 1.6e-3 * DDPM_X0_CLIP to z_998. The bound is the range the data
+// occupy, a constant because z0 = mu * latent_scale has unit std by construction, whatever the VAE;
+// train_ldm logs the scaled training latents' max |z0| and the fraction outside the bound, and warns
+// when it is not negligible. (A measured per-model range would need a new checkpoint field; clamping at
+// 1, diffusers' default for pixels in [-1, 1], would cut a third of unit-std latents.) DDIM and
+// DPM-Solver++ do not clip (SPEC section 5): their first step at the step counts they are run with,
+// from t = 980 (50 steps) or 950 (20), passes an eps error on with gain ~1.05, not 32. (At 1,000 steps
+// DDIM would have DDPM's problem.)
+#define DDPM_X0_CLIP 5.0
 
 typedef enum { SCHEDULE_COSINE, SCHEDULE_LINEAR } Schedule;
 typedef enum { SAMPLER_DDPM, SAMPLER_DDIM, SAMPLER_DPMPP_2M } Sampler;
@@ -95,7 +112,10 @@ static inline void sample_latents(Sampler sampler, int steps, float eta, const d
         for (size_t k = 0; k < N; k++) x0[k] = (z[k] - sqrt(1.0 - a_t) * eps[k]) / sqrt(a_t);
         uint64_t noise_base = (uint64_t)(steps - 1 - i) * N;
         if (sampler == SAMPLER_DDPM) {
-            // posterior q(z_s | z_t, x0): mean = c0 x0 + ct z_t, variance = (1 - a_s)/(1 - a_t) * beta
+            // posterior q(z_s | z_t, x0): mean = c0 x0 + ct z_t, variance = (1 - a_s)/(1 - a_t) * beta,
+            // with x0 clamped to +-DDPM_X0_CLIP (see there); on the last step c0 = 1, ct = 0: the sample
+            // is the clamped x0
+            for (size_t k = 0; k < N; k++) x0[k] = fmin(fmax(x0[k], -DDPM_X0_CLIP), DDPM_X0_CLIP);
             double beta = 1.0 - a_t / a_s;
             double c0 = sqrt(a_s) * beta / (1.0 - a_t);
             double ct = sqrt(1.0 - beta) * (1.0 - a_s) / (1.0 - a_t);
