@@ -36,7 +36,8 @@ static void sample_usage(void) {
            "  --checkpoint PATH          U-Net checkpoint (default runs/ldm_tiny/checkpoint_final.safetensors on a CPU,\n"
            "                             runs/ldm_fast/... on a GPU)\n"
            "  --vae-checkpoint PATH      overrides the VAE path stored in the U-Net checkpoint\n"
-           "  --sampler ddpm|ddim|dpm++2m  (default ddim)\n"
+           "  --sampler ddpm|ddim|dpm++2m  (default ddim; ddpm clamps its x0 prediction to +-%g, the range of the\n"
+           "                             unit-std latents: see README, Sampling)\n"
            "  --steps N                  sampling steps (default 50; 1000 for ddpm; ddim and dpm++2m do well with 20)\n"
            "  --eta X                    DDIM noise, 0 = deterministic (default 0)\n"
            "  --guidance-scale S         classifier-free guidance (default 3; 1 = plain conditional, 0 = unconditional)\n"
@@ -50,7 +51,7 @@ static void sample_usage(void) {
            "  --init-noise FILE          initial latents, raw little-endian float32 n x 4 x 8 x 8\n"
            "  --batch-size N             samples per batch (default 250)\n"
            "  --device auto|cpu|cuda     (default auto)\n"
-           "  --help\n");
+           "  --help\n", DDPM_X0_CLIP);
 }
 
 static void sample_parse_args(int argc, char** argv, SampleArgs* a) {

@@ -824,6 +824,27 @@ static double std_of(const float* v, size_t n) {
     return sqrt(fmax(s2 / n - mean * mean, 0.0) * n / (n > 1 ? n - 1 : 1));
 }
 
+// the scaled training latents against the bound DDPM clamps its x0 prediction to (diffusion.h,
+// DDPM_X0_CLIP): their max |z0| and the fraction outside, logged; a warning when more than one value in
+// a thousand lies outside, since DDPM's samples then lose part of the data's range
+static void log_latent_range(const float* mu, size_t n, float latent_scale) {
+    double max_abs = 0.0;
+    size_t outside = 0;
+    for (size_t i = 0; i < n; i++) {
+        double z = fabs((double)mu[i] * latent_scale);
+        if (z > max_abs) max_abs = z;
+        if (z > DDPM_X0_CLIP) outside++;
+    }
+    double frac = (double)outside / (double)n;
+    run_log("scaled training latents: max |z0| %.2f, %.3g%% outside DDPM's x0 bound +-%g\n", max_abs, 100.0 * frac,
+            DDPM_X0_CLIP);
+    if (frac > 1e-3) {
+        fprintf(stderr, "Warning: %.3g%% of the scaled training latents lie outside +-%g, where --sampler ddpm clamps "
+                        "its x0 prediction; its samples will lack those values (ddim and dpm++2m do not clamp).\n",
+                100.0 * frac, DDPM_X0_CLIP);
+    }
+}
+
 // learning rate with the optional linear warm-up
 static float ldm_lr_at(const LDMTrainArgs* a, long step) {
     if (a->warmup_steps <= 0 || step >= a->warmup_steps) return a->t.lr;
@@ -1142,6 +1163,7 @@ static void ldm_train(LDMTrainArgs* a) {
     train_run_start(&run, &a->t, config_text, &m.ps, &opt);
     run_log("latent_scale = %.5f (1/std of mu over %d training latents); scaled test latents have std %.4f\n",
             meta.latent_scale, 2 * train.n, test_std);
+    log_latent_range(train_mu, (size_t)train.n * 2 * dim, meta.latent_scale);
     run_log("%s %s: U-Net %s, %.2fM parameters, %s, batch %d, lr %g, cfg-dropout %g, %ld steps (%.1f epochs)\n",
             a->t.resume ? "resuming" : "starting", run.dir, config_json, m.ps.total / 1e6,
             a->cfg.num_classes > 0 ? "class-conditional" : "unconditional", run.batch_size, a->t.lr, a->cfg_dropout, total_steps,

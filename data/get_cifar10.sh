@@ -51,7 +51,8 @@ build_converter() {
 
 # every file is written into a scratch directory beside OUT_DIR and moved into place at the end
 WORK=""
-cleanup() { [ -n "$WORK" ] && rm -rf "$WORK"; }
+# (an if, not `[ ... ] && rm`: under set -e a false test as the trap's last command turns `exit 0` into 1)
+cleanup() { if [ -n "$WORK" ]; then rm -rf "$WORK"; fi; }
 trap cleanup EXIT
 make_work_dir() {
     mkdir -p "$(dirname "$OUT_DIR")"

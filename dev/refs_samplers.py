@@ -8,21 +8,29 @@ dev/ref/unet_c10.safetensors (10 classes). Writes dev/ref/samplers.safetensors:
 
   z_T (3,4,8,8)                 the initial latents of every case
   step_noise (10,3,4,8,8)       the fresh noise of each step: step k (k = 0 is the first step, from the
-                                largest t) of sample j uses step_noise[k, j]; a run of S steps uses
-                                the first S rows
+                                largest t) of sample j uses step_noise[k mod 10, j]; a run of S <= 10
+                                steps uses the first S rows, the 1,000-step case cycles through them
   c10.labels (3) int64          the classes of the guided cases
   <case>.z1, <case>.z2 (3,4,8,8)  the latents after the first and the second step
   <case>.final (3,4,8,8)        the sample after all S steps (the last step's x0 prediction)
 Cases: c0.<s> (unconditional model) and c10.<s> (labels [3, 7, 1], guidance 3) for
-s = ddpm, ddim_eta0, ddim_eta05 (eta 0.5), ddim_eta1, dpmpp2m with S = 5 steps, plus c10.ddpm10 (S = 10).
+s = ddpm, ddim_eta0, ddim_eta05 (eta 0.5), ddim_eta1, dpmpp2m with S = 5 steps, plus c10.ddpm10 (S = 10)
+and c10.ddpm1000 (S = 1000, the original DDPM, whose first step is from t = 999 where abar = 2.4e-9).
 Metadata: each case's "<case>.sampler" (ddpm | ddim | dpm++2m), "<case>.steps" and "<case>.eta";
-"c10.guidance" (the scale s); the schedule; the weight files and the sum of their param.* values (so a
-test can tell the weights changed under it). (Scalars live in the metadata because the writer lays
-tensors out in name order: a lone float32 before an int64 tensor would misalign it.)
+"c10.guidance" (the scale s); "ddpm_x0_clip" (the bound DDPM clamps its x0 prediction to); the schedule;
+the weight files and the sum of their param.* values (so a test can tell the weights changed under it).
+(Scalars live in the metadata because the writer lays tensors out in name order: a lone float32 before
+an int64 tensor would misalign it.)
 
-The script asserts two identities the formulas must satisfy: DDPM's posterior step equals DDIM with
-eta = 1 (Song et al., section 4.1), and DPM-Solver++'s first-order step equals DDIM with eta = 0
-(Lu et al., section 3.3); the cases written use each sampler's own formula.
+DDPM clamps its x0 prediction to [-12, 12] (SPEC section 5, the README's sampling section): near t = T
+the cosine schedule's abar is tiny, x0 = (z - sqrt(1 - abar) eps) / sqrt(abar) multiplies eps errors by
+up to 2e4, and +-12 is the range the scaled training latents occupy. DDIM and DPM-Solver++ do not
+clamp. With the untrained test weights the bound is active on part of each DDPM run; the script prints
+how much.
+
+The script asserts two identities the formulas must satisfy: DDPM's posterior step without the clamp
+equals DDIM with eta = 1 (Song et al., section 4.1), and DPM-Solver++'s first-order step equals DDIM
+with eta = 0 (Lu et al., section 3.3); the cases written use each sampler's own formula.
 
     /usr/bin/python3 dev/refs_samplers.py
 """
@@ -45,7 +53,8 @@ CASES = [  # (name, sampler, steps, eta)
     ("ddim_eta1", "ddim", 5, 1.0),
     ("dpmpp2m", "dpm++2m", 5, 0.0),
 ]
-GUIDED_ONLY_CASES = [("ddpm10", "ddpm", 10, 0.0)]
+GUIDED_ONLY_CASES = [("ddpm10", "ddpm", 10, 0.0), ("ddpm1000", "ddpm", 1000, 0.0)]
+DDPM_X0_CLIP = 12.0  # DDPM bounds its x0 prediction to +-12 (the README says why)
 
 # --------------------------------------------------------------------------------------------------
 # samplers (float64 tensors), written from SPEC section 5
@@ -85,8 +94,10 @@ def dpmpp_coeffs(a_t, a_s):
     return alpha_s, sigma_s / sigma_t, math.log(alpha_s / sigma_s) - math.log(alpha_t / sigma_t)
 
 
-def sample(eps_fn, sampler, steps, eta, abar, z_T, step_noise):
-    # returns the latents after every step, a list of S tensors; eps_fn(z, t) -> eps (float64)
+def sample(eps_fn, sampler, steps, eta, abar, z_T, step_noise, ddpm_clip=DDPM_X0_CLIP, stats=None):
+    # returns the latents after every step, a list of S tensors; eps_fn(z, t) -> eps (float64).
+    # Step k takes the noise step_noise[k mod len(step_noise)]. ddpm_clip: DDPM's bound on x0 (None:
+    # unbounded, for the self-check); stats, a dict, receives the count of clamped and all x0 values
     taus = respaced_timesteps(steps)
     z, out = z_T.clone(), []
     x0_prev, h_prev = None, None
@@ -94,12 +105,18 @@ def sample(eps_fn, sampler, steps, eta, abar, z_T, step_noise):
         last = k == steps - 1
         a_t = float(abar[t])
         a_s = 1.0 if last else float(abar[taus[k + 1]])
+        noise = step_noise[k % step_noise.shape[0]]
         eps = eps_fn(z, t)
-        x0 = (z - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)  # no clipping: latents are unbounded
+        x0 = (z - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
         if sampler == "ddpm":
-            z = ddpm_step(z, x0, a_t, a_s, None if last else step_noise[k])
+            if ddpm_clip is not None:
+                if stats is not None:
+                    stats["clamped"] = stats.get("clamped", 0) + int((x0.abs() > ddpm_clip).sum())
+                    stats["total"] = stats.get("total", 0) + x0.numel()
+                x0 = torch.clamp(x0, -ddpm_clip, ddpm_clip)
+            z = ddpm_step(z, x0, a_t, a_s, None if last else noise)
         elif sampler == "ddim":
-            z = ddim_step(x0, eps, a_t, a_s, eta, step_noise[k])
+            z = ddim_step(x0, eps, a_t, a_s, eta, noise)
         elif sampler == "dpm++2m":
             if last:
                 # to sigma = 0: lambda_s = inf, exp(-h) = 0, so the first-order step lands on x0
@@ -153,9 +170,9 @@ def load_model(path):
 
 
 def self_checks(eps_fn, abar, z_T, step_noise):
-    # DDPM's posterior step is DDIM with eta = 1, and DPM-Solver++'s first-order step is DDIM with
-    # eta = 0; the second-order DPM-Solver++ step must differ from DDIM by more than rounding
-    ddpm = sample(eps_fn, "ddpm", 5, 0.0, abar, z_T, step_noise)
+    # DDPM's posterior step (unclamped) is DDIM with eta = 1, and DPM-Solver++'s first-order step is
+    # DDIM with eta = 0; the second-order DPM-Solver++ step must differ from DDIM by more than rounding
+    ddpm = sample(eps_fn, "ddpm", 5, 0.0, abar, z_T, step_noise, ddpm_clip=None)
     ddim1 = sample(eps_fn, "ddim", 5, 1.0, abar, z_T, step_noise)
     ddim0 = sample(eps_fn, "ddim", 5, 0.0, abar, z_T, step_noise)
     dpm = sample(eps_fn, "dpm++2m", 5, 0.0, abar, z_T, step_noise)
@@ -178,7 +195,8 @@ def main():
     labels = torch.tensor(LABELS, dtype=torch.int64)
     out = {"z_T": z_T.numpy(), "step_noise": step_noise.numpy(), "c10.labels": labels.numpy()}
     meta = {"format": "ldm.c reference", "format_version": "1", "script": "dev/refs_samplers.py",
-            "torch": torch.__version__, "schedule": "cosine", "c10.guidance": repr(GUIDANCE)}
+            "torch": torch.__version__, "schedule": "cosine", "c10.guidance": repr(GUIDANCE),
+            "ddpm_x0_clip": repr(DDPM_X0_CLIP)}
     z64, noise64 = z_T.double(), step_noise.double()
 
     for prefix, nc in (("c0", 0), ("c10", 10)):
@@ -191,13 +209,15 @@ def main():
         self_checks(eps_fn, abar, z64, noise64)
         for name, sampler, steps, eta in CASES + (GUIDED_ONLY_CASES if nc else []):
             case = f"{prefix}.{name}"
-            traj = sample(eps_fn, sampler, steps, eta, abar, z64, noise64)
+            stats = {}
+            traj = sample(eps_fn, sampler, steps, eta, abar, z64, noise64, stats=stats)
             out[f"{case}.z1"] = traj[0].float().numpy()
             out[f"{case}.z2"] = traj[1].float().numpy()
             out[f"{case}.final"] = traj[-1].float().numpy()
             meta[f"{case}.sampler"], meta[f"{case}.steps"], meta[f"{case}.eta"] = sampler, str(steps), repr(eta)
-            print(f"  {case:18s} {sampler:8s} S={steps:2d} eta={eta:.1f}  max|z1| {traj[0].abs().max():.3f}  "
-                  f"max|final| {traj[-1].abs().max():.3f}")
+            clamped = f"  x0 clamped {stats['clamped'] / stats['total']:.1%}" if stats else ""
+            print(f"  {case:18s} {sampler:8s} S={steps:4d} eta={eta:.1f}  max|z1| {traj[0].abs().max():.3f}  "
+                  f"max|final| {traj[-1].abs().max():.3f}{clamped}")
 
     path = os.path.join(HERE, "ref", "samplers.safetensors")
     write_safetensors(path, out, meta)

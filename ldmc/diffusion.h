@@ -4,6 +4,7 @@
 //   diffusion_q_sample   z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, the training input
 //   sample_latents       DDPM (ancestral), DDIM (eta) and DPM-Solver++(2M) over S respaced steps,
 //                        calling a model callback for eps (the callback does CFG and batching)
+//   DDPM_X0_CLIP         the bound on DDPM's x0 prediction (below: why DDPM needs one)
 // Latents are tiny (B x 4 x 8 x 8), so the sampler arithmetic runs on the host in double; only the
 // U-Net forward, behind the callback, runs on the device.
 #pragma once
@@ -12,6 +13,24 @@
 #include "rng.cuh"
 
 #define DIFFUSION_T 1000
+
+// DDPM clamps its x0 prediction to [-DDPM_X0_CLIP, DDPM_X0_CLIP]. Why: near t = T the cosine schedule's
+// abar is tiny (abar_999 = 2.4e-9), and x0 = (z - sqrt(1 - abar_t) eps) / sqrt(abar_t) turns an eps error
+// e into an x0 error ~2e4 e. The ancestral step 999 -> 998 weights x0 by sqrt(abar_998) beta / (1 -
+// abar_999) = 1.6e-3, so e reaches z_998 times 32 (times 1.5 on the step from 998, 0.8 from 997, then
+// < 0.6): an eps error of 0.1 puts a 3-sigma error into a latent the model expects at unit variance, and
+// the 998 steps after it never recover (a third of the pixels of a 1,000-step sample saturated).
+// Clamped, the first step adds at most 1.6e-3 * DDPM_X0_CLIP (0.02) to z_998. The bound is the range
+// the data occupy, so that it never cuts a real latent: z0 = mu * latent_scale has unit std over all
+// values, but not per channel (the quick-start VAE's channels: std 0.48, 0.22, 1.93, 0.07), so the
+// widest channel reaches far out: max |z0| 11.1 over its 100,000 training latents, 3.5e-3 of the values
+// beyond 5, 4e-7 beyond 10. 12 is the round number above that; any bound well under 2e4 e stops the
+// divergence. A constant, not a per-model measured range, because that would need a new checkpoint
+// field; train_ldm logs max |z0| of its training latents and the fraction beyond the bound, and warns
+// when it exceeds 0.1%. DDIM and DPM-Solver++ do not clip (SPEC section 5): their first step at the
+// step counts they are run with, from t = 980 (50 steps) or 950 (20), passes an eps error on with gain
+// ~1.05, not 32. (At 1,000 steps DDIM would have DDPM's problem.)
+#define DDPM_X0_CLIP 12.0
 
 typedef enum { SCHEDULE_COSINE, SCHEDULE_LINEAR } Schedule;
 typedef enum { SAMPLER_DDPM, SAMPLER_DDIM, SAMPLER_DPMPP_2M } Sampler;
@@ -95,7 +114,10 @@ static inline void sample_latents(Sampler sampler, int steps, float eta, const d
         for (size_t k = 0; k < N; k++) x0[k] = (z[k] - sqrt(1.0 - a_t) * eps[k]) / sqrt(a_t);
         uint64_t noise_base = (uint64_t)(steps - 1 - i) * N;
         if (sampler == SAMPLER_DDPM) {
-            // posterior q(z_s | z_t, x0): mean = c0 x0 + ct z_t, variance = (1 - a_s)/(1 - a_t) * beta
+            // posterior q(z_s | z_t, x0): mean = c0 x0 + ct z_t, variance = (1 - a_s)/(1 - a_t) * beta,
+            // with x0 clamped to +-DDPM_X0_CLIP (see there); on the last step c0 = 1, ct = 0: the sample
+            // is the clamped x0
+            for (size_t k = 0; k < N; k++) x0[k] = fmin(fmax(x0[k], -DDPM_X0_CLIP), DDPM_X0_CLIP);
             double beta = 1.0 - a_t / a_s;
             double c0 = sqrt(a_s) * beta / (1.0 - a_t);
             double ct = sqrt(1.0 - beta) * (1.0 - a_s) / (1.0 - a_t);

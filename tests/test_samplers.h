@@ -4,9 +4,11 @@
 // (dev/ref/samplers.safetensors, written by dev/refs_samplers.py) with the test weights of
 // dev/ref/unet_c0.safetensors (unconditional) and dev/ref/unet_c10.safetensors (labels 3, 7, 1 with
 // guidance 3). Every case starts from the same z_T and takes its per-step noise from the reference's
-// step_noise; the latents after step 1, after step 2 and the final sample are compared, to 1e-4 of
-// max|ref| (our U-Net runs in float32, the reference in float64). One guided case runs again with
-// room for only 2 of the 3 samples per forward, so cfg_eps works in chunks.
+// step_noise (step k uses row k mod rows); the latents after step 1, after step 2 and the final sample
+// are compared, to 1e-4 of max|ref| (our U-Net runs in float32, the reference in float64). DDPM clamps
+// its x0 prediction to +-DDPM_X0_CLIP, the bound the reference used (its metadata ddpm_x0_clip); the
+// guided 1,000-step DDPM case starts at t = 999, where the bound matters most. One guided case runs
+// again with room for only 2 of the 3 samples per forward, so cfg_eps works in chunks.
 // Needs train_ldm.cu (UNet, CFGContext, cfg_eps) included first. Runs on whatever g_device is.
 #pragma once
 
@@ -106,12 +108,16 @@ static inline void tsamp_run_case(const SafeTensors* ref, const double* abar, CF
                         "HINT: regenerate it with /usr/bin/python3 dev/refs_samplers.py\n", TSAMP_REF_PATH, cs, steps, DIFFUSION_T);
         exit(EXIT_FAILURE);
     }
-    if (noise == NULL || noise->ndim < 1 || noise->shape[0] < steps || noise->numel != (size_t)noise->shape[0] * N) {
-        fprintf(stderr, "Error: %s: step_noise must be (>= %d, %d, %zu) float32 for case %s.\n"
-                        "HINT: regenerate it with /usr/bin/python3 dev/refs_samplers.py\n", TSAMP_REF_PATH, steps, n, dim, cs);
+    if (noise == NULL || noise->ndim < 1 || noise->shape[0] < 1 || noise->numel != (size_t)noise->shape[0] * N) {
+        fprintf(stderr, "Error: %s: step_noise must be (rows, %d, %zu) float32 for case %s.\n"
+                        "HINT: regenerate it with /usr/bin/python3 dev/refs_samplers.py\n", TSAMP_REF_PATH, n, dim, cs);
         exit(EXIT_FAILURE);
     }
-    const float* step_noise = safetensors_get_f32(ref, "step_noise", 0);
+    const float* noise_rows = safetensors_get_f32(ref, "step_noise", 0);
+    float* step_noise = (float*)mallocCheck((size_t)steps * N * sizeof(float));  // (steps, n, dim): row k mod rows
+    for (int k = 0; k < steps; k++) {
+        memcpy(step_noise + (size_t)k * N, noise_rows + (size_t)(k % noise->shape[0]) * N, N * sizeof(float));
+    }
 
     float* z = (float*)mallocCheck(N * sizeof(float));                        // (n, dim)
     float* trace = (float*)mallocCheck((size_t)steps * N * sizeof(float));   // (steps, n, dim)
@@ -128,7 +134,7 @@ static inline void tsamp_run_case(const SafeTensors* ref, const double* abar, CF
                  sampler_name(sampler), steps, eta, note, checks[i].label);
         check_close(tname, checks[i].got, safetensors_get_f32(ref, key, N), N, TSAMP_RTOL);
     }
-    free(z); free(trace);
+    free(z); free(trace); free(step_noise);
 }
 
 // a CFGContext for a U-Net: labels (n) or NULL (unconditional), host staging for max_batch rows
@@ -166,6 +172,10 @@ static inline void test_samplers(void) {
         exit(EXIT_FAILURE);
     }
     int n = (int)zT->shape[0];
+    double clip = tsamp_meta_number(&ref, "ddpm_x0_clip");
+    char detail[128];
+    snprintf(detail, sizeof(detail), "reference %g, diffusion.h %g", clip, DDPM_X0_CLIP);
+    check_true("samplers: DDPM's x0 bound is the reference's", clip == DDPM_X0_CLIP, detail);
     const char* cases[] = {"ddpm", "ddim_eta0", "ddim_eta05", "ddim_eta1", "dpmpp2m"};
     const int ncases = (int)(sizeof(cases) / sizeof(cases[0]));
 
@@ -186,6 +196,7 @@ static inline void test_samplers(void) {
     c = tsamp_context(&m, labels, guidance);
     for (int i = 0; i < ncases; i++) tsamp_run_case(&ref, abar, &c, n, "c10", cases[i], "");
     tsamp_run_case(&ref, abar, &c, n, "c10", "ddpm10", "");
+    tsamp_run_case(&ref, abar, &c, n, "c10", "ddpm1000", "");
     tsamp_context_free(&c);
     unet_free(&m);
 
