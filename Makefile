@@ -48,7 +48,7 @@ STB_INC ?= /usr/include/stb
 NVCC_FLAGS := $(OPT) -std=c++17 -diag-suppress 177 $(ARCH_FLAGS) -Xcompiler $(HOST_FLAGS) -I. -I$(STB_INC)
 NVCC_LIBS := -lcublas $(OMP_LIB) -lm
 
-PROGRAMS := train_vae train_ldm sample_ldm test_ldm
+PROGRAMS := train_vae train_ldm sample_ldm eval_ldm test_ldm
 HEADERS := $(wildcard ldmc/*.cuh ldmc/*.h tests/*.h)
 
 .PHONY: all test data clean quickstart sanitize
@@ -62,6 +62,9 @@ train_ldm: train_ldm.cu train_vae.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
 
 sample_ldm: sample_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
+	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
+
+eval_ldm: eval_ldm.cu train_vae.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) $< $(NVCC_LIBS) -o $@
 
 test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
