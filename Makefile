@@ -1,9 +1,11 @@
 # ldm.c — build knobs
-#   make                  every program (train_vae, train_ldm, sample_ldm, test_ldm)
+#   make                  every program (train_vae, train_ldm, sample_ldm, eval_ldm, test_ldm)
 #   make test             build and run the test suite (CPU always, CUDA too when a GPU is present),
 #                         the data converter's checks (tests/bad_data.sh) and the bad-input battery
 #                         (tests/bad_inputs.sh); the last line adds them up
 #   make data             CIFAR-10 in its official binary layout under data/cifar-10-batches-bin
+#   make eval             scores the quick start (after make quickstart): 2,000 samples of the LDM and the
+#                         VAE's reconstructions of 2,000 test images, one line each (eval_ldm)
 #   make sanitize         every program built with ASan + UBSan into build-sanitize/, then test_ldm and the
 #                         tests/*.sh batteries run with those binaries (tests/sanitize.sh); any report fails it
 # Knobs:
@@ -51,7 +53,7 @@ NVCC_LIBS := -lcublas $(OMP_LIB) -lm
 PROGRAMS := train_vae train_ldm sample_ldm eval_ldm test_ldm
 HEADERS := $(wildcard ldmc/*.cuh ldmc/*.h tests/*.h)
 
-.PHONY: all test data clean quickstart sanitize
+.PHONY: all test data clean quickstart sanitize eval
 
 all: $(PROGRAMS)
 
@@ -72,7 +74,7 @@ test_ldm: test_ldm.cu train_ldm.cu train_vae.cu $(HEADERS)
 
 # test_ldm, the converter's checks and the battery on the real programs (about two minutes); the last
 # line, "N passed, M failed", adds up the three suites' lines (tests/suites.sh)
-test: test_ldm train_vae train_ldm sample_ldm
+test: test_ldm train_vae train_ldm sample_ldm eval_ldm
 	@bash -c 'source tests/suites.sh; run_suite test_ldm ./test_ldm; run_suite bad_data bash tests/bad_data.sh; \
 	    run_suite bad_inputs bash tests/bad_inputs.sh; suites_summary'
 
@@ -89,6 +91,19 @@ runs/ldm_tiny_c10/checkpoint_final.safetensors: runs/vae_tiny/checkpoint_final.s
 
 runs/quickstart_samples.png: runs/ldm_tiny_c10/checkpoint_final.safetensors | sample_ldm
 	./sample_ldm --checkpoint $< --sampler dpm++2m --steps 20 --guidance-scale 3 --out $@
+
+# the quick start's scores (about 5 minutes on 2 CPU cores): 2,000 samples with the quick start's sampler
+# settings, as CIFAR-10 records, and the VAE's reconstructions of the first 2,000 test images, each scored
+# by eval_ldm against the first 2,000 test images (FD in the committed classifier's features, class
+# agreement; MSE and PSNR for the VAE). dev/README.md, "Evaluating samples", says how to read them.
+EVAL_N := 2000
+
+eval: runs/quickstart_samples.bin | eval_ldm
+	./eval_ldm --vae-checkpoint runs/vae_tiny/checkpoint_final.safetensors --vae-n $(EVAL_N) $<
+
+runs/quickstart_samples.bin: runs/ldm_tiny_c10/checkpoint_final.safetensors | sample_ldm
+	./sample_ldm --checkpoint $< --sampler dpm++2m --steps 20 --guidance-scale 3 --n $(EVAL_N) \
+	    --out runs/quickstart_samples_eval.png --out-raw $@
 
 # CIFAR-10 in the official binary layout, from ../shared/cifar10 (or an official tarball at hand)
 data:

@@ -109,13 +109,9 @@ static void image_set_free(ImageSet* s) {
 // reads the records of `path` (its first `limit`, when limit > 0): a regular file holding a whole
 // number of 3,073-byte records, each label 0..9 or 255
 static void read_image_file(const char* path, int limit, ImageSet* s) {
-    char err[1024];
-    long long size = 0;
-    FILE* fp = cifar10_open_regular(path, &size, err, sizeof(err));
-    if (fp == NULL) {
-        fprintf(stderr, "Error: image file: %s\n", err);
-        exit(EXIT_FAILURE);
-    }
+    check_regular_file(path, "image file");  // before the open: a FIFO or device would block or feed forever
+    struct stat sb;
+    long long size = stat(path, &sb) == 0 ? (long long)sb.st_size : -1;
     if (size == 0 || size % CIFAR10_RECORD_BYTES != 0 || size / CIFAR10_RECORD_BYTES > EVAL_MAX_RECORDS) {
         fprintf(stderr, "Error: '%s' is %lld bytes, not a whole number of CIFAR-10 records (%d bytes each: a label "
                         "byte, then 3,072 pixel bytes), 1 to %d of them.\nHINT: pass a file sample_ldm --out-raw "
@@ -129,6 +125,7 @@ static void read_image_file(const char* path, int limit, ImageSet* s) {
                 limit, path, records);
         exit(EXIT_FAILURE);
     }
+    FILE* fp = fopenCheck(path, "rb");
     s->n = limit > 0 ? limit : records;
     if (s->n < 2) {
         fprintf(stderr, "Error: '%s' holds 1 record; a covariance needs at least 2 images (use 2,000 or more).\n", path);
@@ -214,13 +211,18 @@ typedef struct {
     int agree;          // classifier argmax == label among them
 } Reference;
 
-static void reference_prepare(Reference* r, Classifier* c, int n) {
+// the split must hold the n reference images a line needs
+static void reference_check(const Reference* r, int n) {
     if (n > r->split.n) {
         fprintf(stderr, "Error: the reference needs %d images, but the %s split has %d.\nHINT: pass --ref-n %d (the "
                         "FD then compares unequal n: say so), --ref train (50,000 images), or --n to score fewer.\n",
                 n, r->name, r->split.n, r->split.n);
         exit(EXIT_FAILURE);
     }
+}
+
+static void reference_prepare(Reference* r, Classifier* c, int n) {
+    reference_check(r, n);
     if (n <= r->n) return;
     char what[64];
     snprintf(what, sizeof(what), "reference (%s split)", r->name);
@@ -254,19 +256,16 @@ static void format_agreement(char* out, size_t len, const Scores* s, int n) {
     }
 }
 
-static void score_file(const EvalArgs* a, Classifier* c, Reference* ref, const char* path) {
-    ImageSet set;
-    read_image_file(path, a->n, &set);
-    int ref_n = a->ref_n > 0 ? a->ref_n : set.n;
+static void score_file(const EvalArgs* a, Classifier* c, Reference* ref, const char* path, const ImageSet* set) {
+    int ref_n = a->ref_n > 0 ? a->ref_n : set->n;
     reference_prepare(ref, c, ref_n);
-    Scores s = score_images(c, set.pixels, set.labels, set.n, path);
-    double fd = fd_against_reference(ref, s.features, set.n, ref_n, c->feature_dim);
+    Scores s = score_images(c, set->pixels, set->labels, set->n, path);
+    double fd = fd_against_reference(ref, s.features, set->n, ref_n, c->feature_dim);
     char agreement[96];
-    format_agreement(agreement, sizeof(agreement), &s, set.n);
-    printf("%s: n %d | FD %.3f vs the first %d %s images%s\n", path, set.n, fd, ref_n, ref->name, agreement);
+    format_agreement(agreement, sizeof(agreement), &s, set->n);
+    printf("%s: n %d | FD %.3f vs the first %d %s images%s\n", path, set->n, fd, ref_n, ref->name, agreement);
     fflush(stdout);
     free(s.features);
-    image_set_free(&set);
 }
 
 // reconstructs the first n test images with the VAE (from the mean latent) and scores them: MSE of the
@@ -321,8 +320,9 @@ int main(int argc, char** argv) {
     EvalArgs a;
     eval_parse_args(argc, argv, &a);
     device_init(a.device);
-    // every input is checked before any work: a typo in the last file name costs nothing
-    for (int i = 0; i < a.nfiles; i++) check_regular_file(a.files[i], "image file");
+    // every input is read and checked before any work: a bad last file costs nothing
+    static ImageSet sets[EVAL_MAX_FILES];
+    for (int i = 0; i < a.nfiles; i++) read_image_file(a.files[i], a.n, &sets[i]);
     if (a.vae_checkpoint) check_regular_file(a.vae_checkpoint, "--vae-checkpoint");
     char dir[4096];
     cifar10_resolve_dir(a.data, dir, sizeof(dir));
@@ -333,16 +333,18 @@ int main(int argc, char** argv) {
     memset(&ref, 0, sizeof(ref));
     ref.name = a.ref_train ? "train" : "test";
     cifar10_load(&ref.split, dir, a.ref_train);
+    for (int i = 0; i < a.nfiles; i++) reference_check(&ref, a.ref_n > 0 ? a.ref_n : sets[i].n);
     Cifar10 test;
     memset(&test, 0, sizeof(test));
     if (a.vae_checkpoint && a.ref_train) cifar10_load(&test, dir, 0);
 
-    for (int i = 0; i < a.nfiles; i++) score_file(&a, &c, &ref, a.files[i]);
+    for (int i = 0; i < a.nfiles; i++) score_file(&a, &c, &ref, a.files[i], &sets[i]);
     if (a.vae_checkpoint) score_vae(&a, &c, &ref, a.ref_train ? &test : &ref.split);
     if (ref.n > 0) {
         printf("(classifier accuracy on those %d %s images: %.3f)\n", ref.n, ref.name, (double)ref.agree / ref.n);
     }
 
+    for (int i = 0; i < a.nfiles; i++) image_set_free(&sets[i]);
     free(ref.features);
     cifar10_free(&ref.split);
     cifar10_free(&test);
