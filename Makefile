@@ -92,10 +92,11 @@ runs/ldm_tiny_c10/checkpoint_final.safetensors: runs/vae_tiny/checkpoint_final.s
 runs/quickstart_samples.png: runs/ldm_tiny_c10/checkpoint_final.safetensors | sample_ldm
 	./sample_ldm --checkpoint $< --sampler dpm++2m --steps 20 --guidance-scale 3 --out $@
 
-# the quick start's scores (about 5 minutes on 2 CPU cores): 2,000 samples with the quick start's sampler
-# settings, as CIFAR-10 records, and the VAE's reconstructions of the first 2,000 test images, each scored
-# by eval_ldm against the first 2,000 test images (FD in the committed classifier's features, class
-# agreement; MSE and PSNR for the VAE). dev/README.md, "Evaluating samples", says how to read them.
+# the quick start's scores: 2,000 samples with the quick start's sampler settings, as CIFAR-10 records (a
+# rule of its own), and the VAE's reconstructions of the first 2,000 test images, each scored by eval_ldm
+# against the first 2,000 test images (FD in the committed classifier's features, class agreement; MSE
+# and PSNR for the VAE); eval_ldm itself takes about 2 minutes on 2 loaded CPU cores. dev/README.md,
+# "Evaluating samples", says how to read the numbers.
 EVAL_N := 2000
 
 eval: runs/quickstart_samples.bin | eval_ldm

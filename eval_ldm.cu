@@ -263,7 +263,7 @@ static void score_file(const EvalArgs* a, Classifier* c, Reference* ref, const c
     double fd = fd_against_reference(ref, s.features, set->n, ref_n, c->feature_dim);
     char agreement[96];
     format_agreement(agreement, sizeof(agreement), &s, set->n);
-    printf("%s: n %d | FD %.3f vs the first %d %s images%s\n", path, set->n, fd, ref_n, ref->name, agreement);
+    printf("%s: n %d | FD %.4f vs the first %d %s images%s\n", path, set->n, fd, ref_n, ref->name, agreement);
     fflush(stdout);
     free(s.features);
 }
@@ -308,7 +308,7 @@ static void score_vae(const EvalArgs* a, Classifier* c, Reference* ref, const Ci
     double fd = fd_against_reference(ref, s.features, n, ref_n, c->feature_dim);
     char agreement[96];
     format_agreement(agreement, sizeof(agreement), &s, n);
-    printf("VAE %s: n %d test images reconstructed | MSE %.5f PSNR %.2f dB | FD %.3f vs the first %d %s images%s\n",
+    printf("VAE %s: n %d test images reconstructed | MSE %.5f PSNR %.2f dB | FD %.4f vs the first %d %s images%s\n",
            a->vae_checkpoint, n, mse, 10.0 * log10(4.0 / mse), fd, ref_n, ref->name, agreement);
     fflush(stdout);
     free(s.features); free(x); free(rec); free(rec_pixels);

@@ -77,10 +77,10 @@ def main():
     print("| images | n | FD (vs the first n test images) | class agreement |")
     print("|---|---|---|---|")
     for (title, _, _, _), path in zip(sets, paths):
-        print(f"| {title} | {n} | {scores[path][0]:.3f} | {scores[path][1]} |")
+        print(f"| {title} | {n} | {scores[path][0]:.4f} | {scores[path][1]} |")
     if len(sys.argv) <= 1:
         fd, agree = scores[f"{DATA}/data_batch_1.bin"]
-        print(f"| real train images (data_batch_1) | 10000 | {fd:.3f} | {agree} |")
+        print(f"| real train images (data_batch_1) | 10000 | {fd:.4f} | {agree} |")
 
 
 if __name__ == "__main__":
