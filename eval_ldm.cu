@@ -86,6 +86,7 @@ static void eval_parse_args(int argc, char** argv, EvalArgs* a) {
             a->files[a->nfiles++] = f;
         }
     }
+    if (a->vae_n > 0 && a->vae_checkpoint == NULL) args_fail(argv[0], "--vae-n needs --vae-checkpoint PATH");
     if (a->nfiles == 0 && a->vae_checkpoint == NULL) {
         args_fail(argv[0], "nothing to score: give one or more files of CIFAR-10 records, or --vae-checkpoint PATH");
     }

@@ -162,6 +162,9 @@ def frechet_numpy(f1, f2):
     m = r1 @ s2 @ r1
     em = np.linalg.eigvalsh((m + m.T) / 2)
     tr_sqrt = np.sqrt(np.clip(em, 0, None)).sum()
+    # the same trace another way: S1 S2 (not symmetric) has the same eigenvalues as M
+    other = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    assert abs(other - tr_sqrt) <= 1e-8 * max(1.0, tr_sqrt), (other, tr_sqrt)
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
 
 

@@ -317,6 +317,7 @@ EVAL=("$REPO_ROOT/eval_ldm" --device cpu --classifier "$REPO_ROOT/dev/classifier
 { printf '\003'; head -c 3072 /dev/zero; printf '\012'; head -c 3072 /dev/zero; } > in/label10.bin
 head -c 3100 in/two_records.bin > in/partial_record.bin
 refuse "eval_ldm: no file and no --vae-checkpoint" "nothing to score" "${EVAL[@]}"
+refuse "eval_ldm: --vae-n without --vae-checkpoint" "--vae-n needs --vae-checkpoint" "${EVAL[@]}" --vae-n 5 in/two_records.bin
 refuse "eval_ldm: a file that is not whole records" "3100 bytes, not a whole number of CIFAR-10 records" \
     "${EVAL[@]}" in/partial_record.bin
 refuse "eval_ldm: an empty file" "0 bytes, not a whole number" "${EVAL[@]}" in/empty.bin
