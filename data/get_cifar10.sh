@@ -51,7 +51,7 @@ build_converter() {
 
 # every file is written into a scratch directory beside OUT_DIR and moved into place at the end
 WORK=""
-cleanup() { [ -n "$WORK" ] && rm -rf "$WORK"; }
+cleanup() { if [ -n "$WORK" ]; then rm -rf "$WORK"; fi; }  # an if: a false test must not become the exit status
 trap cleanup EXIT
 make_work_dir() {
     mkdir -p "$(dirname "$OUT_DIR")"
