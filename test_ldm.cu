@@ -18,6 +18,7 @@ The last line is "N passed, M failed"; the exit code is non-zero on any failure.
 #include "tests/test_safetensors.h"
 #include "tests/test_data.h"
 #include "tests/test_tensorboard.h"
+#include "tests/test_eval.h"
 
 // ----------------------------------------------------------------------------
 // comparing a whole model's parameters (or gradients) with a reference file, tensor by tensor
@@ -367,6 +368,7 @@ static void run_device_tests(Device d) {
     test_unet_model("dev/ref/unet_c0.safetensors");
     test_unet_model("dev/ref/unet_c10.safetensors");
     test_samplers();
+    test_classifier();
 }
 
 int main(int argc, char** argv) {
@@ -381,6 +383,7 @@ int main(int argc, char** argv) {
     test_tensorboard();
     test_schedules();
     test_conv_determinism();
+    test_frechet();
     run_device_tests(DEVICE_CPU);
     int count = 0;
     if (strcmp(want, "--cpu-only") != 0 && cudaGetDeviceCount(&count) == cudaSuccess && count > 0) {

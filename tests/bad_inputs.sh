@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/bad_inputs.sh — the bad-input battery: the real programs (train_vae, train_ldm, sample_ldm) on
+# tests/bad_inputs.sh — the bad-input battery: the real programs (train_vae, train_ldm, sample_ldm, eval_ldm) on
 # damaged and lying checkpoints and training states (tests/bad_inputs/, written by dev/make_bad_inputs.py),
 # odd files (FIFO, directory, /dev/zero, empty), output paths that collide with inputs, and bad flags.
 # Every case must exit non-zero (and below 128: no signal, no hang) with a message naming the problem (a
@@ -7,13 +7,13 @@
 # create nothing (except where a case says what it may create). A few controls must succeed, so that the
 # refusals are known to come from the one thing wrong with each input.
 # Runs in a temporary folder (the inputs copied to in/, runs/ made there), on the CPU; about a minute.
-# Needs the built programs (make train_vae train_ldm sample_ldm) and, for the cases that train, CIFAR-10
+# Needs the built programs (make train_vae train_ldm sample_ldm eval_ldm) and, for the cases that train, CIFAR-10
 # ($CIFAR10_DIR, else data/cifar-10-batches-bin; those cases are skipped without it).
 # Ends with "N passed, M failed"; exit status non-zero on any failure.
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-for prog in train_vae train_ldm sample_ldm; do
+for prog in train_vae train_ldm sample_ldm eval_ldm; do
     [ -x "$REPO_ROOT/$prog" ] || { echo "bad_inputs.sh: build $prog first (make $prog)"; exit 1; }
 done
 VAE="$REPO_ROOT/train_vae"; LDM="$REPO_ROOT/train_ldm"; SAMPLE="$REPO_ROOT/sample_ldm"
@@ -315,8 +315,44 @@ if [ $HAVE_DATA -eq 1 ]; then
         "the weights after step 6 are not finite .* keeps the last good state" \
         "$VAE" --device cpu --resume --run-name vae_update_overflows --data "$DATA" --max-steps 6
 else
-    skipped=2
+    skipped=$((skipped + 2))
     echo "  [skip] the 2 cases that need the data: no CIFAR-10 in '$DATA'"
+fi
+
+# --- eval_ldm: files of CIFAR-10 records, refused before any work (no classifier or data needed for those)
+EVAL=("$REPO_ROOT/eval_ldm" --device cpu --classifier "$REPO_ROOT/dev/classifier/cifar10_classifier.safetensors")
+{ printf '\003'; head -c 3072 /dev/zero; printf '\377'; head -c 3072 /dev/zero; } > in/two_records.bin
+{ printf '\003'; head -c 3072 /dev/zero; printf '\012'; head -c 3072 /dev/zero; } > in/label10.bin
+head -c 3100 in/two_records.bin > in/partial_record.bin
+refuse "eval_ldm: no file and no --vae-checkpoint" "nothing to score" "${EVAL[@]}"
+refuse "eval_ldm: --vae-n without --vae-checkpoint" "--vae-n needs --vae-checkpoint" "${EVAL[@]}" --vae-n 5 in/two_records.bin
+refuse "eval_ldm: a file that is not whole records" "3100 bytes, not a whole number of CIFAR-10 records" \
+    "${EVAL[@]}" in/partial_record.bin
+refuse "eval_ldm: an empty file" "0 bytes, not a whole number" "${EVAL[@]}" in/empty.bin
+refuse "eval_ldm: a label that is no class and not 255" "record 1 of 'in/label10.bin' has label 10" \
+    "${EVAL[@]}" in/label10.bin
+refuse "eval_ldm: a directory" "'in/dir': a directory, not a regular file" "${EVAL[@]}" in/dir
+refuse "eval_ldm: a FIFO (does not hang)" "FIFO" "${EVAL[@]}" in/fifo
+refuse "eval_ldm: a missing file" "No such file" "${EVAL[@]}" in/two_records.bin in/missing.bin
+refuse "eval_ldm: --n above the file's records" "--n 3, but 'in/two_records.bin' holds 2 records" \
+    "${EVAL[@]}" --n 3 in/two_records.bin
+if [ $HAVE_DATA -eq 1 ]; then
+    refuse "eval_ldm: a VAE checkpoint as the classifier" "is a vae file, not a classifier file" \
+        "${EVAL[@]}" --data "$DATA" --classifier in/vae.safetensors in/two_records.bin
+    refuse "eval_ldm: a U-Net checkpoint as --vae-checkpoint" "is a unet file, not a VAE checkpoint" \
+        "${EVAL[@]}" --data "$DATA" --vae-checkpoint in/unet.safetensors --vae-n 2
+    refuse "eval_ldm: more reference images than the split has" "the test split has 10000" \
+        "${EVAL[@]}" --data "$DATA" --ref-n 20000 in/two_records.bin
+    control "control: eval_ldm scores two records (one conditional, one unconditional)" \
+        "${EVAL[@]}" --data "$DATA" in/two_records.bin
+    grep -q "n 2 | FD .* | class agreement [01].000 (1 of them labelled)" "$T/out.txt" \
+        && ok "control: eval_ldm's line counts the one labelled record" \
+        || fail "control: eval_ldm's line counts the one labelled record" "$T/out.txt"
+    control "control: eval_ldm scores the reconstructions of a VAE checkpoint" \
+        "${EVAL[@]}" --data "$DATA" --vae-checkpoint in/vae.safetensors --vae-n 2
+else
+    skipped=$((skipped + 6))
+    echo "  [skip] the 6 eval_ldm cases that need the data: no CIFAR-10 in '$DATA'"
 fi
 
 # the skip count goes on its own line: the last line is the "N passed, M failed" that tests/suites.sh sums
