@@ -32,7 +32,10 @@ else
   ARCH_FLAGS := -gencode arch=compute_$(GPU_ARCH),code=sm_$(GPU_ARCH)
 endif
 
-HOST_FLAGS := -Wall,-Wno-format-truncation
+# -fno-trapping-math: the compiler may assume no floating-point operation traps (nothing here turns
+# traps on), which lets it vectorise loops with float compares, such as exp_cpu's clamp
+# (ldmc/elementwise.cuh); every IEEE result stays the same
+HOST_FLAGS := -Wall,-Wno-format-truncation,-fno-trapping-math
 ifneq ($(NATIVE),0)
   HOST_FLAGS := $(HOST_FLAGS),-march=native
 endif

@@ -197,6 +197,46 @@ static inline void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, 
 }
 
 // ----------------------------------------------------------------------------
+// CPU: the direct path of stride-1 convolutions
+// With stride 1, the NR consecutive output positions of a B strip that lie in one output row read,
+// for each tap (c, ky, kx), NR consecutive pixels of one padded input row: row k of the strip is
+// already contiguous in the padded image, at a fixed offset from the strip's first pixel. So
+// instead of copying the strip into a packed panel (conv2d_pack_col: about as much time as the
+// GEMM itself when Cout is small), the micro-kernel loads its B rows from the image. It applies
+// when no strip crosses a row: Wr, the width of the rows the runs follow, a multiple of NR (the
+// 32x32 and 16x16 layers, and 1x1 convolutions on whole images of a multiple of NR pixels).
+
+static inline int conv2d_direct_ok(int stride, int Wr) { return stride == 1 && Wr % GEMM_NR == 0; }
+
+// tap_offset[t] for tap t = (c, ky, kx): where the tap's pixel is in the padded input (Cin, Hp, Wp),
+// relative to the output position's (0, 0, 0) tap pixel; malloc'd, free with free
+static inline int* conv2d_tap_offsets(int Cin, int K, int Hp, int Wp) {
+    int* off = (int*)mallocCheck((size_t)Cin * K * K * sizeof(int));
+    for (int c = 0; c < Cin; c++) {
+        for (int ky = 0; ky < K; ky++) {
+            for (int kx = 0; kx < K; kx++) off[(c * K + ky) * K + kx] = (c * Hp + ky) * Wp + kx;
+        }
+    }
+    return off;
+}
+
+// Cb (M, nc) = Ap-block @ col[taps of tap_offset[0 : kc], columns n0 : n0 + nc] + beta * Cb, the
+// same loop order as gemm_macro_kernel. image_size = Cin * Hp * Wp floats per padded image.
+static inline void conv2d_direct_block(int M, int nc, int kc, const float* Ap, const float* xp, const int* tap_offset,
+                                       int Hr, int Wr, long image_size, int Wp, long n0, float beta, float* Cb) {
+    long HWr = (long)Hr * Wr;
+    for (int j = 0; j < nc; j += GEMM_NR) {
+        long n = n0 + j, img = n / HWr, p = n - img * HWr;
+        const float* first = xp + img * image_size + (p / Wr) * Wp + p % Wr;  // tap (0, 0, 0) of the strip
+        auto brow = [first, tap_offset](int k) { return first + tap_offset[k]; };
+        for (int i = 0; i < M; i += GEMM_MR) {
+            gemm_tile_rows(M - i < GEMM_MR ? M - i : GEMM_MR, GEMM_NR, kc, Ap + (size_t)i * kc, brow, 1.0f, beta,
+                           Cb + (size_t)i * nc + j, nc);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // CPU: forward
 
 // columns per work item: enough to amortise packing, small enough that the B panel (KC x NCB)
@@ -232,6 +272,9 @@ static inline void conv2d_forward_cpu(float* out, const float* x, const float* w
     float* w_packed = ws;  // packed weights, shared
     conv2d_pack_a_all(0, Cout, Kd, weight, Kd, w_packed);
 
+    int direct = conv2d_direct_ok(stride, Wr);
+    int* tap_offset = direct ? conv2d_tap_offsets(Cin, K, Hp, Wp) : NULL;
+
     long n_blocks = (N + CONV2D_NCB - 1) / CONV2D_NCB;
     #pragma omp parallel for schedule(dynamic) num_threads(nthreads)
     for (long blk = 0; blk < n_blocks; blk++) {
@@ -241,8 +284,14 @@ static inline void conv2d_forward_cpu(float* out, const float* x, const float* w
         int nc = N - n0 < CONV2D_NCB ? (int)(N - n0) : CONV2D_NCB;
         for (int pc = 0; pc < Kd; pc += GEMM_KC) {
             int kc = Kd - pc < GEMM_KC ? Kd - pc : GEMM_KC;
-            conv2d_pack_col(Bp, xp, Cin, Hp, Wp, K, stride, Hr, Wr, n0, nc, pc, kc);
-            gemm_macro_kernel(Cout, nc, kc, 1.0f, w_packed + (size_t)pc * Mpad, Bp, pc == 0 ? 0.0f : 1.0f, Cb, nc);
+            const float* Ap = w_packed + (size_t)pc * Mpad;
+            float beta = pc == 0 ? 0.0f : 1.0f;
+            if (direct) {
+                conv2d_direct_block(Cout, nc, kc, Ap, xp, tap_offset + pc, Hr, Wr, (long)Cin * Hp * Wp, Wp, n0, beta, Cb);
+            } else {
+                conv2d_pack_col(Bp, xp, Cin, Hp, Wp, K, stride, Hr, Wr, n0, nc, pc, kc);
+                gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, beta, Cb, nc);
+            }
         }
         // columns -> NCHW, one stretch of consecutive positions of one image at a time
         for (long n = n0; n < n0 + nc;) {
@@ -257,6 +306,7 @@ static inline void conv2d_forward_cpu(float* out, const float* x, const float* w
             n += len;
         }
     }
+    free(tap_offset);
 }
 
 // ----------------------------------------------------------------------------
@@ -308,6 +358,32 @@ static inline int conv2d_dweight_parts(long N, int Cout, int Kd) {
     return parts < 1 ? 1 : (int)parts;
 }
 
+// The direct path of dweight: with the taps in (ky, kx, c) order, the taps of one ky are K*Cin
+// consecutive floats of one xn row, so when K*Cin is a multiple of NR, every NR-tap B row of a
+// position is contiguous in xn and the micro-kernel loads it from there (no B panel, as in the
+// forward's direct path; same sums in the same order). This holds for stride 2 as well.
+static inline int conv2d_dweight_direct_ok(int Cin, int K) { return (K * Cin) % GEMM_NR == 0; }
+
+// partial (Cout, Kd) (+)= Ap-strips @ xn rows for the kc positions of `runs` (one KC step of a part)
+static inline void conv2d_dweight_direct_step(int Cout, int Kd, int kc, const float* Ap, const float* xn,
+                                              const ConvRun* runs, int nruns, int Cin, int K, int Hp, int Wp,
+                                              int stride, float beta, float* partial) {
+    long pos_offset[GEMM_KC];  // where position k's tap (0, 0, 0) pixel is in xn
+    int k = 0;
+    for (int q = 0; q < nruns; q++) {
+        long first = (((long)runs[q].b * Hp + (long)runs[q].oy * stride) * Wp + (long)runs[q].ox * stride) * Cin;
+        for (int t = 0; t < runs[q].len; t++) pos_offset[k++] = first + (long)t * stride * Cin;
+    }
+    for (int j = 0; j < Kd; j += GEMM_NR) {
+        long tap_offset = (long)(j / (K * Cin)) * Wp * Cin + j % (K * Cin);  // taps j.. of ky = j / (K*Cin)
+        auto brow = [xn, &pos_offset, tap_offset](int k) { return xn + pos_offset[k] + tap_offset; };
+        for (int i = 0; i < Cout; i += GEMM_MR) {
+            gemm_tile_rows(Cout - i < GEMM_MR ? Cout - i : GEMM_MR, GEMM_NR, kc, Ap + (size_t)i * kc, brow, 1.0f, beta,
+                           partial + (size_t)i * Kd + j, Kd);
+        }
+    }
+}
+
 static inline void conv2d_dweight_cpu(float* dweight, const float* dout, const float* x,
                                int B, int Cin, int H, int W, int Cout, int K, int stride) {
     int Ho = conv2d_out_size(H, K, stride), Wo = conv2d_out_size(W, K, stride), pad = K / 2;
@@ -320,6 +396,7 @@ static inline void conv2d_dweight_cpu(float* dweight, const float* dout, const f
     size_t Mpad = (size_t)ceil_div(Cout, GEMM_MR) * GEMM_MR;
     int nc_max = Kd < GEMM_NC ? ceil_div(Kd, GEMM_NR) * GEMM_NR : GEMM_NC;
     int parts = conv2d_dweight_parts(N, Cout, Kd);
+    int direct = conv2d_dweight_direct_ok(Cin, K);
     // per thread: packed A (Mpad, KC), packed B (KC, nc_max); then per part: partial dweight (Cout, Kd)
     size_t b_off = conv2d_round16(Mpad * GEMM_KC);
     size_t per_thread = b_off + conv2d_round16((size_t)GEMM_KC * nc_max);
@@ -358,6 +435,11 @@ static inline void conv2d_dweight_cpu(float* dweight, const float* dout, const f
                         }
                     }
                 }
+                float beta = pc == part_begin ? 0.0f : 1.0f;  // a part's first step sets its partial
+                if (direct) {
+                    conv2d_dweight_direct_step(Cout, Kd, kc, Ap, xn, runs, nruns, Cin, K, Hp, Wp, stride, beta, partial);
+                    continue;
+                }
                 for (int jc = 0; jc < Kd; jc += GEMM_NC) {
                     int nc = Kd - jc < GEMM_NC ? Kd - jc : GEMM_NC;
                     // B strips: Bp[k*NR + jj] = xn[b][oy*stride + ky][ox*stride + kx][c] for
@@ -390,8 +472,7 @@ static inline void conv2d_dweight_cpu(float* dweight, const float* dout, const f
                             }
                         }
                     }
-                    // the part's first step sets its partial, later steps add to it
-                    gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, pc == part_begin ? 0.0f : 1.0f, partial + jc, Kd);
+                    gemm_macro_kernel(Cout, nc, kc, 1.0f, Ap, Bp, beta, partial + jc, Kd);
                 }
             }
         }

@@ -71,20 +71,25 @@ typedef float gemm_vec __attribute__((vector_size(GEMM_VL * sizeof(float))));
 // ----------------------------------------------------------------------------
 // CPU: micro-kernel and packing
 
-// C (MR, NR) = alpha * Ap^T @ Bp + beta * C for one full register tile.
-// Ap (kc, MR): the packed A strip, k-major; Bp (kc, NR): the packed B strip, k-major.
+// C (MR, NR) = alpha * Ap^T @ B + beta * C for one full register tile.
+// Ap (kc, MR): the packed A strip, k-major. Row k of the B strip (NR floats) starts at brow(k): in
+// the packed strip, Bp + k * NR (gemm_tile); the convolution's direct path reads the rows
+// straight from the image instead (ldmc/cpu_conv2d.h). Either way the same products are summed in
+// the same order, so the result is the same bits.
 // Each k step is a rank-1 update: MR broadcasts of A times NV vectors of B. With the loops over
 // r and v fully unrolled by gcc, acc lives in registers for the whole k loop.
-static inline void gemm_micro_kernel(int kc, const float* __restrict__ Ap, const float* __restrict__ Bp,
-                                     float alpha, float beta, float* __restrict__ C, int ldc) {
+template <class BRow>
+static inline void gemm_micro_kernel_rows(int kc, const float* __restrict__ Ap, BRow brow,
+                                          float alpha, float beta, float* __restrict__ C, int ldc) {
     gemm_vec acc[GEMM_MR][GEMM_NV];
     for (int r = 0; r < GEMM_MR; r++) {
         for (int v = 0; v < GEMM_NV; v++) acc[r][v] = (gemm_vec){};
     }
     for (int k = 0; k < kc; k++) {
+        const float* row = brow(k);
         gemm_vec b[GEMM_NV];
         for (int v = 0; v < GEMM_NV; v++) {
-            memcpy(&b[v], Bp + (size_t)k * GEMM_NR + v * GEMM_VL, sizeof(gemm_vec));  // unaligned-safe load
+            memcpy(&b[v], row + v * GEMM_VL, sizeof(gemm_vec));  // unaligned-safe load
         }
         const float* a = Ap + (size_t)k * GEMM_MR;
         for (int r = 0; r < GEMM_MR; r++) {
@@ -107,10 +112,11 @@ static inline void gemm_micro_kernel(int kc, const float* __restrict__ Ap, const
 
 // the same for a partial tile (mr <= MR rows, nr <= NR columns) at the matrix edges: the packed
 // strips are zero-padded, so the full tile is computed into a scratch tile and only mr x nr is stored
-static inline void gemm_micro_kernel_edge(int mr, int nr, int kc, const float* Ap, const float* Bp,
-                                   float alpha, float beta, float* C, int ldc) {
+template <class BRow>
+static inline void gemm_micro_kernel_edge_rows(int mr, int nr, int kc, const float* Ap, BRow brow,
+                                               float alpha, float beta, float* C, int ldc) {
     float tile[GEMM_MR * GEMM_NR];
-    gemm_micro_kernel(kc, Ap, Bp, 1.0f, 0.0f, tile, GEMM_NR);
+    gemm_micro_kernel_rows(kc, Ap, brow, 1.0f, 0.0f, tile, GEMM_NR);
     for (int r = 0; r < mr; r++) {
         for (int c = 0; c < nr; c++) {
             float v = alpha * tile[r * GEMM_NR + c];
@@ -119,14 +125,21 @@ static inline void gemm_micro_kernel_edge(int mr, int nr, int kc, const float* A
     }
 }
 
-// one tile of the macro-kernel: picks the full or the edge micro-kernel
+// one tile, B rows from brow: picks the full or the edge micro-kernel
+template <class BRow>
+static inline void gemm_tile_rows(int mr, int nr, int kc, const float* Ap, BRow brow,
+                                  float alpha, float beta, float* C, int ldc) {
+    if (mr == GEMM_MR && nr == GEMM_NR) {
+        gemm_micro_kernel_rows(kc, Ap, brow, alpha, beta, C, ldc);
+    } else {
+        gemm_micro_kernel_edge_rows(mr, nr, kc, Ap, brow, alpha, beta, C, ldc);
+    }
+}
+
+// one tile of the macro-kernel, from a packed B strip Bp (kc, NR)
 static inline void gemm_tile(int mr, int nr, int kc, const float* Ap, const float* Bp,
                              float alpha, float beta, float* C, int ldc) {
-    if (mr == GEMM_MR && nr == GEMM_NR) {
-        gemm_micro_kernel(kc, Ap, Bp, alpha, beta, C, ldc);
-    } else {
-        gemm_micro_kernel_edge(mr, nr, kc, Ap, Bp, alpha, beta, C, ldc);
-    }
+    gemm_tile_rows(mr, nr, kc, Ap, [Bp](int k) { return Bp + (size_t)k * GEMM_NR; }, alpha, beta, C, ldc);
 }
 
 // C (mc, nc) = alpha * A @ B + beta * C from a packed block of A (ceil(mc/MR) strips of kc x MR)

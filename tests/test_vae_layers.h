@@ -116,10 +116,81 @@ static inline void test_groupnorm_case(const SafeTensors* st, const char* prefix
 }
 
 // ----------------------------------------------------------------------------
-// elementwise: silu, add, scale, upsample2x (the CPU path is the reference)
+// elementwise: silu, add, scale, upsample2x (the CPU path of add, scale and upsample2x is the
+// reference; SiLU's is silu_*_cpu, with exp_cpu)
+
+// exp_cpu against libm's double-precision exp over its whole range; the fast SiLU against the exact
+// values (computed in double) far beyond the 96 PyTorch values: x over [-120, 120] in steps of
+// ~1e-3, where exp_cpu's clamp acts, and +-1e30, +-inf. Errors are measured against the size of
+// the expression's terms, |silu(x)| forward and |dout| s (1 + |x| (1 - s)) backward (the gradient
+// itself crosses 0 near x = -1.28, where any float evaluation loses its relative accuracy), and
+// the fast path must be as accurate as the reference (which matches PyTorch): its worst error at
+// most the reference's plus 2 ulp. Non-finite values must be where the reference has them.
+static inline double silu_exact(double x, double dout, int grad, double* magnitude) {
+    double s = 1.0 / (1.0 + exp(-x));
+    *magnitude = grad ? fabs(dout) * s * (1.0 + fabs(x) * (1.0 - s)) : fabs(x * s);
+    return grad ? dout * s * (1.0 + x * (1.0 - s)) : x * s;
+}
+
+static inline void check_silu_cpu(const char* name, const float* x, const float* dout, const float* got,
+                                  const float* ref, size_t n, int grad) {
+    const double ulp = 5.96e-8;
+    double err_got = 0.0, err_ref = 0.0;
+    size_t bad = n, worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]) || !isfinite(ref[i])) {
+            int same = (isnan(ref[i]) && isnan(got[i])) || got[i] == ref[i];
+            if (!same && bad == n) bad = i;
+            continue;
+        }
+        double magnitude, exact = silu_exact(x[i], dout[i], grad, &magnitude);
+        // exp_cpu flushes e^x below e^-87 to 0: silu(x) is then -0 where the exact value is at most
+        // 88 e^-88 = 5e-37 in size; errors on values this small count against 1e-28
+        if (magnitude < 1e-28) magnitude = 1e-28;
+        double eg = fabs(got[i] - exact) / magnitude, er = fabs(ref[i] - exact) / magnitude;
+        if (!(eg <= err_got)) { err_got = eg; worst = i; }  // NaN too
+        if (er > err_ref) err_ref = er;
+    }
+    char detail[192];
+    int ok = bad == n && err_got <= err_ref + 2.0 * ulp;
+    if (bad < n) snprintf(detail, sizeof(detail), "at x = %g: %g, ref %g", x[bad], got[bad], ref[bad]);
+    else snprintf(detail, sizeof(detail), "max err %.1f ulp (x = %g), ref's %.1f ulp (tol: ref's + 2), n = %zu",
+                  err_got / ulp, x[worst], err_ref / ulp, n);
+    check_true(name, ok, detail);
+}
+
+static inline void test_exp_cpu(void) {
+    double worst_rel = 0.0;
+    float worst_x = 0.0f;
+    for (float x = -87.0f; x <= 88.0f; x += 0.00137f) {
+        double e = exp((double)x);
+        double rel = fabs((double)exp_cpu(x) - e) / e;
+        if (rel > worst_rel) { worst_rel = rel; worst_x = x; }
+    }
+    const double ulp = 5.96e-8;  // 2^-24: half the spacing of floats in [1, 2), relative
+    char detail[128];
+    snprintf(detail, sizeof(detail), "max rel err %.2e (%.2f ulp, at x = %.4f) tol 2 ulp", worst_rel, worst_rel / ulp, worst_x);
+    check_true("cpu exp_cpu vs libm exp, [-87, 88]", worst_rel <= 2.0 * ulp, detail);
+
+    size_t n = 200004;
+    float* x = host_filled(n, 0.0f);
+    for (size_t i = 0; i < n; i++) x[i] = -120.0f + 240.0f * (float)i / (float)(n - 1);
+    x[0] = -INFINITY; x[1] = -1e30f; x[n - 2] = 1e30f; x[n - 1] = INFINITY;
+    float* dout = host_filled(n, 0.75f);
+    float *r_out = host_filled(n, NAN), *out = host_filled(n, NAN);
+    float *r_dx = host_filled(n, NAN), *dx = host_filled(n, NAN);
+    silu_forward_ref(r_out, x, n);
+    silu_forward_cpu(out, x, n);
+    check_silu_cpu("cpu silu_forward_cpu, [-120, 120], +-1e30, +-inf", x, dout, out, r_out, n, 0);
+    silu_backward_ref(r_dx, dout, x, n);
+    silu_backward_cpu(dx, dout, x, n);
+    check_silu_cpu("cpu silu_backward_cpu, [-120, 120], +-1e30, +-inf", x, dout, dx, r_dx, n, 1);
+    free(x); free(dout); free(r_out); free(out); free(r_dx); free(dx);
+}
 
 static inline void test_elementwise(const SafeTensors* st) {
     const float rtol = 1e-5f;
+    if (g_device != DEVICE_CUDA) test_exp_cpu();
 
     // silu: 96 values (the CUDA float4 path), then the same data shifted by one float (misaligned,
     // 95 values: the scalar path), then the backward in place (dx == dout), as NormSilu calls it
