@@ -198,15 +198,15 @@ static inline void conv2d_pack_a_all(int transA, int M, int Kd, const float* A, 
 
 // ----------------------------------------------------------------------------
 // CPU: the direct path of stride-1 convolutions
-// With stride 1, the NR consecutive output positions of a B strip that lie in one output row read,
-// for each tap (c, ky, kx), NR consecutive pixels of one padded input row: row k of the strip is
-// already contiguous in the padded image, at a fixed offset from the strip's first pixel. So
-// instead of copying the strip into a packed panel (conv2d_pack_col: about as much time as the
-// GEMM itself when Cout is small), the micro-kernel loads its B rows from the image. It applies
-// when no strip crosses a row: Wr, the width of the rows the runs follow, a multiple of NR (the
-// 32x32 and 16x16 layers, and 1x1 convolutions on whole images of a multiple of NR pixels).
+// With stride 1, VL consecutive output positions that lie in one output row read, for each tap
+// (c, ky, kx), VL consecutive pixels of one padded input row: each SIMD vector of row k of a B
+// strip is already contiguous in the padded image, at a fixed offset from its first position's
+// pixel. So instead of copying the strip into a packed panel (conv2d_pack_col: about as much
+// time as the GEMM itself when Cout is small), the micro-kernel loads its B vectors from the
+// image. It applies when no vector crosses a row: Wr, the width of the rows the runs follow, a
+// multiple of VL (8 with AVX2, 16 with AVX-512; 1x1 convolutions read whole images as one row).
 
-static inline int conv2d_direct_ok(int stride, int Wr) { return stride == 1 && Wr % GEMM_NR == 0; }
+static inline int conv2d_direct_ok(int stride, int Wr) { return stride == 1 && Wr % GEMM_VL == 0; }
 
 // tap_offset[t] for tap t = (c, ky, kx): where the tap's pixel is in the padded input (Cin, Hp, Wp),
 // relative to the output position's (0, 0, 0) tap pixel; malloc'd, free with free
@@ -226,9 +226,12 @@ static inline void conv2d_direct_block(int M, int nc, int kc, const float* Ap, c
                                        int Hr, int Wr, long image_size, int Wp, long n0, float beta, float* Cb) {
     long HWr = (long)Hr * Wr;
     for (int j = 0; j < nc; j += GEMM_NR) {
-        long n = n0 + j, img = n / HWr, p = n - img * HWr;
-        const float* first = xp + img * image_size + (p / Wr) * Wp + p % Wr;  // tap (0, 0, 0) of the strip
-        auto brow = [first, tap_offset](int k) { return first + tap_offset[k]; };
+        const float* first[GEMM_NV];  // tap (0, 0, 0) pixel of each vector's first position
+        for (int v = 0; v < GEMM_NV; v++) {
+            long n = n0 + j + v * GEMM_VL, img = n / HWr, p = n - img * HWr;
+            first[v] = xp + img * image_size + (p / Wr) * Wp + p % Wr;
+        }
+        auto brow = [&first, tap_offset](int k, int v) { return first[v] + tap_offset[k]; };
         for (int i = 0; i < M; i += GEMM_MR) {
             gemm_tile_rows(M - i < GEMM_MR ? M - i : GEMM_MR, GEMM_NR, kc, Ap + (size_t)i * kc, brow, 1.0f, beta,
                            Cb + (size_t)i * nc + j, nc);
@@ -376,7 +379,7 @@ static inline void conv2d_dweight_direct_step(int Cout, int Kd, int kc, const fl
     }
     for (int j = 0; j < Kd; j += GEMM_NR) {
         long tap_offset = (long)(j / (K * Cin)) * Wp * Cin + j % (K * Cin);  // taps j.. of ky = j / (K*Cin)
-        auto brow = [xn, &pos_offset, tap_offset](int k) { return xn + pos_offset[k] + tap_offset; };
+        auto brow = [xn, &pos_offset, tap_offset](int k, int v) { return xn + pos_offset[k] + tap_offset + v * GEMM_VL; };
         for (int i = 0; i < Cout; i += GEMM_MR) {
             gemm_tile_rows(Cout - i < GEMM_MR ? Cout - i : GEMM_MR, GEMM_NR, kc, Ap + (size_t)i * kc, brow, 1.0f, beta,
                            partial + (size_t)i * Kd + j, Kd);

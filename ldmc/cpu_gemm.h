@@ -72,10 +72,10 @@ typedef float gemm_vec __attribute__((vector_size(GEMM_VL * sizeof(float))));
 // CPU: micro-kernel and packing
 
 // C (MR, NR) = alpha * Ap^T @ B + beta * C for one full register tile.
-// Ap (kc, MR): the packed A strip, k-major. Row k of the B strip (NR floats) starts at brow(k): in
-// the packed strip, Bp + k * NR (gemm_tile); the convolution's direct path reads the rows
-// straight from the image instead (ldmc/cpu_conv2d.h). Either way the same products are summed in
-// the same order, so the result is the same bits.
+// Ap (kc, MR): the packed A strip, k-major. Row k of the B strip is NV vectors of VL floats, vector
+// v at brow(k, v): in the packed strip, Bp + k * NR + v * VL (gemm_tile); the convolution's direct
+// paths read them straight from the image instead (ldmc/cpu_conv2d.h). Either way the same
+// products are summed in the same order, so the result is the same bits.
 // Each k step is a rank-1 update: MR broadcasts of A times NV vectors of B. With the loops over
 // r and v fully unrolled by gcc, acc lives in registers for the whole k loop.
 template <class BRow>
@@ -86,10 +86,9 @@ static inline void gemm_micro_kernel_rows(int kc, const float* __restrict__ Ap, 
         for (int v = 0; v < GEMM_NV; v++) acc[r][v] = (gemm_vec){};
     }
     for (int k = 0; k < kc; k++) {
-        const float* row = brow(k);
         gemm_vec b[GEMM_NV];
         for (int v = 0; v < GEMM_NV; v++) {
-            memcpy(&b[v], row + v * GEMM_VL, sizeof(gemm_vec));  // unaligned-safe load
+            memcpy(&b[v], brow(k, v), sizeof(gemm_vec));  // unaligned-safe load
         }
         const float* a = Ap + (size_t)k * GEMM_MR;
         for (int r = 0; r < GEMM_MR; r++) {
@@ -139,7 +138,8 @@ static inline void gemm_tile_rows(int mr, int nr, int kc, const float* Ap, BRow 
 // one tile of the macro-kernel, from a packed B strip Bp (kc, NR)
 static inline void gemm_tile(int mr, int nr, int kc, const float* Ap, const float* Bp,
                              float alpha, float beta, float* C, int ldc) {
-    gemm_tile_rows(mr, nr, kc, Ap, [Bp](int k) { return Bp + (size_t)k * GEMM_NR; }, alpha, beta, C, ldc);
+    gemm_tile_rows(mr, nr, kc, Ap, [Bp](int k, int v) { return Bp + (size_t)k * GEMM_NR + v * GEMM_VL; },
+                   alpha, beta, C, ldc);
 }
 
 // C (mc, nc) = alpha * A @ B + beta * C from a packed block of A (ceil(mc/MR) strips of kc x MR)

@@ -301,12 +301,13 @@ static inline void test_conv_determinism(void) {
     printf("fast CPU conv2d, the same bits with 1, 2 and 3 threads:\n");
 #ifdef _OPENMP
     int saved = omp_get_max_threads();
-    // the tiny VAE's kinds of layer (32x32 with 3 channels, 16x16, a downsampling conv, a 1x1), with
+    // the tiny models' kinds of layer (32x32 with 3 channels, 16x16, a downsampling conv, a 1x1, 8x8), with
     // positions enough for many parts of the dweight sum, and work enough that every thread gets a share
     conv_determinism_case(16, 3, 32, 32, 16, 3, 1);
     conv_determinism_case(64, 32, 16, 16, 32, 3, 1);
     conv_determinism_case(64, 32, 16, 16, 64, 3, 2);
     conv_determinism_case(64, 64, 8, 8, 32, 1, 1);
+    conv_determinism_case(64, 32, 8, 8, 32, 3, 1);
     omp_set_num_threads(saved);
 #else
     printf("  (built without OpenMP: one thread only, nothing to compare)\n");
@@ -327,11 +328,14 @@ static inline void test_conv(void) {
     conv_test_case(&st, "conv3x3deep", 1, 0);
     // the models' kinds of layer, against the reference only: more than one k-block (Cin*9 > 256),
     // more positions than one column block or dweight chunk, a first layer (Cin 3) at 32x32,
-    // a 1x1 whose runs span whole images, a downsampling conv, channel counts off the register tile
+    // a 1x1 whose runs span whole images, a downsampling conv, channel counts off the register tile,
+    // and the U-Net's 8x8 and 4x4 layers (the direct path with strips spanning rows, and no direct path)
     conv_test_shape(3, 32, 16, 16, 40, 3, 1);
     conv_test_shape(2, 3, 32, 32, 16, 3, 1);
     conv_test_shape(4, 64, 8, 8, 48, 1, 1);
     conv_test_shape(3, 16, 16, 16, 32, 3, 2);
+    conv_test_shape(5, 32, 8, 8, 24, 3, 1);
+    conv_test_shape(6, 64, 4, 4, 64, 3, 1);
 
     gemm_test_case(&st, "gemm_nn", 0, 0, 0.7f, 0.3f, 0);
     gemm_test_case(&st, "gemm_tn", 1, 0, 0.7f, 0.3f, 0);
