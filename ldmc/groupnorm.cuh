@@ -30,6 +30,30 @@ static inline void groupnorm_check(int C, int G) {
 // The values of group (b, g) are contiguous: channels g*C/G .. (g+1)*C/G - 1 of item b, so the
 // group is the flat range [(b*G + g) * N, (b*G + g + 1) * N) with N = C/G * HW.
 
+// one group's output from its statistics: og = (xg - mean) * rstd * weight[c] + bias[c]; the group's
+// Cg channels use weight[0 .. Cg), bias[0 .. Cg) (pointers to the group's first channel)
+static inline void groupnorm_normalize_group(float* og, const float* xg, float mean, float rstd, const float* weight,
+                                             const float* bias, int Cg, int HW) {
+    for (int cc = 0; cc < Cg; cc++) {
+        for (int i = 0; i < HW; i++) {
+            size_t k = (size_t)cc * HW + i;
+            og[k] = (xg[k] - mean) * rstd * weight[cc] + bias[cc];
+        }
+    }
+}
+
+// one group's dx from the group means of g and g * xhat (the backward below)
+static inline void groupnorm_dx_group(float* dxg, const float* dg, const float* xg, float mean, float rstd,
+                                      const float* weight, float mean_g, float mean_gx, int Cg, int HW) {
+    for (int cc = 0; cc < Cg; cc++) {
+        for (int i = 0; i < HW; i++) {
+            size_t k = (size_t)cc * HW + i;
+            float xhat = (xg[k] - mean) * rstd;
+            dxg[k] = rstd * (dg[k] * weight[cc] - mean_g - xhat * mean_gx);
+        }
+    }
+}
+
 static inline void groupnorm_forward_ref(float* out, float* mean, float* rstd, const float* x, const float* weight,
                                   const float* bias, int B, int C, int HW, int G) {
     // out, x (B, C, HW); mean, rstd (B, G); weight, bias (C)
@@ -49,13 +73,8 @@ static inline void groupnorm_forward_ref(float* out, float* mean, float* rstd, c
         float mf = (float)m, rs = (float)(1.0 / sqrt(var + GROUPNORM_EPS));
         mean[bg] = mf;
         rstd[bg] = rs;
-        for (int cc = 0; cc < Cg; cc++) {
-            int c = (bg % G) * Cg + cc;
-            for (int i = 0; i < HW; i++) {
-                size_t k = (size_t)cc * HW + i;
-                og[k] = (xg[k] - mf) * rs * weight[c] + bias[c];
-            }
-        }
+        int c0 = (bg % G) * Cg;
+        groupnorm_normalize_group(og, xg, mf, rs, weight + c0, bias + c0, Cg, HW);
     }
 }
 
@@ -86,14 +105,7 @@ static inline void groupnorm_backward_ref(float* dx, float* dweight, float* dbia
             }
         }
         float mean_g = (float)(sum_g / N), mean_gx = (float)(sum_gx / N);
-        for (int cc = 0; cc < Cg; cc++) {
-            float w = weight[(bg % G) * Cg + cc];
-            for (int i = 0; i < HW; i++) {
-                size_t k = (size_t)cc * HW + i;
-                float xhat = (xg[k] - m) * rs;
-                dxg[k] = rs * (dg[k] * w - mean_g - xhat * mean_gx);
-            }
-        }
+        groupnorm_dx_group(dxg, dg, xg, m, rs, weight + (bg % G) * Cg, mean_g, mean_gx, Cg, HW);
     }
     // parameter gradients: parallel over channels, so each thread owns its dweight[c] and dbias[c]
     #pragma omp parallel for
@@ -135,13 +147,8 @@ static inline void groupnorm_forward_cpu(float* out, float* mean, float* rstd, c
         float rs = (float)(1.0 / sqrt(var + GROUPNORM_EPS));
         mean[bg] = mf;
         rstd[bg] = rs;
-        for (int cc = 0; cc < Cg; cc++) {
-            int c = (bg % G) * Cg + cc;
-            for (int i = 0; i < HW; i++) {
-                size_t k = (size_t)cc * HW + i;
-                og[k] = (xg[k] - mf) * rs * weight[c] + bias[c];
-            }
-        }
+        int c0 = (bg % G) * Cg;
+        groupnorm_normalize_group(og, xg, mf, rs, weight + c0, bias + c0, Cg, HW);
     }
 }
 
@@ -166,14 +173,7 @@ static inline void groupnorm_backward_cpu(float* dx, float* dweight, float* dbia
             sum_gx += w * lanes_sum_cpu(HW, [&](size_t i) { return dc[i] * ((xc[i] - m) * rs); });
         }
         float mean_g = (float)(sum_g / N), mean_gx = (float)(sum_gx / N);
-        for (int cc = 0; cc < Cg; cc++) {
-            float w = weight[(bg % G) * Cg + cc];
-            for (int i = 0; i < HW; i++) {
-                size_t k = (size_t)cc * HW + i;
-                float xhat = (xg[k] - m) * rs;
-                dxg[k] = rs * (dg[k] * w - mean_g - xhat * mean_gx);
-            }
-        }
+        groupnorm_dx_group(dxg, dg, xg, m, rs, weight + (bg % G) * Cg, mean_g, mean_gx, Cg, HW);
     }
     #pragma omp parallel for
     for (int c = 0; c < C; c++) {
