@@ -4,6 +4,9 @@
 //   - every conv is a GEMM on the building blocks of ldmc/cpu_gemm.h (packed panels, a SIMD
 //     micro-kernel), with the im2col done inside the packing of the GEMM panels (implicit im2col:
 //     no col buffer), from a zero-padded copy of the input;
+//   - where the input's rows line up with the SIMD vectors (stride-1 layers whose width is a
+//     multiple of the vector length; for dweight, K*Cin a multiple of NR), there is no B panel at
+//     all: the micro-kernel loads its vectors straight from the padded image (the direct paths);
 //   - the batch is one GEMM with N = B*Ho*Wo columns, cut into column blocks that the threads take
 //     one at a time, so the 8x8 and 4x4 layers (tiny per-image GEMMs) are as efficient as the 32x32 ones;
 //   - dweight packs from a channels-last copy of x, where the GEMM's inner index (positions) is the
