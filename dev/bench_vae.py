@@ -6,7 +6,7 @@ dev/bench_vae.py - training speed of our VAE vs the PyTorch twin on the CPU, sam
 
 A training step is forward + backward + gradient clipping at 1.0 + AdamW on a random batch of 64
 (the same KL loss, kl_weight 0.001, float32). Ours: `train_vae --preset P --batch-size 64
---bench STEPS --device cpu` with OMP_NUM_THREADS=THREADS, which prints `bench: <images/s> img/s`
+--kl-weight 0.001 --bench STEPS --device cpu` with OMP_NUM_THREADS=THREADS, which prints `bench: <images/s> img/s`
 (median over its timed steps after 2 warm-up steps). The twin: torch.set_num_threads(THREADS), the
 same 2 warm-up steps, then the median of per-step wall times. The two sides run interleaved
 (ours, twin, ours, twin, ...) for ROUNDS rounds so drifting machine load hits both alike; the
@@ -53,7 +53,8 @@ def run_twin(preset, steps):
 
 
 def main():
-    benchlib.main(__doc__, PRESETS, "VAE", "train_vae", BATCH, run_twin, default_presets="tiny,small")
+    benchlib.main(__doc__, PRESETS, "VAE", "train_vae", BATCH, run_twin, default_presets="tiny,small",
+                  extra_flags=["--kl-weight", str(KL_WEIGHT)])
 
 
 if __name__ == "__main__":
