@@ -922,13 +922,10 @@ static void ldm_settings(LDMTrainArgs* a, long* total_steps, Setting* s) {
 // good state kept) when the weights or the EMA are not finite
 static void ldm_save_state(const UNet* m, const OptState* opt, const LDMMeta* meta, const char* args_json,
                            const char* path) {
-    train_check_finite(&m->ps, opt, path);
     SafeTensorsWriter w;
-    st_writer_init(&w);
+    train_state_begin(&w, &m->ps, opt, path);
     unet_add_meta(&w, m, meta, "unet-train-state");
-    st_writer_add_meta(&w, "train_args", args_json);
-    train_state_write(&m->ps, opt, &w, path);
-    st_writer_free(&w);
+    train_state_finish(&w, &m->ps, opt, args_json, path);
 }
 
 // the number of parameters of a U-Net of this config (the model registered, nothing allocated)

@@ -583,13 +583,10 @@ static void vae_settings(VAETrainArgs* a, long* total_steps, Setting* s) {
 // state.safetensors: everything --resume needs (weights, AdamW moments, step, settings); refused (the
 // last good state kept) when the weights are not finite
 static void vae_save_state(const VAE* m, const OptState* opt, const char* args_json, const char* path) {
-    train_check_finite(&m->ps, opt, path);
     SafeTensorsWriter w;
-    st_writer_init(&w);
+    train_state_begin(&w, &m->ps, opt, path);
     vae_add_meta(&w, m, "vae-train-state");
-    st_writer_add_meta(&w, "train_args", args_json);
-    train_state_write(&m->ps, opt, &w, path);
-    st_writer_free(&w);
+    train_state_finish(&w, &m->ps, opt, args_json, path);
 }
 
 // the number of parameters of a VAE of this config (the model registered, nothing allocated)

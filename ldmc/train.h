@@ -8,6 +8,7 @@
 //                  is outside the flag's range
 //   train_check_state_tensors / train_check_finite   the tensors of a training state to resume, and
 //                  the weights about to be saved, are complete and finite
+//   train_state_begin / train_state_finish   writing state.safetensors around the model's own metadata
 //   TrainRun       the run directory, the step plan, the shuffled epoch each batch is drawn from (and
 //                  this rank's slice of it), the progress line and its TensorBoard scalars, and when
 //                  to sample and save
@@ -373,6 +374,23 @@ static inline void train_check_finite(const ParamStore* ps, const OptState* opt,
         exit(EXIT_FAILURE);
     }
     free(host);
+}
+
+// state.safetensors, everything --resume needs, is written in three steps: train_state_begin checks
+// the weights (and EMA) are finite (else nothing is written: the last good state stays) and starts the
+// writer; the trainer adds its model's metadata; train_state_finish adds the settings a resumed run
+// keeps (args_json), the weights and the optimizer state, and writes the file atomically.
+static inline void train_state_begin(SafeTensorsWriter* w, const ParamStore* ps, const OptState* opt,
+                                     const char* path) {
+    train_check_finite(ps, opt, path);
+    st_writer_init(w);
+}
+
+static inline void train_state_finish(SafeTensorsWriter* w, const ParamStore* ps, const OptState* opt,
+                                      const char* args_json, const char* path) {
+    st_writer_add_meta(w, "train_args", args_json);
+    train_state_write(ps, opt, w, path);
+    st_writer_free(w);
 }
 
 // steps per epoch and the total: --max-steps, else epochs x steps per epoch (a resumed run keeps its
