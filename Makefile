@@ -128,7 +128,7 @@ test: test_ldm train_vae train_ldm sample_ldm eval_ldm
 # chosen by measurement to fit in 15 minutes (README, "Quick start").
 QS_VAE := --preset tiny --max-steps 500
 QS_LDM := --preset tiny --num-classes 10 --epochs 3 --lr 1e-3
-QS_SAMPLER := --sampler dpm++2m --steps 20 --guidance-scale 5
+QS_SAMPLER := --sampler dpm++2m --steps 20 --guidance-scale 7
 
 quickstart:
 	$(MAKE) -j2 data train_vae train_ldm sample_ldm
